@@ -1,0 +1,157 @@
+"""Generation with transformers ``generate``: batched, left-padded, sorted by length."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from flipsearch.engines.chat import render_prompt_ids, stop_token_ids
+from flipsearch.types import Conversation, Generation, Sampling
+
+if TYPE_CHECKING:
+    import torch
+
+    from flipsearch.engines import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+
+def load_hf_model(path: str, dtype: str, trust_remote_code: bool = False):  # noqa: ANN201
+    """Load a causal LM and its tokenizer for inference (eval mode, no grad)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
+    model.eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+class HFEngine:
+    """transformers ``generate`` behind the :class:`~flipsearch.engines.Engine` interface.
+
+    Conversations are rendered with the chat template, sorted by prompt length
+    (less padding), left-padded and generated ``batch_size`` at a time; outputs are
+    returned in input order.
+    """
+
+    name = "hf"
+
+    def __init__(self, config: EngineConfig, model_path: str) -> None:
+        import torch
+
+        self.config = config
+        self.model_path = model_path
+        self.model, self.tokenizer = load_hf_model(
+            model_path, config.dtype, config.trust_remote_code
+        )
+        if config.device != "auto":
+            self.model.to(config.device)
+        elif torch.cuda.is_available():
+            self.model.to("cuda")
+        self._stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
+        self._pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self._stop_ids[0]
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        sampling: Sampling,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[list[Generation]]:
+        """Generate ``sampling.n`` responses per conversation, in input order."""
+        import torch
+
+        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[list[Generation] | None] = [None] * len(prompts)
+        if sampling.seed is not None:
+            # One seed per call: the same inputs give the same samples.
+            torch.manual_seed(sampling.seed)
+        batches = [
+            order[i : i + self.config.batch_size]
+            for i in range(0, len(order), self.config.batch_size)
+        ]
+        for batch in tqdm(batches, desc="generate (hf)", disable=not use_tqdm):
+            outs = self._generate_batch([prompts[i] for i in batch], sampling)
+            for i, gens in zip(batch, outs, strict=True):
+                results[i] = gens
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Generation]]:
+        import torch
+
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            input_ids[row, width - len(p) :] = torch.tensor(p)
+            attention[row, width - len(p) :] = 1
+        kwargs: dict[str, object] = {
+            "max_new_tokens": sampling.max_tokens,
+            "num_return_sequences": sampling.n,
+            "eos_token_id": self._stop_ids,
+            "pad_token_id": self._pad_id,
+            "return_dict_in_generate": True,
+            "output_logits": True,  # raw logits, so logprobs are untempered like vLLM's
+        }
+        if sampling.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(
+                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0
+            )
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                **kwargs,
+            )
+        new_B_T = out.sequences[:, width:].cpu()
+        # (T, B, V) -> logprob of each chosen token, (B, T)
+        logits_T_B_V = torch.stack(out.logits, dim=0).float()
+        logprobs_B_T = (
+            torch.log_softmax(logits_T_B_V, dim=-1)
+            .gather(-1, new_B_T.T.unsqueeze(-1).to(logits_T_B_V.device))
+            .squeeze(-1)
+            .T.cpu()
+        )
+        gens: list[list[Generation]] = []
+        for row in range(len(prompts)):
+            samples = []
+            for k in range(sampling.n):
+                b = row * sampling.n + k
+                samples.append(self._to_generation(new_B_T[b].tolist(), logprobs_B_T[b].tolist()))
+            gens.append(samples)
+        return gens
+
+    def _to_generation(self, ids: list[int], logprobs: list[float]) -> Generation:
+        # Keep tokens up to and including the first stop token, like vLLM does.
+        end = len(ids)
+        finish = "length"
+        for t, tok in enumerate(ids):
+            if tok in self._stop_ids:
+                end, finish = t + 1, "stop"
+                break
+        ids, logprobs = ids[:end], logprobs[:end]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Generation(
+            text=text, token_ids=tuple(ids), logprobs=tuple(logprobs), finish_reason=finish
+        )
+
+    def close(self) -> None:
+        del self.model
