@@ -206,8 +206,11 @@ def _download_from_hub(repo_id: str) -> Path:
     except ImportError as e:  # pragma: no cover - transformers depends on it
         raise ModelNotFoundError("hub ids need huggingface_hub: pip install huggingface_hub") from e
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt",
-                                                               "*.model", "*.jinja"]))
+        return Path(
+            snapshot_download(
+                repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+            )
+        )
     except Exception as e:  # network errors come in many types
         raise ModelNotFoundError(
             f"`model` {repo_id!r} looks like a hub id, but it could not be fetched from the hub "

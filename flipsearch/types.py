@@ -42,7 +42,9 @@ def make_conversation(messages: list[Message] | tuple[Message, ...] | str) -> Co
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ConfigError(f"`messages[{i}]` must be a dict with `role` and `content`, got {m!r}")
+            raise ConfigError(
+                f"`messages[{i}]` must be a dict with `role` and `content`, got {m!r}"
+            )
         if m["role"] not in _ROLES:
             raise ConfigError(f"`messages[{i}].role` must be one of {_ROLES}, got {m['role']!r}")
         if not isinstance(m["content"], str):
@@ -102,7 +104,9 @@ class Sampling:
         if not (0.0 < self.top_p <= 1.0):
             raise ConfigError(f"`top_p` must be in (0, 1], got {self.top_p!r}")
         if self.temperature < 0 or not math.isfinite(self.temperature):
-            raise ConfigError(f"`temperature` must be a finite number >= 0, got {self.temperature!r}")
+            raise ConfigError(
+                f"`temperature` must be a finite number >= 0, got {self.temperature!r}"
+            )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

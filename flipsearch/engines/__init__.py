@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from flipsearch.errors import ConfigError
 from flipsearch.models import DEFAULT_MODEL, resolve_model
 from flipsearch.types import Conversation, Generation, Sampling
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["Engine", "EngineConfig", "HFEngine", "VLLMEngine", "resolve_engine_name"]
 
@@ -34,10 +37,19 @@ class Engine(Protocol):
 
     name: str
     model_path: str
+    tokenizer: PreTrainedTokenizerBase
 
     def generate(
         self, conversations: Sequence[Conversation], sampling: Sampling, *, use_tqdm: bool = False
-    ) -> list[list[Generation]]: ...
+    ) -> list[list[Generation]]:
+        """Chat conversations (rendered with the model's chat template) in."""
+        ...
+
+    def generate_ids(
+        self, prompts: Sequence[list[int]], sampling: Sampling, *, use_tqdm: bool = False
+    ) -> list[list[Generation]]:
+        """Already rendered prompt token ids in (judges with their own prompt formats)."""
+        ...
 
 
 @dataclass(frozen=True)

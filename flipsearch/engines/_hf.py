@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def load_hf_model(path: str, dtype: str, trust_remote_code: bool = False):  # noqa: ANN201
+def load_hf_model(path: str, dtype: str, trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer for inference (eval mode, no grad)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,9 +74,19 @@ class HFEngine:
         use_tqdm: bool = False,
     ) -> list[list[Generation]]:
         """Generate ``sampling.n`` responses per conversation, in input order."""
+        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
+        return self.generate_ids(prompts, sampling, use_tqdm=use_tqdm)
+
+    def generate_ids(
+        self,
+        prompts: Sequence[list[int]],
+        sampling: Sampling,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[list[Generation]]:
+        """Like :meth:`generate`, from already rendered prompt token ids."""
         import torch
 
-        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[list[Generation] | None] = [None] * len(prompts)
         if sampling.seed is not None:
@@ -92,7 +102,9 @@ class HFEngine:
                 results[i] = gens
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Generation]]:
+    def _generate_batch(
+        self, prompts: list[list[int]], sampling: Sampling
+    ) -> list[list[Generation]]:
         import torch
 
         width = max(len(p) for p in prompts)

@@ -110,12 +110,20 @@ class VLLMEngine:
         use_tqdm: bool = False,
     ) -> list[list[Generation]]:
         """Generate ``sampling.n`` responses per conversation, in input order."""
+        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
+        return self.generate_ids(prompts, sampling, use_tqdm=use_tqdm)
+
+    def generate_ids(
+        self,
+        prompts: Sequence[list[int]],
+        sampling: Sampling,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[list[Generation]]:
+        """Like :meth:`generate`, from already rendered prompt token ids."""
         from vllm import SamplingParams, TokensPrompt
 
-        prompts = [
-            TokensPrompt(prompt_token_ids=render_prompt_ids(self.tokenizer, c))
-            for c in conversations
-        ]
+        token_prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         params = SamplingParams(
             n=sampling.n,
             temperature=0.0 if sampling.greedy else sampling.temperature,
@@ -128,7 +136,7 @@ class VLLMEngine:
         )
         if sampling.seed is not None:
             self.llm.collective_rpc(_reseed_worker, args=(sampling.seed,))
-        outputs = self.llm.generate(prompts, params, use_tqdm=use_tqdm)
+        outputs = self.llm.generate(token_prompts, params, use_tqdm=use_tqdm)
         return [[self._to_generation(c) for c in out.outputs] for out in outputs]
 
     @staticmethod

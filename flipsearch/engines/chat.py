@@ -44,7 +44,9 @@ def render_prompt_text(tokenizer: PreTrainedTokenizerBase, conversation: Convers
     return tokenizer.decode(render_prompt_ids(tokenizer, conversation))
 
 
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase, generation_config: object | None) -> list[int]:
+def stop_token_ids(
+    tokenizer: PreTrainedTokenizerBase, generation_config: object | None
+) -> list[int]:
     """End-of-turn ids: the tokenizer's EOS plus those of the generation config."""
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
