@@ -1,0 +1,197 @@
+"""Teacher forcing: per-token logprobs of given completions under a transformers model.
+
+Given conversations and completion token ids (e.g. a student's rollouts), one
+forward pass over ``prompt + completion`` yields the model's logprob of every
+completion token, and optionally its top-k logprobs per position. The trainer
+(teacher scores) and the token-level analysis both build on :func:`completion_logits`.
+
+Example:
+    >>> scorer = TeacherForcingScorer.from_pretrained(path)  # doctest: +SKIP
+    >>> scores = scorer.score([conv], [gen.token_ids], top_k=8)  # doctest: +SKIP
+    >>> scores[0].logprobs  # one float per completion token  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.errors import ConfigError
+from flipsearch.types import Conversation
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class CompletionBatch:
+    """Right-padded ``prompt + completion`` rows and where each completion sits.
+
+    ``completion_mask_B_T`` is 1 at positions whose *next-token logits* predict a
+    completion token, so ``logits_B_T_V[mask]`` lines up with the completion ids.
+    """
+
+    input_ids_B_L: torch.Tensor
+    attention_mask_B_L: torch.Tensor
+    targets_B_T: torch.Tensor
+    """Completion ids, right-padded to T (the longest completion)."""
+    completion_mask_B_T: torch.Tensor
+    prompt_lens: tuple[int, ...]
+    completion_lens: tuple[int, ...]
+
+
+def build_completion_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> CompletionBatch:
+    """Pack prompts and completions into one right-padded batch."""
+    import torch
+
+    if len(prompt_ids) != len(completion_ids):
+        raise ConfigError(
+            f"`completion_ids` must have one entry per prompt ({len(prompt_ids)}), "
+            f"got {len(completion_ids)}"
+        )
+    lengths = [len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(lengths)
+    t_max = max((len(c) for c in completion_ids), default=0)
+    batch = len(prompt_ids)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, width), dtype=torch.long)
+    targets = torch.full((batch, max(t_max, 1)), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, max(t_max, 1)), dtype=torch.float32)
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        row = list(p) + list(c)
+        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[b, : len(row)] = 1
+        if c:
+            targets[b, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+            mask[b, : len(c)] = 1.0
+    return CompletionBatch(
+        input_ids_B_L=input_ids,
+        attention_mask_B_L=attention,
+        targets_B_T=targets,
+        completion_mask_B_T=mask,
+        prompt_lens=tuple(len(p) for p in prompt_ids),
+        completion_lens=tuple(len(c) for c in completion_ids),
+    )
+
+
+def completion_logits(model: PreTrainedModel, batch: CompletionBatch) -> torch.Tensor:
+    """Next-token logits at each completion position, shape (B, T, V).
+
+    Row ``b``, position ``t`` holds the logits that predict completion token ``t``
+    (taken from sequence position ``prompt_len + t - 1``). Gradients flow when the
+    caller enables them; padded positions hold zeros.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=batch.input_ids_B_L.to(device),
+        attention_mask=batch.attention_mask_B_L.to(device),
+        use_cache=False,
+    )
+    logits_B_L_V = out.logits
+    t_max = batch.targets_B_T.shape[1]
+    # Gather the predicting positions: prompt_len - 1 + t, clamped inside the row.
+    starts = torch.tensor(batch.prompt_lens, device=device) - 1
+    offsets = torch.arange(t_max, device=device)
+    positions_B_T = (starts[:, None] + offsets[None, :]).clamp(max=logits_B_L_V.shape[1] - 1)
+    index = positions_B_T[:, :, None].expand(-1, -1, logits_B_L_V.shape[-1])
+    logits_B_T_V = logits_B_L_V.gather(1, index)
+    return logits_B_T_V * batch.completion_mask_B_T.to(device)[:, :, None].to(logits_B_T_V.dtype)
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Teacher-forced scores of one completion."""
+
+    logprobs: tuple[float, ...]
+    """Logprob of each completion token."""
+    topk_ids: tuple[tuple[int, ...], ...] | None = None
+    topk_logprobs: tuple[tuple[float, ...], ...] | None = None
+
+
+class TeacherForcingScorer:
+    """Scores given completion tokens of chat conversations with a transformers model."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int = 8,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, *, dtype: str = "float32", batch_size: int = 8
+    ) -> TeacherForcingScorer:
+        """Load a model folder for scoring (eval mode, no grad)."""
+        from flipsearch.engines._hf import load_hf_model
+
+        model, tokenizer = load_hf_model(str(path), dtype)
+        return cls(model, tokenizer, batch_size=batch_size)
+
+    def score(
+        self,
+        conversations: Sequence[Conversation],
+        completion_ids: Sequence[Sequence[int]],
+        *,
+        top_k: int | None = None,
+    ) -> list[TokenScores]:
+        """Per-token logprobs of each completion after its conversation's prompt.
+
+        Args:
+            conversations: chat conversations ending in a user turn.
+            completion_ids: the response token ids to score, one list per conversation.
+            top_k: also return the k most likely ids and their logprobs per position.
+
+        Returns:
+            One :class:`TokenScores` per conversation, in input order.
+        """
+        import torch
+
+        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
+        if len(prompts) != len(completion_ids):
+            raise ConfigError(
+                f"`completion_ids` must have one entry per conversation ({len(prompts)}), "
+                f"got {len(completion_ids)}"
+            )
+        out: list[TokenScores] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = build_completion_batch(
+                prompts[start : start + self.batch_size],
+                completion_ids[start : start + self.batch_size],
+                self.pad_id,
+            )
+            with torch.inference_mode():
+                logits_B_T_V = completion_logits(self.model, batch).float()
+                logprobs_B_T_V = torch.log_softmax(logits_B_T_V, dim=-1)
+                token_lp_B_T = logprobs_B_T_V.gather(
+                    -1, batch.targets_B_T[:, :, None].to(logprobs_B_T_V.device)
+                ).squeeze(-1)
+                topk = logprobs_B_T_V.topk(top_k, dim=-1) if top_k else None
+            for b, n_tok in enumerate(batch.completion_lens):
+                lps = tuple(token_lp_B_T[b, :n_tok].tolist())
+                if topk is None:
+                    out.append(TokenScores(logprobs=lps))
+                    continue
+                out.append(
+                    TokenScores(
+                        logprobs=lps,
+                        topk_ids=tuple(tuple(r) for r in topk.indices[b, :n_tok].tolist()),
+                        topk_logprobs=tuple(tuple(r) for r in topk.values[b, :n_tok].tolist()),
+                    )
+                )
+        return out

