@@ -1,0 +1,1 @@
+"""Subcommands of the ``flipsearch`` CLI; each module has ``register(subparsers)``."""

@@ -1,0 +1,105 @@
+"""Options shared by several subcommands: model/engine, judge, prompt sets, cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flipsearch.models import DEFAULT_MODEL, cache_dir
+
+if TYPE_CHECKING:
+    from flipsearch.cache import GenerationCache
+    from flipsearch.engines import Engine, EngineConfig
+    from flipsearch.judges import Judge
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and engine")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="embedded model name, local HF folder or hub id (default: %(default)s)",
+    )
+    g.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "vllm", "hf"],
+        help="generation engine; auto = vLLM where it imports (default: %(default)s)",
+    )
+    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    g.add_argument("--max-model-len", type=int, default=2048)
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run model code from the model folder (off by default)",
+    )
+
+
+def add_judge_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("judge")
+    g.add_argument(
+        "--judge",
+        default="refusal",
+        help="refusal (offline, default), llamaguard, wildguard or harmbench",
+    )
+    g.add_argument("--judge-model", default=None, help="model of a model judge (default: its own)")
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="generation/verdict cache (SQLite); default: $FLIPSEARCH_CACHE/generations.sqlite",
+    )
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    from flipsearch.engines import EngineConfig
+
+    return EngineConfig(
+        model=args.model,
+        engine=args.engine,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def build_engine(args: argparse.Namespace) -> Engine:
+    return engine_config(args).build()
+
+
+def build_judge(args: argparse.Namespace) -> Judge:
+    from flipsearch.judges import JudgeConfig
+
+    return JudgeConfig(name=args.judge, model=args.judge_model).build()
+
+
+def open_cache(args: argparse.Namespace) -> GenerationCache:
+    from flipsearch.cache import GenerationCache
+
+    return GenerationCache(args.cache or cache_dir() / "generations.sqlite")
+
+
+def read_context_text(text: str | None, file: str | None) -> str:
+    """The context from ``--context`` or ``--context-file`` (text, or an export file)."""
+    from flipsearch.errors import ConfigError
+
+    if (text is None) == (file is None):
+        raise ConfigError("give exactly one of `--context TEXT` and `--context-file F`")
+    if text is not None:
+        return text
+    path = Path(file)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise ConfigError(f"`--context-file` must be an existing file, got {file!r}")
+    return path.read_text().strip()
+
+
+def write_json(path: str | Path, doc: object) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,207 @@
+"""Score a privileged context: generate with and without it, judge, count flips.
+
+:class:`FlipScorer` owns an engine, a judge and a cache. The context-free baseline
+is generated once per prompt (then served from the cache); each context costs one
+pass over the prompts it is scored on. The search scores contexts on successive
+minibatches through :meth:`FlipScorer.outcomes` and reduces them with
+:func:`flipsearch.scoring.summarise`.
+
+Example:
+    >>> scorer = FlipScorer(engine, judge, cache, ScoreSettings())  # doctest: +SKIP
+    >>> result = scorer.score(Context("Refuse harmful requests.", "prefix"), harmful, benign)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from flipsearch.cache import GenerationCache, cached_generate, cached_judge
+from flipsearch.contexts import Context
+from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.errors import ConfigError
+from flipsearch.models import model_fingerprint
+from flipsearch.scoring import FlipScore, PromptOutcome, summarise
+from flipsearch.types import Conversation, Generation, Sampling, Verdict, make_conversation
+
+if TYPE_CHECKING:
+    from flipsearch.engines import Engine
+    from flipsearch.judges import Judge
+    from flipsearch.prompts import PromptRow, PromptSet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How contexts are scored; recorded in every result."""
+
+    mode: str = "greedy"
+    """``greedy`` (the paper: one argmax answer per prompt and side) or ``sample``."""
+    k: int = 1
+    """Samples per prompt and side in ``sample`` mode."""
+    max_tokens: int = 64
+    """Scoring window: refusals show in the first tokens, so short windows are cheap
+    and enough for refusal judges. Raise it for judges that read whole answers."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("greedy", "sample"):
+            raise ConfigError(f"`mode` must be 'greedy' or 'sample', got {self.mode!r}")
+        if self.mode == "greedy" and self.k != 1:
+            raise ConfigError(f"`k` must be 1 in greedy mode, got {self.k!r}. Use mode='sample'.")
+        if self.k < 1:
+            raise ConfigError(f"`k` must be >= 1, got {self.k!r}")
+        self.sampling()  # validates max_tokens, temperature, top_p
+
+    def sampling(self) -> Sampling:
+        if self.mode == "greedy":
+            return Sampling(greedy=True, max_tokens=self.max_tokens)
+        return Sampling(
+            n=self.k,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A context's :class:`FlipScore` plus the per-prompt outcomes behind it."""
+
+    context: Context
+    score: FlipScore
+    outcomes: tuple[PromptOutcome, ...]
+
+    def failing(self) -> list[PromptOutcome]:
+        """Harmful prompts still answered unsafely with the context."""
+        return [o for o in self.outcomes if o.type == "harmful" and o.p_ctx_safe < 1.0]
+
+
+class FlipScorer:
+    """Generates, judges and counts; everything generated or judged goes to the cache."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        judge: Judge,
+        cache: GenerationCache,
+        settings: ScoreSettings,
+        *,
+        max_model_len: int | None = None,
+        use_tqdm: bool = False,
+    ) -> None:
+        self.engine = engine
+        self.judge = judge
+        self.cache = cache
+        self.settings = settings
+        self.sampling = settings.sampling()
+        self.model_id = model_fingerprint_of(engine)
+        self.max_model_len = max_model_len or getattr(
+            getattr(engine, "config", None), "max_model_len", None
+        )
+        self.use_tqdm = use_tqdm
+        self.generations = 0
+        """New generations made by this scorer (cache misses x samples)."""
+
+    @property
+    def judge_id(self) -> str:
+        return f"{self.judge.name}@{self.judge.version}"
+
+    # ---------------------------------------------------------------- public
+
+    def score(
+        self, context: Context, harmful: PromptSet, benign: PromptSet | None = None
+    ) -> ScoreResult:
+        """Score ``context`` on every harmful and benign prompt."""
+        rows = list(harmful) + (list(benign) if benign is not None else [])
+        if not any(r.type == "harmful" for r in rows):
+            raise ConfigError(
+                f"`harmful` must hold at least one harmful prompt, got {harmful.name!r}"
+            )
+        outcomes = self.outcomes(context, rows)
+        return ScoreResult(context=context, score=summarise(outcomes), outcomes=tuple(outcomes))
+
+    def outcomes(self, context: Context, rows: Sequence[PromptRow]) -> list[PromptOutcome]:
+        """Per-prompt outcomes of ``context`` on ``rows`` (baseline from the cache)."""
+        base_convs = [make_conversation(r.prompt) for r in rows]
+        ctx_convs = [context.apply(c) for c in base_convs]
+        self._check_fits(ctx_convs)
+        base = self._generate(base_convs)
+        ctx = self._generate(ctx_convs)
+        prompts = [r.prompt for r in rows]
+        base_v = self._judge(prompts, base)
+        ctx_v = self._judge(prompts, ctx)
+        out = []
+        for r, bg, cg, bv, cv in zip(rows, base, ctx, base_v, ctx_v, strict=True):
+            out.append(
+                PromptOutcome(
+                    id=r.id,
+                    type=r.type,
+                    category=r.category,
+                    base_unsafe=tuple(v.unsafe for v in bv),
+                    base_refusal=tuple(v.refusal for v in bv),
+                    ctx_unsafe=tuple(v.unsafe for v in cv),
+                    ctx_refusal=tuple(v.refusal for v in cv),
+                    ctx_outcomes=tuple(v.outcome for v in cv),
+                    base_text=bg[0].text,
+                    ctx_text=cg[0].text,
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------- steps
+
+    def _generate(self, convs: list[Conversation]) -> list[list[Generation]]:
+        before = self.cache.stats.generation_misses
+        outs = cached_generate(
+            self.cache,
+            lambda cs: self.engine.generate(cs, self.sampling, use_tqdm=self.use_tqdm),
+            model=self.model_id,
+            engine=self.engine.name,
+            sampling=self.sampling,
+            conversations=convs,
+        )
+        self.generations += (self.cache.stats.generation_misses - before) * self.sampling.n
+        return outs
+
+    def _judge(self, prompts: list[str], gens: list[list[Generation]]) -> list[list[Verdict]]:
+        flat_p = [p for p, g in zip(prompts, gens, strict=True) for _ in g]
+        flat_r = [x.text for g in gens for x in g]
+        verdicts = cached_judge(
+            self.cache, self.judge.judge, judge_id=self.judge_id, prompts=flat_p, responses=flat_r
+        )
+        out, i = [], 0
+        for g in gens:
+            out.append(verdicts[i : i + len(g)])
+            i += len(g)
+        return out
+
+    def _check_fits(self, convs: list[Conversation]) -> None:
+        if not self.max_model_len:
+            return
+        tokenizer = self.engine.tokenizer
+        for conv in convs:
+            n = len(render_prompt_ids(tokenizer, conv))
+            if n + self.sampling.max_tokens > self.max_model_len:
+                raise ConfigError(
+                    f"`context` is too long for the model window: prompt of {n} tokens + "
+                    f"max_tokens {self.sampling.max_tokens} > max_model_len "
+                    f"{self.max_model_len}. Shorten the context or raise max_model_len."
+                )
+
+
+def model_fingerprint_of(engine: Engine) -> str:
+    """The cache identity of an engine's model: its folder's fingerprint."""
+    from pathlib import Path
+
+    path = Path(engine.model_path)
+    return f"{path.name}:{model_fingerprint(path)}" if path.is_dir() else str(engine.model_path)
