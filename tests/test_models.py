@@ -22,7 +22,7 @@ def test_embedded_model_resolves_to_a_complete_folder(embedded_model_path):
 
 
 def test_local_folder_without_config_is_rejected(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="must hold a config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"must hold a config\.json"):
         models.resolve_model(str(tmp_path))
 
 

@@ -28,7 +28,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "vllm", "hf"],
         help="generation engine; auto = vLLM where it imports (default: %(default)s)",
     )
-    g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: float32 for the HF engine on CPU, else bfloat16",
+    )
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument(
         "--trust-remote-code",

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from flipsearch.errors import ConfigError
@@ -28,7 +28,7 @@ __all__ = ["Engine", "EngineConfig", "HFEngine", "VLLMEngine", "resolve_engine_n
 
 EngineName = Literal["auto", "vllm", "hf"]
 _ENGINES = ("auto", "vllm", "hf")
-_DTYPES = ("bfloat16", "float16", "float32")
+_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @runtime_checkable
@@ -57,11 +57,12 @@ class EngineConfig:
     """How to build an engine; JSON-serialisable so any run can be recreated."""
 
     model: str = DEFAULT_MODEL
-    """Embedded model name, local HF folder or hub id (see :func:`flipsearch.models.resolve_model`)."""
+    """Embedded model name, local HF folder or hub id (see ``flipsearch.models.resolve_model``)."""
     engine: str = "auto"
     """``vllm``, ``hf``, or ``auto`` (vLLM where it imports, else transformers)."""
-    dtype: str = "bfloat16"
-    """Weights and activations dtype."""
+    dtype: str = "auto"
+    """Weights and activations dtype. ``auto``: float32 for the HF engine on CPU (measured
+    1.6x faster than bfloat16 there: 5.4 vs 3.4 tok/s), bfloat16 otherwise."""
     max_model_len: int = 2048
     """Context window given to vLLM (bounds KV-cache memory); prompts longer than it fail."""
     batch_size: int = 32
@@ -95,13 +96,25 @@ class EngineConfig:
         """Resolve the model and start the engine (loads weights)."""
         path = str(resolve_model(self.model))
         name = resolve_engine_name(self.engine)
+        config = replace(self, engine=name, dtype=self.resolved_dtype(name))
         if name == "vllm":
             from flipsearch.engines._vllm import VLLMEngine
 
-            return VLLMEngine(self, path)
+            return VLLMEngine(config, path)
         from flipsearch.engines._hf import HFEngine
 
-        return HFEngine(self, path)
+        return HFEngine(config, path)
+
+    def resolved_dtype(self, engine_name: str) -> str:
+        """The concrete dtype for ``engine_name`` (resolves ``auto``)."""
+        if self.dtype != "auto":
+            return self.dtype
+        if engine_name == "hf" and self.device != "cuda":
+            import torch
+
+            if self.device == "cpu" or not torch.cuda.is_available():
+                return "float32"
+        return "bfloat16"
 
 
 def resolve_engine_name(engine: str) -> str:
