@@ -1,0 +1,82 @@
+"""Judge a JSONL file of (prompt, response) rows into a JSONL file of verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flipsearch.errors import JudgeError
+from flipsearch.judges._base import Judge
+
+_FIELDS = ("prompt", "response")
+
+
+def read_pairs(path: str | Path) -> tuple[list[str], list[str]]:
+    """Prompts and responses from a JSONL file with ``prompt`` and ``response`` per line.
+
+    Raises:
+        JudgeError: missing file, a line that is not a JSON object, or a row lacking a
+            string ``prompt``/``response`` (the message names the line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise JudgeError(f"`input_path` must be an existing JSONL file, got {str(path)!r}")
+    prompts: list[str] = []
+    responses: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JudgeError(
+                    f"`{path}` line {lineno} must be a JSON object, got {line[:80]!r}: {e}"
+                ) from e
+            if not isinstance(row, dict):
+                raise JudgeError(f"`{path}` line {lineno} must be a JSON object, got {row!r}")
+            for field in _FIELDS:
+                if not isinstance(row.get(field), str):
+                    raise JudgeError(
+                        f"`{path}` line {lineno} must have a string `{field}` field, got "
+                        f"{row.get(field)!r} (fields: {sorted(row)!r})"
+                    )
+            prompts.append(row["prompt"])
+            responses.append(row["response"])
+    return prompts, responses
+
+
+def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge) -> int:
+    """Judge every row of ``input_path``; write one verdict row per input row, same order.
+
+    Each output row has ``refusal``, ``unsafe``, ``outcome``, ``raw``, ``judge`` and
+    ``categories`` (see :meth:`flipsearch.types.Verdict.to_dict`). The file is written
+    to a temporary name and renamed, so a crash never leaves half a file.
+
+    Example:
+        >>> judge_file("gens.jsonl", "verdicts.jsonl", make_judge("refusal"))  # doctest: +SKIP
+        120
+
+    Returns:
+        The number of rows judged.
+
+    Raises:
+        JudgeError: see :func:`read_pairs`; also if the judge returns the wrong count.
+    """
+    prompts, responses = read_pairs(input_path)
+    verdicts = judge.judge(prompts, responses)
+    if len(verdicts) != len(prompts):
+        raise JudgeError(
+            f"`judge` must return one verdict per row, got {len(verdicts)} for {len(prompts)}"
+        )
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for v in verdicts:
+            f.write(json.dumps(v.to_dict(), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return len(verdicts)
