@@ -111,6 +111,8 @@ class FlipScorer:
         self.use_tqdm = use_tqdm
         self.generations = 0
         """New generations made by this scorer (cache misses x samples)."""
+        self.new_tokens = 0
+        """Tokens in those new generations."""
 
     @property
     def judge_id(self) -> str:
@@ -164,13 +166,18 @@ class FlipScorer:
         before = self.cache.stats.generation_misses
         outs = cached_generate(
             self.cache,
-            lambda cs: self.engine.generate(cs, self.sampling, use_tqdm=self.use_tqdm),
+            self._generate_new,
             model=self.model_id,
             engine=self.engine.name,
             sampling=self.sampling,
             conversations=convs,
         )
         self.generations += (self.cache.stats.generation_misses - before) * self.sampling.n
+        return outs
+
+    def _generate_new(self, convs: list[Conversation]) -> list[list[Generation]]:
+        outs = self.engine.generate(convs, self.sampling, use_tqdm=self.use_tqdm)
+        self.new_tokens += sum(len(g.token_ids) for gens in outs for g in gens)
         return outs
 
     def _judge(self, prompts: list[str], gens: list[list[Generation]]) -> list[list[Verdict]]:
