@@ -80,7 +80,7 @@ class TrainConfig:
     # ---- data --------------------------------------------------------------------------
     harmful_prompts: tuple[str, ...] = ("harmful_core:train",)
     """Harmful training prompt sets, ``name[:split]`` each (CLI: comma-separated)."""
-    benign_prompts: tuple[str, ...] = ("benign_core:train",)
+    benign_prompts: tuple[str, ...] = ("benign:train",)
     """Benign training prompt sets, mixed in to keep helpfulness (the safety tax);
     empty trains on harmful prompts only."""
     max_prompts: int | None = None
