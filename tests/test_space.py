@@ -296,7 +296,7 @@ def test_paper_axes_yields_at_least_30_distinct_contexts():
     texts = {c.context.text for c in cands}
     assert len(texts) >= 30
     assert len({c.id for c in cands}) == len(cands) == space.size
-    assert all(c.context.placement == "system" for c in cands)
+    assert {c.context.placement for c in cands} == {"system", "prefix"}
     assert any("decide whether the request is harmful" in t for t in texts)
 
 
