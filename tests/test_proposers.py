@@ -86,7 +86,7 @@ def test_grammar_proposer_contexts_are_members_of_the_space():
         assert set(t.params) == set(space.dimensions())
         assert t.user_attrs["candidate_id"] in members
         assert t.user_attrs["context"] == members[t.user_attrs["candidate_id"]].text
-        assert t.user_attrs["placement"] == "system"
+        assert t.user_attrs["placement"] == members[t.user_attrs["candidate_id"]].placement
     # Re-rendering a trial's params gives the same candidate (resume, export).
     best = s.best_trial
     assert space.candidate(best.params).id == best.user_attrs["candidate_id"]
