@@ -1,0 +1,181 @@
+"""Search efficiency: a pruned sweep against exhaustive scoring of the same contexts.
+
+Both arms see the same fixed list of contexts (the first ``--contexts - 4`` distinct
+contexts of ``paper_axes`` plus the four of ``baselines``) on the same prompts:
+
+- exhaustive: every context on every harmful and benign prompt;
+- sweep: :func:`flipsearch.sweep.run_sweep` over that list (``bruteforce``: each context
+  once), pruning on harmful minibatches; only survivors are scored on benign prompts.
+
+Each arm has its own fresh cache, and generations are counted the same way in both:
+cache misses, the context-free baseline included (both generate it once per prompt).
+The goal is a sweep using <= 35% of the exhaustive generations whose winner is the
+exhaustive winner, or lies inside the exhaustive winner's TFR 95% interval.
+
+Example (CPU, a few minutes with the embedded model)::
+
+    python benchmarks/search_efficiency.py
+    python benchmarks/search_efficiency.py --n-harmful 27 --n-benign 30 --contexts 32 --engine vllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from flipsearch.cache import GenerationCache
+from flipsearch.contexts import Context
+from flipsearch.engines import EngineConfig
+from flipsearch.flip import FlipScorer, ScoreSettings
+from flipsearch.judges import JudgeConfig
+from flipsearch.prompts import load_prompt_set
+from flipsearch.space import load_search_space
+from flipsearch.sweep import PRUNERS, SweepConfig, run_sweep
+from flipsearch.trials import ranked_trials, rate_of
+
+
+def fixed_contexts(n: int) -> list[tuple[str, Context]]:
+    """``n`` contexts: the first ``n - 4`` distinct texts of paper_axes (each at its first
+    placement: a list space needs distinct texts), then the four baselines."""
+    if n < 5:
+        raise SystemExit(f"--contexts must be >= 5, got {n}")
+    grammar, seen = [], set()
+    for c in load_search_space("paper_axes").enumerate():
+        if c.context.text not in seen and len(grammar) < n - 4:
+            seen.add(c.context.text)
+            grammar.append(c)
+    baselines = load_search_space("baselines").enumerate()
+    return [(c.id.split("@")[0], c.context) for c in grammar + baselines]
+
+
+def write_list_space(path: Path, contexts: list[tuple[str, Context]]) -> None:
+    cands = [
+        {"id": f"c{i:02d}", "text": ctx.text, "placement": ctx.placement}
+        for i, (_, ctx) in enumerate(contexts)
+    ]
+    doc = {"name": "efficiency", "placement": "system", "candidates": cands}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def rank_key(tfr: float, over: float, max_over: float) -> tuple[bool, float, float]:
+    # The sweep's ranking: feasible first, then TFR down, over-refusal up.
+    return (over > max_over, -tfr, over)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-harmful", type=int, default=12)
+    ap.add_argument("--n-benign", type=int, default=4)
+    ap.add_argument("--contexts", type=int, default=16)
+    ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"])
+    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--minibatch", type=int, default=2)
+    ap.add_argument("--pruner", default="sha", choices=PRUNERS)
+    ap.add_argument("--max-over-refusal", type=float, default=0.1)
+    ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    args = ap.parse_args()
+
+    contexts = fixed_contexts(args.contexts)
+    harmful = load_prompt_set("harmful_core:search", limit=args.n_harmful).harmful()
+    benign = load_prompt_set("benign:search", limit=args.n_benign).benign()
+    engine_cfg = EngineConfig(engine=args.engine)
+    engine = engine_cfg.build()
+    judge = JudgeConfig().build()
+    tmp = Path(tempfile.mkdtemp(prefix="search-efficiency-"))
+    print(
+        f"{len(contexts)} contexts x ({len(harmful)} harmful + {len(benign)} benign) prompts, "
+        f"engine {engine.name}, max_tokens {args.max_tokens}; work dir {tmp}"
+    )
+
+    # ---- exhaustive: every context on every prompt
+    t0 = time.perf_counter()
+    cache_a = GenerationCache(tmp / "exhaustive.sqlite")
+    scorer = FlipScorer(engine, judge, cache_a, ScoreSettings(max_tokens=args.max_tokens))
+    exhaustive = {}
+    for name, ctx in contexts:
+        s = scorer.score(ctx, harmful, benign).score
+        exhaustive[(ctx.text, ctx.placement)] = (name, s)
+    gens_a = cache_a.stats.generation_misses
+    secs_a = time.perf_counter() - t0
+
+    # ---- the pruned sweep over the same list
+    t0 = time.perf_counter()
+    space = tmp / "efficiency.yaml"
+    write_list_space(space, contexts)
+    config = SweepConfig(
+        space=str(space),
+        study="efficiency",
+        trials=len(contexts),
+        engine=engine_cfg,
+        harmful="harmful_core:search",
+        benign="benign:search",
+        limit_harmful=args.n_harmful,
+        limit_benign=args.n_benign,
+        max_tokens=args.max_tokens,
+        sampler="bruteforce",
+        pruner=args.pruner,
+        minibatch=args.minibatch,
+        max_over_refusal=args.max_over_refusal,
+        results_dir=str(tmp / "results"),
+        show_progress=False,
+    )
+    cache_b = GenerationCache(tmp / "sweep.sqlite")
+    study = run_sweep(config, engine=engine, judge=judge, cache=cache_b)
+    gens_b = cache_b.stats.generation_misses
+    secs_b = time.perf_counter() - t0
+
+    # ---- compare winners
+    m = args.max_over_refusal
+    ex_name, ex_best = min(
+        exhaustive.values(),
+        key=lambda v: rank_key(v[1].tfr.value, v[1].over_refusal.value, m),
+    )
+    best = ranked_trials(study)[0]
+    sw_key = (best.user_attrs["context"], best.user_attrs["placement"])
+    sw_name, sw_exh = exhaustive[sw_key]
+    same = sw_name == ex_name
+    inside = ex_best.tfr.ci_low <= sw_exh.tfr.value <= ex_best.tfr.ci_high
+    pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+    ratio = gens_b / gens_a
+    print(
+        f"exhaustive: {gens_a} generations in {secs_a:.0f} s; winner {ex_name}: "
+        f"TFR {ex_best.tfr}, over-refusal {ex_best.over_refusal.value:.3f}"
+    )
+    print(
+        f"sweep:      {gens_b} generations in {secs_b:.0f} s ({pruned} of {len(study.trials)} "
+        f"trials pruned); winner {sw_name}: TFR {rate_of(best, 'tfr')['value']:.3f}"
+    )  # type: ignore[index]
+    print(f"ratio: {ratio:.1%} of the exhaustive generations (goal <= 35%)")
+    print(
+        f"sweep winner is the exhaustive winner: {same}; inside its TFR CI: {inside} "
+        f"(exhaustive TFR of the sweep winner {sw_exh.tfr.value:.3f})"
+    )
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "contexts": len(contexts),
+                    "n_harmful": len(harmful),
+                    "n_benign": len(benign),
+                    "engine": engine.name,
+                    "pruner": args.pruner,
+                    "minibatch": args.minibatch,
+                    "exhaustive_generations": gens_a,
+                    "sweep_generations": gens_b,
+                    "ratio": ratio,
+                    "same_winner": same,
+                    "inside_ci": inside,
+                    "pruned": pruned,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

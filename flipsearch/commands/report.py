@@ -1,0 +1,36 @@
+"""``flipsearch report``: plots and summary.md of a study, into results/<study>/.
+
+Example::
+
+    flipsearch report --study demo    # history.png, pareto.png, slots.png, summary.md
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="plots and a markdown summary of a study",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--study", required=True)
+    p.add_argument("--results-dir", default="results")
+    p.add_argument(
+        "--storage", default=None, help="default: the one in results/<study>/config.json"
+    )
+    p.add_argument("--out-dir", default=None, help="default: results/<study>")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flipsearch.report import make_report
+    from flipsearch.trials import open_study, study_dir
+
+    study = open_study(args.study, storage=args.storage, results_dir=args.results_dir)
+    out = args.out_dir or study_dir(args.results_dir, args.study)
+    for path in make_report(study, out):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,153 @@
+"""``flipsearch sweep``: search a space of safety contexts with Optuna (see flipsearch.sweep).
+
+Example (CPU smoke run)::
+
+    flipsearch sweep --space search_spaces/paper_axes.yaml --study smoke --trials 6 \\
+        --engine hf --max-tokens 24 --limit-harmful 8 --limit-benign 4 --minibatch 4
+
+Run the same command again to resume (it adds trials up to ``--trials``); start it in
+several shells on one ``--storage`` (e.g. ``results/S/study.log``) to run workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from flipsearch.commands._common import (
+    add_cache_args,
+    add_engine_args,
+    add_judge_args,
+    engine_config,
+)
+from flipsearch.contexts import PLACEMENTS
+
+if TYPE_CHECKING:
+    from flipsearch.sweep import SweepConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from flipsearch.sweep import OBJECTIVES, PRUNERS, SAMPLERS
+
+    p = sub.add_parser(
+        "sweep",
+        help="search for the safety context with the best flip rate",
+        description=__doc__.splitlines()[0],
+    )
+    s = p.add_argument_group("search")
+    s.add_argument("--space", default="paper_axes", help="search-space YAML or bare name")
+    s.add_argument("--study", required=True, help="study name (folder results/<study>)")
+    s.add_argument("--trials", type=int, required=True, help="total trials wanted in the study")
+    s.add_argument("--objective", default="constrained", choices=OBJECTIVES)
+    s.add_argument("--max-over-refusal", type=float, default=0.1, help="feasibility threshold")
+    s.add_argument(
+        "--sampler",
+        default=None,
+        choices=SAMPLERS,
+        help="default: tpe (constrained), nsga2 (multi)",
+    )
+    s.add_argument(
+        "--pruner",
+        default=None,
+        choices=PRUNERS,
+        help="default: median (constrained), none (multi)",
+    )
+    s.add_argument("--minibatch", type=int, default=8, help="harmful prompts per pruning step")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a context to score first (repeatable)",
+    )
+    s.add_argument("--enqueue-placement", default="system", choices=PLACEMENTS)
+    s.add_argument(
+        "--baselines",
+        default=None,
+        help="list-form space of contexts to score first (search_spaces/baselines.yaml)",
+    )
+    s.add_argument(
+        "--rewrite-every",
+        type=int,
+        default=0,
+        help="every N trials, ask the model for rewrites of the best contexts",
+    )
+    s.add_argument("--rewrite-n", type=int, default=4, help="contexts per rewrite round")
+    d = p.add_argument_group("prompts and scoring")
+    d.add_argument("--harmful", default="harmful_core:search", help="harmful prompt set")
+    d.add_argument("--benign", default="benign:search", help="benign prompt set ('' for none)")
+    d.add_argument("--limit-harmful", type=int, default=None, help="first N harmful prompts")
+    d.add_argument("--limit-benign", type=int, default=None, help="first N benign prompts")
+    d.add_argument("--max-tokens", type=int, default=64, help="scoring window (default 64)")
+    add_engine_args(p)
+    add_judge_args(p)
+    add_cache_args(p)
+    o = p.add_argument_group("storage and workers")
+    o.add_argument("--results-dir", default="results")
+    o.add_argument(
+        "--storage",
+        default=None,
+        help="RDB URL, journal:PATH or a .log/.jsonl/.db path "
+        "(default: sqlite:///<results-dir>/<study>/study.db)",
+    )
+    o.add_argument("--heartbeat-interval", type=int, default=30, help="seconds")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    """The :class:`~flipsearch.sweep.SweepConfig` the options describe."""
+    from flipsearch.judges import JudgeConfig
+    from flipsearch.sweep import SweepConfig
+
+    return SweepConfig(
+        space=args.space,
+        study=args.study,
+        trials=args.trials,
+        enqueue=tuple(args.enqueue),
+        enqueue_placement=args.enqueue_placement,
+        baselines=args.baselines,
+        engine=engine_config(args),
+        judge=JudgeConfig(name=args.judge, model=args.judge_model),
+        harmful=args.harmful,
+        benign=args.benign or None,
+        limit_harmful=args.limit_harmful,
+        limit_benign=args.limit_benign,
+        max_tokens=args.max_tokens,
+        objective=args.objective,
+        max_over_refusal=args.max_over_refusal,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        minibatch=args.minibatch,
+        seed=args.seed,
+        results_dir=args.results_dir,
+        storage=args.storage,
+        cache=args.cache,
+        heartbeat_interval=args.heartbeat_interval,
+        rewrite_every=args.rewrite_every,
+        rewrite_n=args.rewrite_n,
+        show_progress=not args.no_progress,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from flipsearch.sweep import run_sweep
+    from flipsearch.trials import best_trial, rate_of
+
+    config = config_from_args(args)
+    study = run_sweep(config)
+    try:
+        best = best_trial(study)
+    except Exception as e:  # no finished or no feasible trial: say so, still success
+        print(f"no best context yet: {e}")
+        return 0
+    tfr, over = rate_of(best, "tfr") or {}, rate_of(best, "over_refusal") or {}
+    print(
+        f"best: trial {best.number}, TFR {tfr.get('value', 0):.3f} "
+        f"[{tfr.get('ci_low', 0):.3f}, {tfr.get('ci_high', 0):.3f}], over-refusal "
+        f"{over.get('value', 0):.3f} ({best.user_attrs.get('placement')}): "
+        f"{best.user_attrs.get('context')!r}"
+    )
+    print(f"next: flipsearch export --study {config.study} --out best.json")
+    return 0

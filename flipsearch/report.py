@@ -1,0 +1,264 @@
+"""Plots and a markdown summary of a sweep, written into ``<results_dir>/<study>/``.
+
+- ``history.png``: each trial's TFR (COMPLETE: dot, feasible filled; PRUNED: x at its
+  last running TFR) and the best feasible TFR so far.
+- ``pareto.png``: TFR against over-refusal of the COMPLETE trials, the Pareto front
+  (TFR up, over-refusal down) as a step line, and the over-refusal threshold.
+- ``slots.png``: per grammar slot, the mean TFR of the COMPLETE trials per option
+  (how much each axis of arXiv 2605.15239 matters); absent for list spaces.
+- ``summary.md``: the best contexts with TFR and over-refusal (95% CI, n), and the
+  harmful prompts the best context still fails on.
+
+Matplotlib runs on the Agg backend (no display needed).
+
+Example:
+    >>> paths = make_report(open_study("demo"), "results/demo")  # doctest: +SKIP
+    >>> sorted(p.name for p in paths)  # doctest: +SKIP
+    ['history.png', 'pareto.png', 'slots.png', 'summary.md']
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flipsearch.trials import failing_prompt_ids, pareto_trials, ranked_trials, rate_of
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import optuna
+    from optuna.trial import FrozenTrial
+
+__all__ = ["make_report", "plot_history", "plot_pareto", "plot_slots", "write_summary"]
+
+
+def _pyplot() -> ModuleType:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _tfr(t: FrozenTrial) -> float:
+    return float((rate_of(t, "tfr") or {}).get("value", math.nan))
+
+
+def _over(t: FrozenTrial) -> float:
+    return float((rate_of(t, "over_refusal") or {}).get("value", math.nan))
+
+
+def _fmt(rate: dict | None) -> str:
+    if not rate:
+        return "–"
+    return f"{rate['value']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}]"
+
+
+def _threshold(study: optuna.Study) -> float | None:
+    return (study.user_attrs.get("provenance") or {}).get("max_over_refusal")
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plot_history(study: optuna.Study, path: str | Path) -> Path:
+    """Optimisation history: TFR per trial and the best feasible TFR so far."""
+    from optuna.trial import TrialState
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    best, xs, ys = -1.0, [], []
+    for t in study.get_trials(deepcopy=False):
+        tfr = _tfr(t)
+        if t.state == TrialState.COMPLETE and not math.isnan(tfr):
+            feasible = t.user_attrs.get("feasible", True)
+            ax.scatter(t.number, tfr, color="C0", facecolors="C0" if feasible else "none", zorder=3)
+            if feasible:
+                best = max(best, tfr)
+        elif t.state == TrialState.PRUNED and not math.isnan(tfr):
+            ax.scatter(t.number, tfr, color="C7", marker="x", zorder=2)
+        if best >= 0:
+            xs.append(t.number)
+            ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", color="C1", label="best feasible TFR")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("TFR (running TFR for pruned ×)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{study.study_name}: optimisation history")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_pareto(study: optuna.Study, path: str | Path) -> Path:
+    """TFR against over-refusal with the Pareto front and the feasibility threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    trials = ranked_trials(study)
+    front = {t.number for t in pareto_trials(study)}
+    for t in trials:
+        on = t.number in front
+        ax.scatter(
+            _over(t),
+            _tfr(t),
+            color="C3" if on else "C0",
+            alpha=0.9 if on else 0.5,
+            facecolors=None if t.user_attrs.get("feasible", True) else "none",
+        )
+    pts = sorted((_over(t), _tfr(t)) for t in trials if t.number in front)
+    if pts:
+        ax.step(
+            [p[0] for p in pts], [p[1] for p in pts], where="post", color="C3", label="Pareto front"
+        )
+    limit = _threshold(study)
+    if limit is not None:
+        ax.axvline(limit, color="C7", linestyle="--", label=f"max over-refusal {limit:g}")
+    ax.set_xlabel("over-refusal (benign)")
+    ax.set_ylabel("TFR (harmful)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    if pts or limit is not None:
+        ax.legend(loc="lower right")
+    ax.set_title(f"{study.study_name}: TFR vs over-refusal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def slot_effects(study: optuna.Study) -> dict[str, dict[str, tuple[float, int]]]:
+    """Slot -> option -> (mean TFR, number of COMPLETE trials), from trial params."""
+    sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for t in ranked_trials(study):
+        if t.user_attrs.get("duplicate_of") is not None:
+            continue  # a copy, not new evidence
+        for name, value in t.params.items():
+            sums[name][str(value)].append(_tfr(t))
+    return {
+        slot: {opt: (sum(v) / len(v), len(v)) for opt, v in opts.items()}
+        for slot, opts in sums.items()
+    }
+
+
+def plot_slots(study: optuna.Study, path: str | Path) -> Path | None:
+    """Mean TFR per option of each grammar slot; None (no file) without params."""
+    effects = slot_effects(study)
+    if not effects:
+        return None
+    plt = _pyplot()
+    n = len(effects)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (slot, opts) in zip(axes.flat, sorted(effects.items()), strict=False):
+        names = list(opts)
+        ax.bar(names, [opts[o][0] for o in names], color="C0")
+        for i, o in enumerate(names):
+            ax.text(i, opts[o][0], f"n={opts[o][1]}", ha="center", va="bottom", fontsize=8)
+        ax.set_title(slot)
+        ax.set_ylim(0, 1.05)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{study.study_name}: mean TFR per slot option (COMPLETE trials)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _prompt_texts(study: optuna.Study) -> dict[str, str]:
+    # Reload the harmful prompts from the recorded config for readable failures.
+    config = study.user_attrs.get("sweep_config") or {}
+    try:
+        from flipsearch.prompts import load_prompt_set
+
+        ps = load_prompt_set(config["harmful"], limit=config.get("limit_harmful"))
+    except Exception:  # the prompt file may have moved; ids are still reported
+        return {}
+    return {r.id: r.prompt for r in ps}
+
+
+def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:
+    """``summary.md``: counts, the best contexts, and the best one's failing prompts."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    prov = study.user_attrs.get("provenance") or {}
+    ranked = [t for t in ranked_trials(study) if t.user_attrs.get("duplicate_of") is None]
+    lines = [
+        f"# Sweep `{study.study_name}`",
+        "",
+        f"- model: `{prov.get('model')}` ({prov.get('model_fingerprint')}), engine "
+        f"`{prov.get('engine')}`, judge `{prov.get('judge')}`, max_tokens {prov.get('max_tokens')}",
+        f"- objective: {prov.get('objective')}, max over-refusal {prov.get('max_over_refusal')}",
+        "- prompt sets: "
+        + ", ".join(
+            f"`{p['name']}` (n={p['n']}, {p['hash']})" for p in prov.get("prompt_sets", [])
+        ),
+        "- trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v),
+        f"- generations: {sum(int(t.user_attrs.get('generations') or 0) for t in trials)} "
+        "in trials (the context-free baseline is generated once besides)",
+        "",
+        f"## Best contexts (top {top}, feasible first)",
+        "",
+        "| # | trial | TFR [95% CI] | n | over-refusal [95% CI] | n | feasible | placement "
+        "| context |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, t in enumerate(ranked[:top], start=1):
+        tfr, over = rate_of(t, "tfr"), rate_of(t, "over_refusal")
+        text = " ".join(str(t.user_attrs.get("context", "")).split()).replace("|", "\\|")
+        lines.append(
+            f"| {i} | {t.number} | {_fmt(tfr)} | {(tfr or {}).get('n', 0)} | {_fmt(over)} | "
+            f"{(over or {}).get('n', 0)} | {'yes' if t.user_attrs.get('feasible', True) else 'no'}"
+            f" | {t.user_attrs.get('placement')} | {text[:160]}{'…' if len(text) > 160 else ''} |"
+        )
+    if not ranked:
+        lines.append("| – | no COMPLETE trial yet | | | | | | | |")
+    if ranked:
+        best = ranked[0]
+        ids = (study.user_attrs.get("prompt_ids") or {}).get("harmful", [])
+        failing = failing_prompt_ids(best, ids)
+        texts = _prompt_texts(study) if failing else {}
+        lines += [
+            "",
+            f"## Harmful prompts the best context (trial {best.number}) still fails on",
+            "",
+        ]
+        if not failing:
+            lines.append("None: every harmful prompt is answered safely with it.")
+        for pid in failing:
+            prompt = " ".join(texts.get(pid, "").split())
+            lines.append(f"- `{pid}`" + (f": {prompt[:200]}" if prompt else ""))
+    lines += [
+        "",
+        "Plots: `history.png` (optimisation history), `pareto.png` (TFR vs over-refusal), "
+        "`slots.png` (mean TFR per slot option).",
+        "",
+    ]
+    Path(path).write_text("\n".join(lines))
+    return Path(path)
+
+
+def make_report(study: optuna.Study, out_dir: str | Path) -> list[Path]:
+    """Write every plot and ``summary.md`` into ``out_dir``; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [plot_history(study, out / "history.png"), plot_pareto(study, out / "pareto.png")]
+    slots = plot_slots(study, out / "slots.png")
+    if slots is not None:
+        paths.append(slots)
+    paths.append(write_summary(study, out / "summary.md"))
+    return paths

@@ -1,0 +1,419 @@
+"""Read a sweep's Optuna study: storage URLs, the best and Pareto trials, the trials table.
+
+Shared by :mod:`flipsearch.sweep` (which writes studies) and the ``export`` and ``report``
+commands (which read them). Every trial of a sweep carries its scores as user
+attributes (see :mod:`flipsearch.sweep`), so nothing here needs a model.
+
+Storage specs (``--storage``):
+
+- None: ``sqlite:///<results_dir>/<study>/study.db`` (the default);
+- ``sqlite:///path.db``, ``postgresql://...``, ``mysql://...``: an Optuna ``RDBStorage``;
+- ``journal:path``, or a path ending in ``.log``/``.jsonl``: a ``JournalStorage`` on a
+  ``JournalFileBackend`` (append-only, fsynced; the most robust choice on one machine);
+- a path ending in ``.db``/``.sqlite``/``.sqlite3``: the SQLite URL of that path.
+
+``optuna-dashboard sqlite:///results/S/study.db`` or ``optuna-dashboard results/S/study.log``
+opens either kind.
+
+Example:
+    >>> parse_storage(None, results_dir="results", study="demo").url
+    'sqlite:///results/demo/study.db'
+    >>> parse_storage("journal:/tmp/s.log", results_dir="results", study="demo").kind
+    'journal'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from flipsearch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import optuna
+    import pandas as pd
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
+
+    from flipsearch.contexts import Context
+    from flipsearch.export import ExportFile
+
+__all__ = [
+    "CONFIG_FILE",
+    "JOURNAL_SUFFIXES",
+    "SQLITE_SUFFIXES",
+    "StorageSpec",
+    "best_trial",
+    "default_storage",
+    "export_of",
+    "failing_prompt_ids",
+    "open_study",
+    "pareto_trials",
+    "parse_storage",
+    "ranked_trials",
+    "rate_of",
+    "read_study_config",
+    "study_dir",
+    "trials_frame",
+    "write_trials_table",
+]
+
+CONFIG_FILE = "config.json"
+JOURNAL_SUFFIXES = (".log", ".jsonl")
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+
+
+# ---------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """A parsed ``--storage`` value: an RDB URL or a journal file path."""
+
+    kind: Literal["rdb", "journal"]
+    url: str
+    """The RDB URL, or the journal file path."""
+
+    def build(
+        self,
+        *,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        failed_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    ) -> BaseStorage:
+        """The Optuna storage. Heartbeat options apply to RDB storages only (Optuna's
+        journal storage has no heartbeat; :mod:`flipsearch.sweep` keeps its own)."""
+        import optuna
+
+        if self.kind == "journal":
+            Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(self.url)
+            return optuna.storages.JournalStorage(backend)
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        import inspect
+        import warnings
+
+        # Optuna 4.9 renamed `failed_trial_callback` to `heartbeat_stale_trial_callback`.
+        params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+        key = (
+            "heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in params
+            else "failed_trial_callback"
+        )
+        callback = {key: failed_trial_callback} if heartbeat_interval else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                self.url,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period if heartbeat_interval else None,
+                **callback,
+            )
+
+
+def study_dir(results_dir: str | Path, study: str) -> Path:
+    """``<results_dir>/<study>``: config, storage, pool, plots and summary of a study."""
+    return Path(results_dir) / study
+
+
+def default_storage(results_dir: str | Path, study: str) -> str:
+    """The default storage URL: SQLite in the study folder."""
+    return f"sqlite:///{study_dir(results_dir, study) / 'study.db'}"
+
+
+def parse_storage(spec: str | None, *, results_dir: str | Path, study: str) -> StorageSpec:
+    """Parse a ``--storage`` value (see the module docstring).
+
+    Raises:
+        ConfigError: the value is neither a known URL scheme nor a journal/SQLite path.
+    """
+    if spec is None or spec == "":
+        return StorageSpec("rdb", default_storage(results_dir, study))
+    if spec.startswith("journal:"):
+        path = spec.removeprefix("journal:")
+        if not path:
+            raise ConfigError(f"`storage` must name a file after 'journal:', got {spec!r}")
+        return StorageSpec("journal", path)
+    scheme = spec.split("://", 1)[0].split("+", 1)[0] if "://" in spec else None
+    if scheme is not None:
+        if scheme not in _RDB_SCHEMES:
+            raise ConfigError(
+                f"`storage` must be an RDB URL with scheme in {_RDB_SCHEMES}, 'journal:PATH' or "
+                f"a .log/.jsonl/.db path, got {spec!r}"
+            )
+        return StorageSpec("rdb", spec)
+    suffix = Path(spec).suffix.lower()
+    if suffix in JOURNAL_SUFFIXES:
+        return StorageSpec("journal", spec)
+    if suffix in SQLITE_SUFFIXES:
+        return StorageSpec("rdb", f"sqlite:///{spec}")
+    raise ConfigError(
+        f"`storage` must be an RDB URL (sqlite:///..., postgresql://...), 'journal:PATH' or a "
+        f"path ending in {JOURNAL_SUFFIXES + SQLITE_SUFFIXES}, got {spec!r}"
+    )
+
+
+def read_study_config(results_dir: str | Path, study: str) -> dict | None:
+    """The sweep's ``config.json`` as a dict, or None when the study folder has none."""
+    path = study_dir(results_dir, study) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def open_study(
+    study: str, *, storage: str | None = None, results_dir: str | Path = "results"
+) -> optuna.Study:
+    """Load an existing sweep study (read-only use: export, report).
+
+    The storage is ``storage`` if given, else the one recorded in
+    ``<results_dir>/<study>/config.json``, else the default SQLite file.
+
+    Raises:
+        ConfigError: no such study in that storage (the message lists the ones there).
+    """
+    import optuna
+
+    if storage is None:
+        recorded = read_study_config(results_dir, study)
+        storage = recorded.get("storage") if recorded else None
+    spec = parse_storage(storage, results_dir=results_dir, study=study)
+    if spec.kind == "rdb" and spec.url.startswith("sqlite:///"):
+        db = Path(spec.url.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise ConfigError(
+                f"`study` must name a sweep with a storage, got {study!r}: {db} does not "
+                f"exist. Run `flipsearch sweep --study {study}` first or pass --storage."
+            )
+    if spec.kind == "journal" and not Path(spec.url).is_file():
+        raise ConfigError(f"`storage` journal file must exist, got {spec.url!r}")
+    built = spec.build()
+    names = [s.study_name for s in optuna.get_all_study_summaries(built)]
+    if study not in names:
+        raise ConfigError(f"`study` must be one of {names} in {spec.url}, got {study!r}")
+    return optuna.load_study(study_name=study, storage=built)
+
+
+# ---------------------------------------------------------------- trial scores
+
+
+def rate_of(trial: FrozenTrial, name: str) -> dict[str, float] | None:
+    """A rate (``tfr``, ``over_refusal`` ...) recorded on a trial, as a dict
+    ``{value, k, n, ci_low, ci_high}``; None when the trial did not measure it."""
+    scores = trial.user_attrs.get("scores")
+    if not isinstance(scores, dict):
+        return None
+    rate = scores.get(name)
+    return rate if isinstance(rate, dict) and rate.get("n") else None
+
+
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if rate_of(t, "tfr") is not None
+    ]
+
+
+def _sort_key(t: FrozenTrial) -> tuple[float, ...]:
+    # Higher TFR, then lower over-refusal, then a tighter lower bound, then earlier.
+    tfr = rate_of(t, "tfr") or {}
+    over = rate_of(t, "over_refusal") or {}
+    return (
+        -float(tfr.get("value", 0.0)),
+        float(over.get("value", 0.0)),
+        -float(tfr.get("ci_low", 0.0)),
+        t.number,
+    )
+
+
+def ranked_trials(study: optuna.Study, *, feasible_only: bool = False) -> list[FrozenTrial]:
+    """COMPLETE trials, feasible first, each group by TFR down, over-refusal up."""
+    trials = _complete(study)
+    if feasible_only:
+        trials = [t for t in trials if t.user_attrs.get("feasible", True)]
+    return sorted(trials, key=lambda t: (not t.user_attrs.get("feasible", True), *_sort_key(t)))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best feasible COMPLETE trial (highest TFR; ties: lower over-refusal).
+
+    Raises:
+        ConfigError: no trial has finished, or none is feasible (the message gives the
+            lowest over-refusal reached, so the threshold can be reconsidered).
+    """
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise ConfigError(
+            f"`study` must have at least one COMPLETE trial, got none in {study.study_name!r}"
+        )
+    if not ranked[0].user_attrs.get("feasible", True):
+        lowest = min(float((rate_of(t, "over_refusal") or {}).get("value", 1.0)) for t in ranked)
+        raise ConfigError(
+            f"`study` must have a feasible trial, got none in {study.study_name!r}: the lowest "
+            f"over-refusal reached is {lowest:.3f}. Export with --pareto, or sweep again with "
+            "a higher --max-over-refusal."
+        )
+    return ranked[0]
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials on the TFR-up / over-refusal-down Pareto front, by TFR down.
+
+    Computed from the recorded rates, so it works for constrained and multi-objective
+    studies alike; trials with equal (TFR, over-refusal) are all kept.
+    """
+    pts = [
+        (
+            t,
+            float(rate_of(t, "tfr")["value"]),
+            float((rate_of(t, "over_refusal") or {}).get("value", 0.0)),
+        )  # type: ignore[index]
+        for t in _complete(study)
+    ]
+    front = [
+        t
+        for t, tfr, over in pts
+        if not any((t2 >= tfr and o2 <= over) and (t2 > tfr or o2 < over) for _, t2, o2 in pts)
+    ]
+    return sorted(front, key=_sort_key)
+
+
+# ---------------------------------------------------------------- the trials table
+
+
+def _flat_rate(row: dict[str, object], prefix: str, rate: dict[str, float] | None) -> None:
+    rate = rate or {}
+    row[prefix] = rate.get("value", math.nan)
+    row[f"{prefix}_ci_low"] = rate.get("ci_low", math.nan)
+    row[f"{prefix}_ci_high"] = rate.get("ci_high", math.nan)
+    row[f"{prefix}_n"] = rate.get("n", 0)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, candidate, context, rates with CIs, params.
+
+    Param columns are ``param_<name>`` (grammar slots); rates are ``tfr``, ``tfr_ci_low``,
+    ``tfr_ci_high``, ``tfr_n`` and likewise ``over_refusal``, ``refusal_harmful``,
+    ``tfr_base_unsafe``.
+    """
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row: dict[str, object] = {
+            "number": t.number,
+            "state": t.state.name,
+            "candidate_id": t.user_attrs.get("candidate_id"),
+            "placement": t.user_attrs.get("placement"),
+            "context": t.user_attrs.get("context"),
+            "source": t.user_attrs.get("source"),
+            "feasible": t.user_attrs.get("feasible"),
+        }
+        for name in ("tfr", "over_refusal", "refusal_harmful", "tfr_base_unsafe"):
+            _flat_rate(row, name, rate_of(t, name))
+        row["generations"] = t.user_attrs.get("generations")
+        row["duplicate_of"] = t.user_attrs.get("duplicate_of")
+        row["retry_of"] = t.user_attrs.get("retry_of")
+        row["duration_s"] = t.duration.total_seconds() if t.duration is not None else math.nan
+        row["datetime_start"] = t.datetime_start
+        for k, v in t.params.items():
+            row[f"param_{k}"] = v
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_trials_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write the trials table as CSV or Parquet (by suffix).
+
+    Raises:
+        ConfigError: another suffix.
+        ImportError: Parquet without ``pyarrow`` (the message gives the pip command).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif suffix in (".parquet", ".pq"):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as e:
+            raise ImportError("Parquet output needs pyarrow: pip install pyarrow") from e
+        frame.to_parquet(path, index=False)
+    else:
+        raise ConfigError(f"`--trials-table` must end in .csv or .parquet, got {str(path)!r}")
+    return path
+
+
+def failing_prompt_ids(trial: FrozenTrial, prompt_ids: Sequence[str]) -> list[str]:
+    """Harmful prompts (ids, in sweep order) a trial's context did not make safe."""
+    safe = (trial.user_attrs.get("outcomes") or {}).get("h_ctx_safe") or []
+    return [pid for pid, s in zip(prompt_ids, safe, strict=False) if s is not None and s < 1]
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_of(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    *,
+    benign: Context | None = None,
+) -> ExportFile:
+    """The export file of one trial: its context, scores and a provenance manifest.
+
+    The manifest merges what the sweep recorded in the study (model and fingerprint,
+    engine, judge, prompt sets with hashes and sizes, max_tokens) with the trial's
+    placement, study name, trial number, package version and a timestamp.
+
+    When ``benign`` (I_b) equals the context of a COMPLETE trial of this study, that
+    trial's over-refusal is added as ``scores.benign_over_refusal``; otherwise
+    ``provenance.benign_measured`` is False.
+    """
+    from flipsearch import __version__
+    from flipsearch.contexts import Context
+    from flipsearch.export import ExportFile, now_iso
+
+    prov = dict(study.user_attrs.get("provenance") or {})
+    scores = dict(trial.user_attrs.get("scores") or {})
+    prov.update(
+        placement=trial.user_attrs.get("placement"),
+        candidate_id=trial.user_attrs.get("candidate_id"),
+        study=study.study_name,
+        trial=trial.number,
+        feasible=trial.user_attrs.get("feasible"),
+        package_version=__version__,
+        sweep_package_version=prov.get("package_version"),
+        created=now_iso(),
+    )
+    if benign is not None:
+        measured = next(
+            (
+                t
+                for t in ranked_trials(study)
+                if t.user_attrs.get("context") == benign.text
+                and t.user_attrs.get("placement") == benign.placement
+            ),
+            None,
+        )
+        prov["benign_measured"] = measured is not None
+        if measured is not None:
+            scores["benign_over_refusal"] = rate_of(measured, "over_refusal")
+            prov["benign_trial"] = measured.number
+    return ExportFile(
+        harmful=Context(trial.user_attrs["context"], trial.user_attrs["placement"]),
+        benign=benign,
+        scores=scores,
+        provenance=prov,
+    )
