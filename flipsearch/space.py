@@ -452,8 +452,9 @@ class _Parser:
         dup_ids = sorted({i for i in ids if ids.count(i) > 1})
         if dup_ids:
             raise self.fail(f"`{where}` option ids must be unique, got duplicates {dup_ids!r}")
-        texts = [normalise_whitespace(o.text) for o in options]
-        dup_texts = sorted({t for t in texts if texts.count(t) > 1})
+        # The same text at two placements is two contexts (placement is searched too).
+        texts = [(normalise_whitespace(o.text), o.placement) for o in options]
+        dup_texts = sorted({t for t, _ in texts if texts.count((t, _)) > 1})
         if dup_texts:
             raise self.fail(f"`{where}` option texts must be unique, got duplicates {dup_texts!r}")
 
