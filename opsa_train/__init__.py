@@ -23,3 +23,14 @@ checkpoint) lives in ``opsa_train.trainer``.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+__all__ = ["TrainResult", "train"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy: `import opsa_train` must not import torch.
+    if name in ("train", "TrainResult"):
+        from opsa_train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(name)

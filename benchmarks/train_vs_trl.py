@@ -1,0 +1,261 @@
+"""opsa_train vs TRL's ``SDFTTrainer``: steps/s and peak RSS on the same task.
+
+Both arms train the same model on the same harmful training prompts, with the same
+batch (prompts per step, one rollout each), rollout length, top-k KL loss (alpha 0.5,
+tail bucket), learning rate and number of steps, from the plain prompt (student) and
+[privileged context + prompt] (teacher: the frozen initial model). The context goes
+in as a user-turn prefix: TRL through ``teacher_prompt_template``
+(``"{privileged_context}\\n\\n{prompt}"``), opsa_train through an export file with
+``placement: prefix``, which renders the same text.
+
+Each arm runs in its own subprocess, which reports its own peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the wall time of each step; the
+first step (allocations, lazy init) is excluded from steps/s.
+
+Differences that remain (documented, not equalised): TRL's alpha=0.5 is the generalised
+Jensen-Shannon divergence over the *student's* top-k support, opsa_train's is
+0.5 forward + 0.5 reverse KL over the *teacher's* top-k; TRL runs through the
+transformers ``Trainer`` (dataloader, callbacks, its own AdamW).
+
+Install the baseline with ``pip install -e '.[bench]'`` (trl >= 0.25). Usage::
+
+    python benchmarks/train_vs_trl.py                      # default size, ~10 min on 2 CPU cores
+    python benchmarks/train_vs_trl.py --prompts 8 --new-tokens 64 --steps 4
+    python benchmarks/train_vs_trl.py --arm opsa --json out.json   # one arm (used internally)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONTEXT = (
+    "You are a safe assistant. This request is harmful. Refuse it. "
+    "Start your reply with: I'm sorry, but I can't help with that."
+)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _prompts(n: int) -> list[str]:
+    from flipsearch.prompts import load_prompt_set
+
+    return [r.prompt for r in load_prompt_set("harmful_core:train").rows[:n]]
+
+
+# --------------------------------------------------------------------------------------
+# Arms (each runs in its own process)
+
+
+def run_opsa(args: argparse.Namespace) -> dict[str, object]:
+    from flipsearch.contexts import Context
+    from flipsearch.export import ExportFile, write_export
+    from opsa_train.config import TrainConfig
+    from opsa_train.trainer import Trainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="opsa-bench-"))
+    ctx = write_export(
+        tmp / "ctx.json",
+        ExportFile(harmful=Context(CONTEXT, "prefix"), provenance={"model": args.model}),
+    )
+    cfg = TrainConfig.cpu_default(
+        model=args.model,
+        context_file=str(ctx),
+        out_dir=str(tmp / "run"),
+        engine="hf",
+        benign_prompts=(),
+        max_prompts=args.prompts,
+        batch_size=args.prompts,
+        max_new_tokens=args.new_tokens,
+        top_k=args.top_k,
+        tail_bucket=True,
+        loss="mixed_topk",
+        alpha=0.5,
+        lr=args.lr,
+        steps=args.steps,
+        checkpoint_every=0,
+        dtype="float32",
+    )
+    trainer = Trainer(cfg)
+    step_s = []
+    for step in range(1, args.steps + 1):
+        start = time.perf_counter()
+        trainer.train_step(step)
+        step_s.append(time.perf_counter() - start)
+    return {"arm": "opsa_train", "step_s": step_s, "peak_rss_mb": _peak_rss_mb()}
+
+
+def run_trl(args: argparse.Namespace) -> dict[str, object]:
+    try:
+        from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+    except ImportError as exc:
+        raise ImportError("the TRL arm needs trl: pip install -e '.[bench]'") from exc
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from flipsearch.models import resolve_model
+
+    path = str(resolve_model(args.model))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    rows = [
+        {"prompt": [{"role": "user", "content": p}], "privileged_context": CONTEXT}
+        for p in _prompts(args.prompts)
+    ]
+    tmp = tempfile.mkdtemp(prefix="trl-bench-")
+    config = SDFTConfig(
+        output_dir=tmp,
+        per_device_train_batch_size=args.prompts,
+        gradient_accumulation_steps=1,
+        num_generations=1,
+        max_completion_length=args.new_tokens,
+        max_prompt_length=512,
+        temperature=1.0,
+        top_p=1.0,
+        distillation_mode="topk_logits",
+        distillation_topk=args.top_k,
+        distillation_alpha=0.5,
+        distillation_add_tail=True,
+        teacher_model_kind="base",
+        teacher_prompt_template="{privileged_context}\n\n{prompt}",
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        max_steps=args.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        shuffle_dataset=False,
+    )
+    step_s: list[float] = []
+
+    class _Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            step_s.append(time.perf_counter() - self.start)
+
+    trainer = SDFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[_Clock()],
+    )
+    trainer.train()
+    return {"arm": "trl_sdft", "step_s": step_s, "peak_rss_mb": _peak_rss_mb()}
+
+
+# --------------------------------------------------------------------------------------
+# Orchestration
+
+
+def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, object]:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    cmd = [
+        sys.executable,
+        __file__,
+        "--arm",
+        arm,
+        "--json",
+        out,
+        "--model",
+        args.model,
+        "--prompts",
+        str(args.prompts),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--top-k",
+        str(args.top_k),
+        "--steps",
+        str(args.steps),
+        "--lr",
+        str(args.lr),
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run(cmd, check=True, env=env)
+    result = json.loads(Path(out).read_text())
+    Path(out).unlink(missing_ok=True)
+    return result
+
+
+def _summary(result: dict[str, object]) -> dict[str, float]:
+    times = list(result["step_s"])  # type: ignore[arg-type]
+    timed = times[1:] if len(times) > 1 else times  # drop the warm-up step
+    s_per_step = sum(timed) / len(timed)
+    return {
+        "s_per_step": s_per_step,
+        "steps_per_s": 1.0 / s_per_step,
+        "peak_rss_mb": float(result["peak_rss_mb"]),  # type: ignore[arg-type]
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arm", choices=("opsa", "trl"), help="run one arm in this process")
+    p.add_argument("--json", help="where one arm writes its result")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per step (1 rollout each)")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4, help="steps per arm; the first is not timed")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--out", help="also write the comparison as JSON here")
+    args = p.parse_args(argv)
+
+    if args.arm is not None:
+        result = run_opsa(args) if args.arm == "opsa" else run_trl(args)
+        Path(args.json).write_text(json.dumps(result))
+        return 0
+
+    arms = {
+        "trl_sdft": _summary(_run_arm("trl", args)),
+        "opsa_train": _summary(_run_arm("opsa", args)),
+    }
+    ours, trl = arms["opsa_train"], arms["trl_sdft"]
+    report = {
+        "settings": {
+            "model": args.model,
+            "prompts_per_step": args.prompts,
+            "new_tokens": args.new_tokens,
+            "top_k": args.top_k,
+            "steps": args.steps,
+        },
+        **arms,
+        "speedup_steps_per_s": ours["steps_per_s"] / trl["steps_per_s"],
+        "peak_rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+    }
+    print(f"{'arm':<12}{'s/step':>10}{'steps/s':>10}{'peak RSS MB':>14}")
+    for name, row in arms.items():
+        print(
+            f"{name:<12}{row['s_per_step']:>10.2f}{row['steps_per_s']:>10.3f}{row['peak_rss_mb']:>14.0f}"
+        )
+    print(
+        f"opsa_train / TRL: {report['speedup_steps_per_s']:.2f}x steps/s, "
+        f"{report['peak_rss_ratio']:.2f}x peak RSS"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

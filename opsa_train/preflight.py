@@ -1,0 +1,230 @@
+"""Checks that run before the first step, each failing with a specific `PreflightError`.
+
+A training run costs hours on a GPU; these checks cost seconds and catch the inputs
+that would otherwise train silently on garbage:
+
+- `check_context_file`: a context file is given and readable (`read_context_file`).
+- `check_tokenizers`: student and teacher share tokenizer and vocabulary (the KL is
+  taken id by id, so a different vocabulary compares unrelated tokens).
+- `check_conversations`: every prompt conversation ends with a user turn.
+- `check_window`: context + prompt + ``max_new_tokens`` fit the model's window.
+- `check_has_harmful`: at least one harmful prompt when I_h is given.
+- `check_export_model`: the export file was searched on the model being trained
+  (``config.export_model_mismatch``: ``error``, the default, or ``warn``). A context
+  found for another model rarely flips this one, so the teacher would not be the safe
+  teacher the search measured.
+
+Example:
+    >>> from flipsearch.prompts import PromptRow  # doctest: +ELLIPSIS
+    >>> check_has_harmful([PromptRow("1", "Hi", "benign")], has_harmful_context=True)
+    Traceback (most recent call last):
+    ...
+    opsa_train.errors.PreflightError: `harmful_prompts` must yield at least one harmful ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flipsearch.errors import ExportFileError
+from flipsearch.export import ExportFile, read_export
+from flipsearch.models import model_fingerprint
+from flipsearch.prompts import PromptRow
+from flipsearch.types import Conversation
+from opsa_train.errors import PreflightError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+
+def read_context_file(context_file: str | Path | None) -> ExportFile:
+    """Read the export file named by ``context_file``.
+
+    Raises:
+        PreflightError: ``context_file`` is None, missing or malformed.
+    """
+    if context_file is None:
+        raise PreflightError(
+            "`context_file` must name a flipsearch export file, got None: "
+            "run `flipsearch export --study S --out best.json`, then pass --context best.json"
+        )
+    try:
+        return read_export(context_file)
+    except ExportFileError as exc:
+        raise PreflightError(f"`context_file` must be a valid export file: {exc}") from exc
+
+
+check_context_file = read_context_file
+
+
+def check_tokenizers(
+    student: PreTrainedTokenizerBase,
+    teacher: PreTrainedTokenizerBase,
+    *,
+    student_vocab_size: int | None = None,
+    teacher_vocab_size: int | None = None,
+) -> None:
+    """Student and teacher must tokenize identically and share the output vocabulary.
+
+    Args:
+        student, teacher: the two tokenizers (the rollout engine's and the teacher's).
+        student_vocab_size, teacher_vocab_size: each model's output width (logits' V),
+            from ``model.config.vocab_size``; checked equal when both are given.
+
+    Raises:
+        PreflightError: vocabularies, special tokens or chat templates differ.
+    """
+    s_vocab, t_vocab = student.get_vocab(), teacher.get_vocab()
+    if s_vocab != t_vocab:
+        only_s = sorted(set(s_vocab) - set(t_vocab))[:5]
+        only_t = sorted(set(t_vocab) - set(s_vocab))[:5]
+        moved = [tok for tok in s_vocab if tok in t_vocab and s_vocab[tok] != t_vocab[tok]][:5]
+        raise PreflightError(
+            f"`teacher` tokenizer vocabulary must equal the student's ({len(s_vocab)} ids), got "
+            f"{len(t_vocab)} ids (only in student: {only_s!r}, only in teacher: {only_t!r}, "
+            f"different ids: {moved!r}): the per-token KL compares ids"
+        )
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        s_val, t_val = getattr(student, attr, None), getattr(teacher, attr, None)
+        if s_val != t_val:
+            raise PreflightError(
+                f"`teacher` tokenizer `{attr}` must equal the student's ({s_val!r}), got {t_val!r}"
+            )
+    s_tpl = getattr(student, "chat_template", None)
+    t_tpl = getattr(teacher, "chat_template", None)
+    if s_tpl != t_tpl:
+        raise PreflightError(
+            "`teacher` chat template must equal the student's, got a different template: "
+            "the teacher must score the student's tokens under the same chat format"
+        )
+    if (
+        student_vocab_size is not None
+        and teacher_vocab_size is not None
+        and student_vocab_size != teacher_vocab_size
+    ):
+        raise PreflightError(
+            f"`teacher` output vocabulary size must equal the student's ({student_vocab_size}), "
+            f"got {teacher_vocab_size}"
+        )
+    if student_vocab_size is not None and len(s_vocab) > student_vocab_size:
+        raise PreflightError(
+            f"the model's vocabulary size must cover the tokenizer's {len(s_vocab)} ids, "
+            f"got {student_vocab_size}"
+        )
+
+
+def check_conversations(conversations: Sequence[Conversation], ids: Sequence[str]) -> None:
+    """Every conversation must be non-empty and end with a user turn.
+
+    Raises:
+        PreflightError: naming the first bad prompt's id and its roles.
+    """
+    for conversation, prompt_id in zip(conversations, ids, strict=True):
+        roles = [m.get("role") for m in conversation]
+        if not roles or roles[-1] != "user":
+            raise PreflightError(
+                f"prompt {prompt_id!r} must end with a user turn, got roles {roles!r}: the "
+                "student answers the last user turn"
+            )
+
+
+def check_window(
+    prompt_lengths: Sequence[int], ids: Sequence[str], *, max_new_tokens: int, window: int
+) -> None:
+    """The longest (teacher) prompt plus ``max_new_tokens`` must fit the model window.
+
+    Args:
+        prompt_lengths: token counts of the rendered teacher prompts (context + prompt,
+            the longer of the two conversations).
+        ids: the matching prompt ids, for the message.
+        max_new_tokens: the rollout length.
+        window: the model's context window (``max_position_embeddings``).
+
+    Raises:
+        PreflightError: naming the prompt, its length and the window.
+    """
+    if not prompt_lengths:
+        return
+    longest = max(range(len(prompt_lengths)), key=lambda i: prompt_lengths[i])
+    need = prompt_lengths[longest] + max_new_tokens
+    if need > window:
+        raise PreflightError(
+            f"`max_new_tokens` ({max_new_tokens}) plus the longest teacher prompt "
+            f"({prompt_lengths[longest]} tokens, prompt {ids[longest]!r}) must fit the model "
+            f"window ({window}), got {need}: shorten the context or lower max_new_tokens"
+        )
+
+
+def check_has_harmful(rows: Sequence[PromptRow], *, has_harmful_context: bool) -> None:
+    """At least one harmful prompt when a harmful context (I_h) is given.
+
+    Raises:
+        PreflightError: no row has type ``harmful``.
+    """
+    if not has_harmful_context:
+        return
+    n_harmful = sum(row.type == "harmful" for row in rows)
+    if n_harmful == 0:
+        raise PreflightError(
+            "`harmful_prompts` must yield at least one harmful prompt when I_h is given, got "
+            f"0 of {len(rows)} prompts: the harmful context would never be used"
+        )
+
+
+def check_export_model(
+    export: ExportFile, *, model: str, model_path: Path | None, policy: str
+) -> bool:
+    """The export file's model must be the model being trained.
+
+    The fingerprint (``provenance.model_fingerprint``, ``<folder>:<digest>`` or a bare
+    digest of :func:`flipsearch.models.model_fingerprint`) decides when both sides have
+    one, so a renamed or moved copy of the same weights passes; else
+    the names are compared (the config's name or its resolved folder). An export without
+    any model provenance cannot be checked and only warns.
+
+    Args:
+        export: the export file.
+        model: ``config.model``.
+        model_path: the resolved model folder (None skips the fingerprint).
+        policy: ``error`` or ``warn`` (``config.export_model_mismatch``).
+
+    Returns:
+        True when the models match (or could not be checked), False on a warned mismatch.
+
+    Raises:
+        PreflightError: a mismatch under ``policy="error"``.
+    """
+    if policy not in ("error", "warn"):
+        raise PreflightError(f"`export_model_mismatch` must be 'error' or 'warn', got {policy!r}")
+    exported = export.provenance.get("model")
+    exported_fp = export.provenance.get("model_fingerprint")
+    if exported is None and exported_fp is None:
+        logger.warning(
+            "the export file has no provenance.model: cannot check it was searched on %r", model
+        )
+        return True
+    if exported_fp is not None and model_path is not None:
+        ours = model_fingerprint(model_path)
+        # flipsearch writes "<folder>:<digest>" (flip.model_fingerprint_of); the digest decides.
+        if str(exported_fp).rsplit(":", 1)[-1] == ours:
+            return True
+        detail = f"fingerprint {exported_fp!r} (model {exported!r}), ours is {ours!r}"
+    else:
+        names = {model, str(model_path)} if model_path is not None else {model}
+        if str(exported) in names:
+            return True
+        detail = f"model {exported!r}"
+    message = (
+        f"`model` ({model!r}) must be the model the context was searched on, got {detail} in "
+        "the export file: a context found for another model rarely flips this one. "
+        "Set export_model_mismatch=warn to train anyway"
+    )
+    if policy == "error":
+        raise PreflightError(message)
+    logger.warning(message)
+    return False
