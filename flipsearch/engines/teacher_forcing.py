@@ -91,20 +91,46 @@ def completion_logits(model: PreTrainedModel, batch: CompletionBatch) -> torch.T
     import torch
 
     device = next(model.parameters()).device
-    out = model(
-        input_ids=batch.input_ids_B_L.to(device),
-        attention_mask=batch.attention_mask_B_L.to(device),
-        use_cache=False,
-    )
-    logits_B_L_V = out.logits
     t_max = batch.targets_B_T.shape[1]
     # Gather the predicting positions: prompt_len - 1 + t, clamped inside the row.
     starts = torch.tensor(batch.prompt_lens, device=device) - 1
     offsets = torch.arange(t_max, device=device)
-    positions_B_T = (starts[:, None] + offsets[None, :]).clamp(max=logits_B_L_V.shape[1] - 1)
-    index = positions_B_T[:, :, None].expand(-1, -1, logits_B_L_V.shape[-1])
-    logits_B_T_V = logits_B_L_V.gather(1, index)
+    width = batch.input_ids_B_L.shape[1]
+    positions_B_T = (starts[:, None] + offsets[None, :]).clamp(max=width - 1)
+    inputs = {
+        "input_ids": batch.input_ids_B_L.to(device),
+        "attention_mask": batch.attention_mask_B_L.to(device),
+        "use_cache": False,
+    }
+    head = _plain_lm_head(model)
+    if head is not None:
+        # Only completion positions go through the LM head: teacher prompts carry the
+        # context, so this skips most of the (L, V) logits and their memory.
+        hidden_B_L_H = model.get_decoder()(**inputs).last_hidden_state
+        index = positions_B_T[:, :, None].expand(-1, -1, hidden_B_L_H.shape[-1])
+        logits_B_T_V = head(hidden_B_L_H.gather(1, index))
+    else:
+        logits_B_L_V = model(**inputs).logits
+        index = positions_B_T[:, :, None].expand(-1, -1, logits_B_L_V.shape[-1])
+        logits_B_T_V = logits_B_L_V.gather(1, index)
     return logits_B_T_V * batch.completion_mask_B_T.to(device)[:, :, None].to(logits_B_T_V.dtype)
+
+
+def _plain_lm_head(model: PreTrainedModel) -> torch.nn.Module | None:
+    # The LM head alone, when the model's logits are exactly head(decoder(x)): no
+    # soft-capping or logit scaling in its forward. Else None (use the full forward).
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    if getattr(config, "model_type", None) not in _PLAIN_HEAD_MODEL_TYPES:
+        return None
+    try:
+        return model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
+_PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""Teacher-forcing alignment on a tiny random Llama (shapes, masking, fast path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from flipsearch.engines import teacher_forcing as tf
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = transformers.LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_completion_logits_predict_each_completion_token(tiny):
+    prompts, completions = [[1, 2, 3, 4, 5], [6, 7]], [[8, 9, 10], [11, 12, 13, 14]]
+    batch = tf.build_completion_batch(prompts, completions, pad_id=0)
+    logits_B_T_V = tf.completion_logits(tiny, batch)
+    assert logits_B_T_V.shape == (2, 4, 300)
+    assert batch.completion_mask_B_T.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    for b, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        full = tiny(input_ids=torch.tensor([p + c])).logits[0]
+        for t in range(len(c)):
+            # The logits predicting completion token t sit at position len(p) - 1 + t.
+            torch.testing.assert_close(logits_B_T_V[b, t], full[len(p) - 1 + t])
+    assert torch.all(logits_B_T_V[0, 3] == 0)  # padded position
+
+
+def test_fast_head_path_equals_the_full_forward(tiny, monkeypatch):
+    batch = tf.build_completion_batch([[1, 2, 3], [4]], [[5, 6], [7, 8, 9]], pad_id=0)
+    fast = tf.completion_logits(tiny, batch)
+    monkeypatch.setattr(tf, "_plain_lm_head", lambda model: None)
+    torch.testing.assert_close(fast, tf.completion_logits(tiny, batch))
+
+
+def test_gradients_flow_through_completion_logits(tiny):
+    batch = tf.build_completion_batch([[1, 2]], [[3, 4]], pad_id=0)
+    tiny.requires_grad_(True)
+    tf.completion_logits(tiny, batch).sum().backward()
+    assert tiny.model.embed_tokens.weight.grad is not None
+    tiny.zero_grad()
