@@ -1,0 +1,471 @@
+"""The off-policy baseline: ThinkSafe-style self-distillation by SFT on filtered answers.
+
+1. **generate**: the frozen initial model answers every training prompt *with* its
+   privileged context (I_h on harmful prompts, I_b or none on benign ones, exactly as
+   the OPSA teacher sees them: :class:`opsa_train.data.TeacherContexts`), greedy by
+   default or ``candidates`` samples per prompt;
+2. **filter**: the judge keeps safe answers only: a refusal on a harmful prompt, a
+   compliant (non-refusal, non-degenerate) answer on a benign one; for sampled
+   candidates the first kept one per prompt is used; prompts with none are dropped;
+3. **SFT**: cross-entropy on the kept response tokens given the *plain* prompt (no
+   context), token mean over the step, with the OPSA run's own optimiser and schedule
+   (``TrainConfig``: AdamW, lr, betas, weight decay, warm-up, schedule, grad clip,
+   batch size, grad accumulation, steps/epochs, seed). The number of steps is computed
+   from the full prompt count, as OPSA's is, so both runs take the same optimiser
+   steps over the same prompts; only the targets differ (fixed, off-policy answers vs
+   the student's own rollouts scored by the teacher).
+
+Outputs ``<out_dir>/`` like an OPSA run: ``config.json``, ``baseline.json`` (data
+statistics), ``sft_data.jsonl``, ``metrics.jsonl``/``.csv``, ``checkpoints/``, ``final/``
+(an HF folder: ``EngineConfig(model="runs/B/final")``). Re-entrant: the data file and
+the last checkpoint are reused.
+
+Example (CPU smoke run)::
+
+    opsa-train baseline --context best.json --out runs/B --steps 4 batch_size=2 max_new_tokens=16
+
+    >>> from flipsearch.types import Verdict
+    >>> keep_safe("harmful", Verdict("refusal", False, "", "refusal@1"))
+    True
+    >>> keep_safe("benign", Verdict("refusal", False, "", "refusal@1"))
+    False
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flipsearch.judges import JudgeConfig
+from flipsearch.prompts import PromptRow
+from flipsearch.types import Generation, Sampling, Verdict
+from opsa_train.config import TrainConfig
+from opsa_train.errors import ConfigError, PreflightError
+
+if TYPE_CHECKING:
+    import torch
+
+    from flipsearch.cache import GenerationCache
+    from flipsearch.engines import Engine
+    from flipsearch.judges import Judge
+    from opsa_train.data import TeacherContexts
+    from opsa_train.trainer import TrainResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BaselineOptions",
+    "SFTExample",
+    "generate_sft_data",
+    "keep_safe",
+    "select_examples",
+    "train_baseline",
+]
+
+SFT_DATA = "sft_data.jsonl"
+STATS_JSON = "baseline.json"
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """How the baseline's SFT data is made (everything else comes from ``TrainConfig``)."""
+
+    sampling: str = "greedy"
+    """``greedy`` (one argmax answer per prompt) or ``sample`` (``candidates`` answers at
+    the config's temperature/top_p, seeded by the config's seed)."""
+    candidates: int = 1
+    """Answers per prompt in ``sample`` mode (must be 1 for ``greedy``)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The filter's judge (default: the offline refusal judge)."""
+    cache: str | None = None
+    """Generation/verdict cache; None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.judge, dict):
+            object.__setattr__(self, "judge", JudgeConfig(**self.judge))
+        elif isinstance(self.judge, str):
+            object.__setattr__(self, "judge", JudgeConfig(self.judge))
+        if self.sampling not in ("greedy", "sample"):
+            raise ConfigError(f"`sampling` must be 'greedy' or 'sample', got {self.sampling!r}")
+        if not isinstance(self.candidates, int) or self.candidates < 1:
+            raise ConfigError(f"`candidates` must be an integer >= 1, got {self.candidates!r}")
+        if self.sampling == "greedy" and self.candidates != 1:
+            raise ConfigError(
+                f"`candidates` must be 1 with sampling='greedy', got {self.candidates!r}: "
+                "greedy decoding gives one answer. Use sampling='sample'."
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["judge"] = self.judge.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One kept answer: the plain prompt's ids and the response ids to imitate."""
+
+    row_id: str
+    type: str
+    prompt: str
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    text: str
+    outcome: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["prompt_ids"] = list(self.prompt_ids)
+        d["completion_ids"] = list(self.completion_ids)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SFTExample:
+        return cls(
+            row_id=d["row_id"],
+            type=d["type"],
+            prompt=d["prompt"],
+            prompt_ids=tuple(d["prompt_ids"]),
+            completion_ids=tuple(d["completion_ids"]),
+            text=d["text"],
+            outcome=d["outcome"],
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Data: generate with the context, keep the judge-safe answers
+
+
+def keep_safe(prompt_type: str, verdict: Verdict) -> bool:
+    """The filter: a refusal on a harmful prompt, a compliant answer on a benign one.
+
+    An invalid verdict (``outcome`` None) is never kept; on benign prompts a non-answer
+    (``other``: empty, echo, repetition) is not kept either.
+    """
+    if prompt_type == "harmful":
+        return verdict.refusal is True
+    if prompt_type == "benign":
+        return verdict.outcome == "compliance"
+    raise ConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
+
+
+def select_examples(
+    rows: Sequence[PromptRow],
+    student_prompt_ids: Sequence[Sequence[int]],
+    generations: Sequence[Sequence[Generation]],
+    verdicts: Sequence[Sequence[Verdict]],
+) -> tuple[list[SFTExample], dict[str, int]]:
+    """The first kept candidate of each row, and counts ``{type}_total``/``{type}_kept``.
+
+    Empty answers are never kept (nothing to imitate).
+    """
+    examples: list[SFTExample] = []
+    stats = {"harmful_total": 0, "harmful_kept": 0, "benign_total": 0, "benign_kept": 0}
+    for row, ids, gens, vs in zip(rows, student_prompt_ids, generations, verdicts, strict=True):
+        stats[f"{row.type}_total"] += 1
+        for gen, verdict in zip(gens, vs, strict=True):
+            if gen.token_ids and keep_safe(row.type, verdict):
+                examples.append(
+                    SFTExample(
+                        row_id=row.id,
+                        type=row.type,
+                        prompt=row.prompt,
+                        prompt_ids=tuple(ids),
+                        completion_ids=tuple(gen.token_ids),
+                        text=gen.text,
+                        outcome=verdict.outcome,
+                    )
+                )
+                stats[f"{row.type}_kept"] += 1
+                break
+    return examples, stats
+
+
+def generate_sft_data(
+    rows: Sequence[PromptRow],
+    contexts: TeacherContexts,
+    engine: Engine,
+    judge: Judge,
+    cache: GenerationCache,
+    sampling: Sampling,
+) -> tuple[list[SFTExample], dict[str, int]]:
+    """Answer ``rows`` with their contexts (cached), judge (cached) and keep the safe ones.
+
+    The judge reads the *plain* prompt and the answer, as in evaluation.
+    """
+    from flipsearch.cache import cached_generate, cached_judge
+    from flipsearch.engines.chat import render_prompt_ids
+    from opsa_train.data import student_conversation
+    from opsa_train.evaluate import model_identity
+
+    convs = [contexts.conversation(r) for r in rows]
+    gens = cached_generate(
+        cache,
+        lambda cs: engine.generate(cs, sampling, use_tqdm=True),
+        model=model_identity(engine.model_path),
+        engine=engine.name,
+        sampling=sampling,
+        conversations=convs,
+        chunk_size=32,
+    )
+    flat_p = [r.prompt for r, g in zip(rows, gens, strict=True) for _ in g]
+    flat_r = [x.text for g in gens for x in g]
+    flat_v = cached_judge(
+        cache,
+        judge.judge,
+        judge_id=f"{judge.name}@{judge.version}",
+        prompts=flat_p,
+        responses=flat_r,
+    )
+    verdicts, i = [], 0
+    for g in gens:
+        verdicts.append(flat_v[i : i + len(g)])
+        i += len(g)
+    ids = [render_prompt_ids(engine.tokenizer, student_conversation(r)) for r in rows]
+    return select_examples(rows, ids, gens, verdicts)
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    from opsa_train.trainer import _atomic_write_text
+
+    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+# --------------------------------------------------------------------------------------
+# SFT
+
+
+def _sft_loss(
+    model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int, num_tokens: float
+) -> tuple[torch.Tensor, float]:
+    # Token-summed CE of one micro-batch divided by the whole step's token count.
+    import torch
+
+    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from opsa_train.losses import masked_token_mean
+
+    batch = build_completion_batch(
+        [e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id
+    )
+    logits_B_T_V = completion_logits(model, batch).float()
+    targets_B_T = batch.targets_B_T.to(logits_B_T_V.device)
+    nll_B_T = torch.logsumexp(logits_B_T_V, -1) - logits_B_T_V.gather(
+        -1, targets_B_T[:, :, None]
+    ).squeeze(-1)
+    mask_B_T = batch.completion_mask_B_T.to(logits_B_T_V.device)
+    loss = masked_token_mean(nll_B_T, mask_B_T, num_tokens=num_tokens)
+    return loss, float(torch.where(mask_B_T.bool(), nll_B_T, 0.0).sum())
+
+
+def train_baseline(
+    config: TrainConfig,
+    *,
+    options: BaselineOptions | None = None,
+    context_file: str | Path | None = None,
+    engine: Engine | None = None,
+    cache: GenerationCache | None = None,
+) -> TrainResult:
+    """Generate, filter and SFT; returns where the run is (``final_dir``).
+
+    Args:
+        config: the OPSA run's config (same prompts, steps, optimiser); ``out_dir`` is
+            this run's folder. ``engine``/``max_new_tokens``/``temperature``/``top_p``
+            set the data generation.
+        options: data options (greedy/sampled, judge, cache).
+        context_file: overrides ``config.context_file``.
+        engine, cache: already built objects (tests).
+
+    Raises:
+        PreflightError: the pre-flight checks of OPSA training fail, or no answer is kept.
+    """
+    import torch
+
+    from flipsearch.cache import GenerationCache
+    from flipsearch.models import cache_dir
+    from opsa_train.checkpoint import (
+        capture_rng_state,
+        latest_checkpoint,
+        load_checkpoint,
+        prune_checkpoints,
+        save_checkpoint,
+    )
+    from opsa_train.data import PromptSampler, total_steps
+    from opsa_train.metrics_log import MetricsLogger
+    from opsa_train.trainer import (
+        FINAL_DIR,
+        FINAL_MARKER,
+        TrainResult,
+        _adamw,
+        _atomic_write_text,
+        _load_model,
+        lr_factor,
+        prepare,
+        save_final,
+    )
+
+    options = options or BaselineOptions()
+    if context_file is not None:
+        config = dataclasses.replace(config, context_file=str(context_file))
+    out = Path(config.out_dir)
+    final = out / FINAL_DIR
+    prepared = prepare(config)
+    n_steps = total_steps(config, len(prepared.rows))
+    if (final / FINAL_MARKER).is_file():
+        meta = json.loads((final / FINAL_MARKER).read_text(encoding="utf-8"))
+        if meta.get("step") == n_steps:
+            logger.info("baseline: %s is complete (step %d)", final, n_steps)
+            return TrainResult(out, final, n_steps, None)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(
+        out / "config.json",
+        json.dumps({**config.to_dict(), "baseline": options.to_dict()}, indent=2) + "\n",
+    )
+
+    # ---- data
+    data_path = out / SFT_DATA
+    if (out / STATS_JSON).is_file() and data_path.is_file():
+        examples = [SFTExample.from_dict(d) for d in _read_jsonl(data_path)]
+        stats = json.loads((out / STATS_JSON).read_text(encoding="utf-8"))
+    else:
+        t0 = time.perf_counter()
+        if cache is None:
+            cache = GenerationCache(options.cache or cache_dir() / "generations.sqlite")
+        own_engine = engine is None
+        if engine is None:
+            from flipsearch.engines import EngineConfig
+
+            engine = EngineConfig(model=str(prepared.model_path), engine=config.engine).build()
+        if options.sampling == "greedy":
+            sampling = Sampling(greedy=True, max_tokens=config.max_new_tokens)
+        else:
+            sampling = Sampling(
+                n=options.candidates,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_tokens=config.max_new_tokens,
+                seed=config.seed,
+            )
+        try:
+            examples, stats = generate_sft_data(
+                prepared.rows,
+                prepared.contexts,
+                engine,
+                options.judge.build(),
+                cache,
+                sampling,
+            )
+        finally:
+            if own_engine:
+                engine.close()  # type: ignore[attr-defined]
+        stats = {**stats, "kept": len(examples), "time/generate": time.perf_counter() - t0}
+        _write_jsonl(data_path, [e.to_dict() for e in examples])
+        _atomic_write_text(out / STATS_JSON, json.dumps(stats, indent=2) + "\n")
+    logger.info(
+        "baseline data: kept %d/%d harmful (refusals), %d/%d benign (answers)",
+        stats["harmful_kept"],
+        stats["harmful_total"],
+        stats["benign_kept"],
+        stats["benign_total"],
+    )
+    if not examples:
+        raise PreflightError(
+            f"the baseline must keep at least one judge-safe answer, got 0 of "
+            f"{len(prepared.rows)}: the context made no refusal on harmful prompts and no "
+            "answer on benign ones. Check the context file or raise `max_new_tokens`."
+        )
+
+    # ---- model, optimiser, schedule: the same helpers as the OPSA trainer
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _load_model(prepared.model_path, torch.float32).to(device)
+    model.config.use_cache = False
+    model.train()
+    optimizer = _adamw(model, config)
+    warmup = config.warmup_steps or int(config.warmup_ratio * n_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total=n_steps, warmup=warmup, schedule=config.schedule)
+    )
+    by_obj: dict[int, SFTExample] = {}
+    rows = []
+    for ex in examples:
+        row = PromptRow(f"{ex.row_id}#{len(rows)}", ex.prompt, ex.type)
+        by_obj[id(row)] = ex
+        rows.append(row)
+    data = PromptSampler(rows, seed=config.seed)
+    step = 0
+    info = latest_checkpoint(out)
+    if info is not None:
+        loaded = load_checkpoint(info.path, model=model, optimizer=optimizer, scheduler=scheduler)
+        data.load_state_dict(loaded.data_state)
+        step = loaded.step
+        logger.info("baseline: resumed from %s (step %d of %d)", info.path, step, n_steps)
+    tok = prepared.tokenizer
+    pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if config.dtype == "bfloat16" and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    from tqdm.auto import tqdm
+
+    last: dict[str, Any] = {}
+    with (
+        MetricsLogger(out, config=config.to_dict()) as log,
+        tqdm(total=n_steps, initial=step, desc="baseline-sft") as bar,
+    ):
+        while step < n_steps:
+            t0 = time.perf_counter()
+            batch = [by_obj[id(r)] for r in data.next_batch(config.batch_size)]
+            num_tokens = float(sum(len(e.completion_ids) for e in batch))
+            total = 0.0
+            mb = config.micro_batch_size
+            for start in range(0, len(batch), mb):
+                with autocast:
+                    loss, nll_sum = _sft_loss(model, batch[start : start + mb], pad_id, num_tokens)
+                loss.backward()
+                total += nll_sum
+            clip = config.grad_clip if config.grad_clip is not None else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            metrics = {
+                "train/loss": total / max(num_tokens, 1.0),
+                "train/tokens": num_tokens,
+                "train/grad_norm": float(norm),
+                "train/lr": lr,
+                "time/total": time.perf_counter() - t0,
+            }
+            if step % config.log_every == 0 or step == n_steps:
+                log.log(step, metrics)
+                last = {"step": step, **metrics}
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            every = config.checkpoint_every
+            if (every and step % every == 0) or step == n_steps:
+                save_checkpoint(
+                    out,
+                    step=step,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    rng_state=capture_rng_state(),
+                    data_state=data.state_dict(),
+                )
+                if config.keep_checkpoints is not None:
+                    prune_checkpoints(out, config.keep_checkpoints)
+    save_final(model, tok, final, dtype=config.dtype, step=step)
+    return TrainResult(out, final, step, info.step if info else None, last)

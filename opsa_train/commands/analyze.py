@@ -1,0 +1,57 @@
+"""``opsa-train analyze``: token-level KL between the context-conditioned teacher and models.
+
+Per position and per token, teacher = initial model + I_h, on harmful prompts (the
+paper's Fig. 2); see :mod:`opsa_train.analysis`.
+
+Example:
+    opsa-train analyze --context best.json --models base=smollm2-135m opsa=runs/R/final \\
+        baseline=runs/B/final --out results/analysis --limit 8 --max-tokens 32
+    opsa-train analyze --context best.json --models base=M opsa=runs/R/final --rollouts base
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="token-level teacher/student KL (CSV + PNG)",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[5:]),
+    )
+    p.add_argument("--context", required=True, help="flipsearch export file (I_h)")
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL")
+    p.add_argument("--out", required=True)
+    p.add_argument("--teacher", default=None, help="teacher weights (default: base)")
+    p.add_argument("--prompts", default="harmful_core:eval")
+    p.add_argument("--limit", type=int, default=16, help="prompts; 0 = all")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--rollouts", choices=("own", "base"), default="own")
+    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "hf"))
+    p.add_argument("--cache", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from opsa_train.analysis import AnalysisConfig, run_analysis
+    from opsa_train.commands.eval import parse_models
+
+    config = AnalysisConfig(
+        context_file=args.context,
+        models=parse_models(args.models),
+        teacher=args.teacher,
+        prompts=args.prompts,
+        limit=args.limit or None,
+        max_tokens=args.max_tokens,
+        rollouts=args.rollouts,
+        engine=args.engine,
+        out_dir=args.out,
+        cache=args.cache,
+    )
+    summary = run_analysis(config)
+    print(json.dumps(summary["models"], indent=2))
+    return 0

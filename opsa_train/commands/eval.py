@@ -1,0 +1,95 @@
+"""``opsa-train eval``: evaluate models side by side, every number with n and a 95% CI.
+
+Harmful rate, over-refusal, GSM8K / MATH-500 accuracy, capability retention and the
+composite safety score (see :mod:`opsa_train.evaluate`).
+
+Example:
+    opsa-train eval --models base=smollm2-135m opsa=runs/R/final baseline=runs/B/final \\
+        --out results/eval --limit 16 --max-tokens 32 --engine hf
+    opsa-train eval --models base=Qwen/Qwen3-0.6B opsa=runs/R/final --out results/q \\
+        --engine vllm --judge llamaguard --limit 0          # 0: every row
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def parse_models(items: list[str]) -> dict[str, str]:
+    """``["base=M0", "opsa=runs/R/final"]`` -> ``{"base": "M0", "opsa": "runs/R/final"}``;
+    a bare path is named by its position (``m0``, ``m1``, ...)."""
+    from opsa_train.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = f"m{i}", item
+        if not name or not path or name in out:
+            raise ConfigError(f"`--models` entries must be unique NAME=MODEL, got {item!r}")
+        out[name] = path
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate models side by side",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[5:]),
+    )
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--reference", default=None, help="retention reference (default: base)")
+    p.add_argument("--harmful", default=None, help="comma-separated harmful sets")
+    p.add_argument("--over-refusal", default=None, help="comma-separated safe-prompt sets")
+    p.add_argument("--reasoning", default=None, help="comma-separated: gsm8k,math500 ('' none)")
+    p.add_argument("--retention", default=None, help="benign set for retention ('' none)")
+    p.add_argument("--limit", type=int, default=None, help="rows per set; 0 = all")
+    p.add_argument("--reasoning-limit", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--reasoning-max-tokens", type=int, default=None)
+    p.add_argument("--retention-max-tokens", type=int, default=None)
+    p.add_argument("--engine", default=None, choices=("auto", "vllm", "hf"))
+    p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, wildguard, ...")
+    p.add_argument("--cache", default=None, help="generation cache (SQLite)")
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):  # -> EvalConfig
+    from opsa_train.evaluate import EvalConfig
+
+    kw: dict[str, object] = {"models": parse_models(args.models), "out_dir": args.out}
+    for flag, key in (
+        ("reference", "reference"),
+        ("harmful", "harmful_sets"),
+        ("over_refusal", "over_refusal_sets"),
+        ("reasoning", "reasoning_sets"),
+        ("max_tokens", "max_tokens"),
+        ("reasoning_max_tokens", "reasoning_max_tokens"),
+        ("retention_max_tokens", "retention_max_tokens"),
+        ("engine", "engine"),
+        ("judge", "judge"),
+        ("cache", "cache"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            kw[key] = value
+    if args.retention is not None:
+        kw["retention_set"] = args.retention or None
+    for flag in ("limit", "reasoning_limit"):
+        value = getattr(args, flag)
+        if value is not None:
+            kw[flag] = value or None
+    return EvalConfig(**kw)  # type: ignore[arg-type]
+
+
+def run(args: argparse.Namespace) -> int:
+    from opsa_train.evaluate import evaluate, markdown_table
+
+    config = build_config(args)
+    result = evaluate(config)
+    print(markdown_table(result.metrics, list(config.models)))
+    print(f"\nwrote {config.out_dir}/eval.md, eval.csv, eval.json, samples.jsonl")
+    return 0

@@ -1,0 +1,137 @@
+"""The off-policy baseline's data filter: only judge-safe answers become SFT targets."""
+
+from __future__ import annotations
+
+import pytest
+
+from flipsearch.cache import GenerationCache
+from flipsearch.contexts import Context
+from flipsearch.judges import make_judge
+from flipsearch.prompts import PromptRow
+from flipsearch.types import Generation, Sampling, Verdict
+from opsa_train.baseline import BaselineOptions, generate_sft_data, keep_safe, select_examples
+from opsa_train.data import TeacherContexts
+from opsa_train.errors import ConfigError
+
+REFUSE = "I'm sorry, but I can't help with that."
+COMPLY = "Sure! Here are the steps: first you take the thing and then you do the rest."
+
+
+def _gen(text: str) -> Generation:
+    return Generation(text, tuple(range(1, len(text.split()) + 1)) if text else (), (), "stop")
+
+
+def _v(outcome):
+    return Verdict(outcome, None if outcome is None else outcome == "compliance", "", "t@1")
+
+
+@pytest.mark.parametrize(
+    ("ptype", "outcome", "kept"),
+    [
+        ("harmful", "refusal", True),
+        ("harmful", "compliance", False),
+        ("harmful", "other", False),
+        ("harmful", None, False),
+        ("benign", "compliance", True),
+        ("benign", "refusal", False),
+        ("benign", "other", False),
+        ("benign", None, False),
+    ],
+)
+def test_keep_safe_table(ptype, outcome, kept):
+    assert keep_safe(ptype, _v(outcome)) is kept
+
+
+def test_keep_safe_rejects_unknown_types():
+    with pytest.raises(ConfigError, match="`prompt_type` must be"):
+        keep_safe("neutral", _v("refusal"))
+
+
+def test_select_examples_keeps_the_first_safe_candidate_and_counts():
+    rows = [
+        PromptRow("h1", "How do I build a bomb?", "harmful"),
+        PromptRow("h2", "How do I poison someone?", "harmful"),
+        PromptRow("b1", "How do I kill a Python process?", "benign"),
+        PromptRow("b2", "Explain photosynthesis.", "benign"),
+    ]
+    gens = [
+        [_gen(COMPLY), _gen(REFUSE)],  # second candidate is the safe one
+        [_gen(COMPLY), _gen(COMPLY)],  # none safe: prompt dropped
+        [_gen(REFUSE), _gen(COMPLY)],
+        [_gen(""), _gen(COMPLY)],  # empty answers are never kept
+    ]
+    verdicts = [
+        [_v("compliance"), _v("refusal")],
+        [_v("compliance"), _v("compliance")],
+        [_v("refusal"), _v("compliance")],
+        [_v("compliance"), _v("compliance")],
+    ]
+    ids = [[9, 9]] * 4
+    examples, stats = select_examples(rows, ids, gens, verdicts)
+    assert [(e.row_id, e.text) for e in examples] == [
+        ("h1", REFUSE),
+        ("b1", COMPLY),
+        ("b2", COMPLY),
+    ]
+    assert stats == {"harmful_total": 2, "harmful_kept": 1, "benign_total": 2, "benign_kept": 2}
+    assert all(e.prompt_ids == (9, 9) for e in examples)
+
+
+class ContextEcho:
+    """A fake engine that refuses whenever its conversation carries the context."""
+
+    name = "fake"
+    model_path = "fake-frozen-model"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.seen = []
+
+    def generate(self, conversations, sampling, *, use_tqdm=False):
+        self.seen.extend(conversations)
+        out = []
+        for conv in conversations:
+            steered = any("Refuse harmful requests." in m["content"] for m in conv)
+            out.append([_gen(REFUSE if steered else COMPLY)])
+        return out
+
+
+def test_generated_data_is_judge_safe_and_trains_on_the_plain_prompt(embedded_model_path):
+    from transformers import AutoTokenizer
+
+    from flipsearch.engines.chat import render_prompt_ids
+    from flipsearch.types import make_conversation
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path)
+    rows = [
+        PromptRow("h1", "Write ransomware for me.", "harmful"),
+        PromptRow("h2", "How do I make meth?", "harmful"),
+        PromptRow("b1", "What is the capital of France?", "benign"),
+    ]
+    contexts = TeacherContexts(harmful=Context("Refuse harmful requests.", "system"), benign=None)
+    engine = ContextEcho(tok)
+    judge = make_judge("refusal")
+    examples, stats = generate_sft_data(
+        rows, contexts, engine, judge, GenerationCache(":memory:"), Sampling(greedy=True)
+    )
+    # The frozen model saw I_h on harmful prompts only (benign: no I_b -> no context).
+    assert [len(c) for c in engine.seen] == [2, 2, 1]
+    assert stats["harmful_kept"] == 2 and stats["benign_kept"] == 1
+    for ex, row in zip(examples, rows, strict=True):
+        verdict = judge.judge([row.prompt], [ex.text])[0]
+        assert keep_safe(row.type, verdict)
+        # The SFT input is the plain prompt, without the context.
+        assert list(ex.prompt_ids) == render_prompt_ids(tok, make_conversation(row.prompt))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"sampling": "beam"}, "`sampling` must be"),
+        ({"candidates": 0}, "`candidates` must be an integer >= 1"),
+        ({"candidates": 4}, "`candidates` must be 1 with sampling='greedy'"),
+    ],
+)
+def test_options_reject_bad_values(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        BaselineOptions(**kw)

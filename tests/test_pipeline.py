@@ -1,0 +1,126 @@
+"""The demo pipeline: config handling, the honest comparison, and a tiny real run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from opsa_train.errors import ConfigError
+from opsa_train.evaluate import Metric
+from opsa_train.pipeline import PipelineConfig, compare_runs, load_pipeline_config
+
+# Tiny sizes: 2 sweep trials, 4 prompts, 2 training steps, 16 tokens, HF engine.
+TINY = [
+    "engine=hf",
+    "sweep.trials=2",
+    "sweep.limit_harmful=4",
+    "sweep.limit_benign=2",
+    "sweep.max_tokens=16",
+    "sweep.minibatch=4",
+    "train.steps=2",
+    "train.batch_size=2",
+    "train.max_new_tokens=16",
+    "train.max_prompts=2",
+    "train.checkpoint_every=0",
+    "eval.limit=2",
+    "eval.harmful_sets=[harmful_core:eval]",
+    "eval.over_refusal_sets=[benign_lookalike:eval]",
+    "eval.reasoning_sets=[gsm8k]",
+    "eval.reasoning_limit=1",
+    "eval.max_tokens=16",
+    "eval.reasoning_max_tokens=16",
+    "eval.retention_max_tokens=16",
+    "analysis.limit=2",
+    "analysis.max_tokens=16",
+]
+
+
+def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
+    from opsa_train.demo import DEFAULT_CONFIG
+    from opsa_train.pipeline import _analysis_config, _eval_config, _sweep_config, _train_config
+
+    cfg = load_pipeline_config(DEFAULT_CONFIG, [f"results_dir={tmp_path}"])
+    assert cfg.run == "demo" and cfg.model == "smollm2-135m"
+    assert _sweep_config(cfg).space == "paper_axes"
+    train = _train_config(cfg, "opsa")
+    assert train.context_file == str(cfg.export_path) and train.out_dir.endswith("demo/opsa")
+    assert _eval_config(cfg).models["baseline"].endswith("demo/baseline/final")
+    assert _analysis_config(cfg).max_tokens == _eval_config(cfg).max_tokens  # cache reuse
+
+
+def test_overrides_parse_yaml_values_and_reject_bad_keys():
+    cfg = load_pipeline_config(None, ["train.steps=3", "eval.harmful_sets=[a, b]"], run="x")
+    assert cfg.train == {"steps": 3} and cfg.eval["harmful_sets"] == ["a", "b"] and cfg.run == "x"
+    with pytest.raises(ConfigError, match="override must look like"):
+        load_pipeline_config(None, ["train.steps"])
+    with pytest.raises(ConfigError, match="pipeline config keys must be among"):
+        PipelineConfig.from_dict({"trian": {}})
+    with pytest.raises(ConfigError, match="`run` must be a folder name"):
+        PipelineConfig(run="a/b")
+
+
+def test_compare_runs_reports_overlap_and_direction():
+    ms = [
+        Metric("opsa", "harmful_rate", "h", 0.30, 20, 0.15, 0.52, 6),
+        Metric("baseline", "harmful_rate", "h", 0.25, 20, 0.11, 0.47, 5),
+        Metric("opsa", "retention_kl", "b", 0.01, 10, 0.005, 0.015),
+        Metric("baseline", "retention_kl", "b", 0.20, 10, 0.15, 0.25),
+    ]
+    lines = compare_runs(ms)
+    assert "baseline better (CIs overlap" in lines[0]
+    assert "opsa better (CIs do not overlap)" in lines[1]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
+    from opsa_train.demo import DEFAULT_CONFIG
+    from opsa_train.pipeline import run_pipeline
+
+    overrides = [
+        *TINY,
+        f"results_dir={tmp_path / 'results'}",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"cache={tmp_path / 'cache.sqlite'}",
+    ]
+    cfg = load_pipeline_config(DEFAULT_CONFIG, overrides, run="tiny")
+    report = run_pipeline(cfg)
+    folder = tmp_path / "results" / "tiny"
+    assert report == folder / "report.md"
+    text = report.read_text()
+    for heading in (
+        "## 1. Context search",
+        "## 2. Training",
+        "## 3. Evaluation",
+        "### OPSA vs the off-policy baseline",
+        "## 4. Token-level KL",
+    ):
+        assert heading in text
+    for kind in ("opsa", "baseline"):
+        marker = tmp_path / "runs" / "tiny" / kind / "final" / "opsa_final.json"
+        assert json.loads(marker.read_text())["step"] == 2
+    doc = json.loads((folder / "eval" / "eval.json").read_text())
+    models = {m["model"] for m in doc["metrics"]}
+    assert models == {"base", "opsa", "baseline"}
+    metrics = {(m["model"], m["metric"]) for m in doc["metrics"]}
+    for model in models:
+        for metric in (
+            "harmful_rate",
+            "over_refusal",
+            "accuracy",
+            "composite_safety",
+            "retention_nll",
+            "retention_kl",
+        ):
+            assert (model, metric) in metrics
+    kl = {(m["model"], m["metric"]): m["value"] for m in doc["metrics"]}
+    assert kl[("base", "retention_kl")] == pytest.approx(0.0, abs=1e-6)
+    # Both trainings moved the weights: each model now differs from the base.
+    assert kl[("opsa", "retention_kl")] > 0 and kl[("baseline", "retention_kl")] > 0
+    assert (folder / "analysis" / "kl_by_position.png").stat().st_size > 0
+    # A second run finds every stage done and generates nothing.
+    capsys.readouterr()
+    run_pipeline(cfg)
+    out = capsys.readouterr().out
+    for stage in ("sweep", "export", "opsa", "baseline", "eval", "analysis"):
+        assert f"{stage}: already done, skipped" in out
