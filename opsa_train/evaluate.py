@@ -50,7 +50,6 @@ Example (CPU smoke run, a few minutes)::
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -359,23 +358,12 @@ def model_identity(path: str | Path) -> str:
     while a multi-GB model still hashes in well under a second. A non-folder (hub id not
     yet downloaded) is returned as is.
     """
+    from flipsearch.models import model_fingerprint
+
     path = Path(path)
     if not path.is_dir():
         return str(path)
-    h = hashlib.blake2b(digest_size=12)
-    for f in sorted(path.iterdir()):
-        if not f.is_file():
-            continue
-        if f.suffix == ".json":
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-        elif f.suffix == ".safetensors":
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with open(f, "rb") as fh:
-                for i in range(64):
-                    fh.seek(size * i // 64)
-                    h.update(fh.read(1 << 16))
-    return f"{path.name}:{h.hexdigest()}"
+    return f"{path.name}:{model_fingerprint(path)}"
 
 
 # --------------------------------------------------------------------------------------
