@@ -32,7 +32,7 @@ demo: install
 	$(PY) -m opsa_train.demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check flipsearch opsa_train tests benchmarks
