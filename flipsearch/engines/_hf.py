@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from flipsearch.engines.chat import render_prompt_ids, stop_token_ids
-from flipsearch.types import Conversation, Generation, Sampling
+from flipsearch.engines._base import ChatEngine
+from flipsearch.engines.chat import stop_token_ids
+from flipsearch.types import Generation, Sampling
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +34,7 @@ def load_hf_model(path: str, dtype: str, trust_remote_code: bool = False):
     return model, tokenizer
 
 
-class HFEngine:
+class HFEngine(ChatEngine):
     """transformers ``generate`` behind the :class:`~flipsearch.engines.Engine` interface.
 
     Conversations are rendered with the chat template, sorted by prompt length
@@ -65,17 +66,6 @@ class HFEngine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: Sampling,
-        *,
-        use_tqdm: bool = False,
-    ) -> list[list[Generation]]:
-        """Generate ``sampling.n`` responses per conversation, in input order."""
-        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
-        return self.generate_ids(prompts, sampling, use_tqdm=use_tqdm)
 
     def generate_ids(
         self,

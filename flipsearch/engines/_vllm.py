@@ -17,9 +17,10 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from flipsearch.engines.chat import render_prompt_ids, stop_token_ids
+from flipsearch.engines._base import ChatEngine
+from flipsearch.engines.chat import stop_token_ids
 from flipsearch.errors import EngineError
-from flipsearch.types import Conversation, Generation, Sampling
+from flipsearch.types import Generation, Sampling
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +51,7 @@ def _reseed_worker(worker: object, seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-class VLLMEngine:
+class VLLMEngine(ChatEngine):
     """``vllm.LLM`` behind the :class:`~flipsearch.engines.Engine` interface.
 
     Prompts are rendered to token ids with the model's chat template here (the same
@@ -101,17 +102,6 @@ class VLLMEngine:
         except OSError:
             gen_config = None
         self._stop_ids = stop_token_ids(self.tokenizer, gen_config)
-
-    def generate(
-        self,
-        conversations: Sequence[Conversation],
-        sampling: Sampling,
-        *,
-        use_tqdm: bool = False,
-    ) -> list[list[Generation]]:
-        """Generate ``sampling.n`` responses per conversation, in input order."""
-        prompts = [render_prompt_ids(self.tokenizer, c) for c in conversations]
-        return self.generate_ids(prompts, sampling, use_tqdm=use_tqdm)
 
     def generate_ids(
         self,
