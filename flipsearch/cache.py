@@ -83,17 +83,8 @@ class GenerationCache:
         return _digest(model, engine, sampling.key(), conversation_key(conv))
 
     def get_generations(self, keys: Sequence[str]) -> dict[str, list[Generation]]:
-        found: dict[str, list[Generation]] = {}
-        with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, payload FROM generations WHERE key IN ({marks})", chunk
-                ).fetchall()
-                for key, payload in rows:
-                    found[key] = [Generation.from_dict(d) for d in json.loads(payload)]
-        return found
+        payloads = self._payloads("generations", keys)
+        return {k: [Generation.from_dict(d) for d in v] for k, v in payloads.items()}
 
     def put_generations(
         self, model: str, engine: str, sampling: Sampling, items: dict[str, list[Generation]]
@@ -113,23 +104,26 @@ class GenerationCache:
         return _digest(judge_id, prompt, response)
 
     def get_verdicts(self, keys: Sequence[str]) -> dict[str, Verdict]:
-        found: dict[str, Verdict] = {}
-        with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT key, payload FROM verdicts WHERE key IN ({marks})", chunk
-                ).fetchall()
-                for key, payload in rows:
-                    found[key] = Verdict.from_dict(json.loads(payload))
-        return found
+        return {k: Verdict.from_dict(v) for k, v in self._payloads("verdicts", keys).items()}
 
     def put_verdicts(self, judge_id: str, items: dict[str, Verdict]) -> None:
         rows = [(k, judge_id, json.dumps(v.to_dict())) for k, v in items.items()]
         with self._lock:
             self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)", rows)
             self._db.commit()
+
+    def _payloads(self, table: str, keys: Sequence[str]) -> dict[str, object]:
+        # Parsed JSON payloads of the stored keys; SQLite caps the parameters of a query.
+        found: dict[str, object] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, payload FROM {table} WHERE key IN ({marks})", chunk
+                ).fetchall()
+                found.update((key, json.loads(payload)) for key, payload in rows)
+        return found
 
     def counts(self) -> dict[str, int]:
         with self._lock:
