@@ -116,7 +116,11 @@ class FlipScorer:
 
     @property
     def judge_id(self) -> str:
-        return f"{self.judge.name}@{self.judge.version}"
+        """The judge's name and version (plus its offline matcher's, when it uses one):
+        the verdict cache key, so a changed judge never reuses old verdicts."""
+        base = f"{self.judge.name}@{self.judge.version}"
+        matcher = getattr(self.judge, "matcher_version", None)
+        return f"{base}+refusal@{matcher}" if matcher else base
 
     # ---------------------------------------------------------------- public
 

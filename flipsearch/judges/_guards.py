@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from flipsearch.errors import JudgeError
 from flipsearch.judges._base import check_batch
-from flipsearch.judges._refusal import classify_response
+from flipsearch.judges._refusal import RefusalJudge, classify_response
 from flipsearch.types import Outcome, Sampling, Verdict
 
 if TYPE_CHECKING:
@@ -274,6 +274,8 @@ class LlamaGuardJudge(_ModelJudge):
     name = "llamaguard"
     version = "3"
     max_tokens = 10
+    matcher_version = RefusalJudge.version
+    """Outcomes of safe responses come from the offline matcher: part of the cache key."""
 
     def build_prompt(self, prompt: str, response: str) -> str:
         return llama_guard_prompt(prompt, response)
@@ -321,6 +323,8 @@ class HarmBenchJudge(_ModelJudge):
     name = "harmbench"
     version = "1"
     max_tokens = 1
+    matcher_version = RefusalJudge.version
+    """Outcomes of safe responses come from the offline matcher: part of the cache key."""
     add_special_tokens = True  # HarmBench tokenizes with the Llama-2 BOS added
 
     def build_prompt(self, prompt: str, response: str) -> str:
