@@ -4,8 +4,10 @@ Both arms see the same fixed list of contexts (the first ``--contexts - 4`` dist
 contexts of ``paper_axes`` plus the four of ``baselines``) on the same prompts:
 
 - exhaustive: every context on every harmful and benign prompt;
-- sweep: :func:`flipsearch.sweep.run_sweep` over that list (``bruteforce``: each context
-  once), pruning on harmful minibatches; only survivors are scored on benign prompts.
+- sweep: :func:`flipsearch.sweep.run_sweep` as a user runs it: the known baselines
+  first (``SweepConfig.baselines``), then each searched context once (``bruteforce``),
+  with the default ``race`` pruner checking after every harmful minibatch; only trials
+  that survive are scored on the benign prompts.
 
 Each arm has its own fresh cache, and generations are counted the same way in both:
 cache misses, the context-free baseline included (both generate it once per prompt).
@@ -41,7 +43,7 @@ from flipsearch.trials import ranked_trials, rate_of
 
 def fixed_contexts(n: int) -> list[tuple[str, Context]]:
     """``n`` contexts: the first ``n - 4`` distinct texts of paper_axes (each at its first
-    placement: a list space needs distinct texts), then the four baselines."""
+    placement: a list space needs distinct texts), then the four baselines (last)."""
     if n < 5:
         raise SystemExit(f"--contexts must be >= 5, got {n}")
     grammar, seen = [], set()
@@ -69,20 +71,22 @@ def rank_key(tfr: float, over: float, max_over: float) -> tuple[bool, float, flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-harmful", type=int, default=12)
-    ap.add_argument("--n-benign", type=int, default=4)
+    ap.add_argument("--harmful", default="harmful_core:search")
+    ap.add_argument("--benign", default="benign:search")
+    ap.add_argument("--n-harmful", type=int, default=27)
+    ap.add_argument("--n-benign", type=int, default=8)
     ap.add_argument("--contexts", type=int, default=16)
     ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"])
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--minibatch", type=int, default=2)
-    ap.add_argument("--pruner", default="sha", choices=PRUNERS)
+    ap.add_argument("--pruner", default="race", choices=PRUNERS)
     ap.add_argument("--max-over-refusal", type=float, default=0.1)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
 
     contexts = fixed_contexts(args.contexts)
-    harmful = load_prompt_set("harmful_core:search", limit=args.n_harmful).harmful()
-    benign = load_prompt_set("benign:search", limit=args.n_benign).benign()
+    harmful = load_prompt_set(args.harmful, limit=args.n_harmful).harmful()
+    benign = load_prompt_set(args.benign, limit=args.n_benign).benign()
     engine_cfg = EngineConfig(engine=args.engine)
     engine = engine_cfg.build()
     judge = JudgeConfig().build()
@@ -106,14 +110,16 @@ def main() -> None:
     # ---- the pruned sweep over the same list
     t0 = time.perf_counter()
     space = tmp / "efficiency.yaml"
-    write_list_space(space, contexts)
+    n_searched = len(contexts) - 4
+    write_list_space(space, contexts[:n_searched])  # the baselines come through `baselines`
     config = SweepConfig(
         space=str(space),
         study="efficiency",
         trials=len(contexts),
+        baselines="baselines",
         engine=engine_cfg,
-        harmful="harmful_core:search",
-        benign="benign:search",
+        harmful=args.harmful,
+        benign=args.benign,
         limit_harmful=args.n_harmful,
         limit_benign=args.n_benign,
         max_tokens=args.max_tokens,
@@ -171,6 +177,12 @@ def main() -> None:
                     "same_winner": same,
                     "inside_ci": inside,
                     "pruned": pruned,
+                    "harmful": args.harmful,
+                    "benign": args.benign,
+                    "max_tokens": args.max_tokens,
+                    "exhaustive_tfr": {
+                        name: score.tfr.value for name, score in exhaustive.values()
+                    },
                 },
                 indent=2,
             )

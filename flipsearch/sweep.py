@@ -41,7 +41,7 @@ Example (CPU smoke run, a few minutes)::
 
     >>> cfg = SweepConfig(study="demo", trials=4)
     >>> cfg.sampler, cfg.pruner, cfg.storage
-    ('tpe', 'median', 'sqlite:///results/demo/study.db')
+    ('tpe', 'race', 'sqlite:///results/demo/study.db')
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "gp", "random", "bruteforce", "nsga2")
-PRUNERS = ("median", "wilcoxon", "sha", "none")
+PRUNERS = ("race", "median", "wilcoxon", "sha", "none")
 OBJECTIVES = ("constrained", "multi")
 MAX_RETRIES = 3
 """A candidate whose trials died this many times is not enqueued again."""
@@ -178,8 +178,10 @@ class SweepConfig:
     """``tpe``, ``gp``, ``random``, ``bruteforce`` (small spaces; stops when exhausted) or
     ``nsga2``. None: ``tpe`` for ``constrained``, ``nsga2`` for ``multi``."""
     pruner: str | None = None
-    """``median``, ``wilcoxon``, ``sha`` (successive halving) or ``none``. None:
-    ``median`` for ``constrained``, ``none`` for ``multi`` (which cannot prune)."""
+    """``race`` (:class:`~flipsearch.pruners.RacePruner`: stop a context unlikely to beat
+    the best one so far), ``median``, ``wilcoxon``, ``sha`` (successive halving) or
+    ``none``. None: ``race`` for ``constrained``, ``none`` for ``multi`` (which cannot
+    prune)."""
     minibatch: int = 8
     """Harmful prompts scored between two pruning checks, >= 1."""
     seed: int = 0
@@ -227,7 +229,7 @@ class SweepConfig:
         if self.sampler is None:
             object.__setattr__(self, "sampler", "nsga2" if multi else "tpe")
         if self.pruner is None:
-            object.__setattr__(self, "pruner", "none" if multi else "median")
+            object.__setattr__(self, "pruner", "none" if multi else "race")
         if self.storage is None:
             object.__setattr__(self, "storage", default_storage(self.results_dir, self.study))
         self._verify()
@@ -416,9 +418,10 @@ def _sampler(
 def make_pruner(name: str, *, minibatch: int = 8) -> optuna.pruners.BasePruner:
     """An Optuna pruner by name (see :data:`PRUNERS`).
 
-    Steps are harmful prompts scored so far. ``median`` and ``sha`` read the running TFR
-    after each minibatch; ``wilcoxon`` reads each prompt's flip (step = prompt index)
-    and prunes when the trial is significantly worse than the best one on the same prompts.
+    Steps are harmful prompts scored so far. ``race``, ``median`` and ``sha`` read the
+    running TFR after each minibatch; ``wilcoxon`` reads each prompt's flip (step =
+    prompt index) and prunes when the trial is significantly worse than the best one on
+    the same prompts.
 
     Raises:
         ConfigError: unknown name.
@@ -426,6 +429,10 @@ def make_pruner(name: str, *, minibatch: int = 8) -> optuna.pruners.BasePruner:
     """
     import optuna
 
+    if name == "race":
+        from flipsearch.pruners import RacePruner
+
+        return RacePruner(n_warmup_steps=minibatch)
     if name == "median":
         # Five full trials first, and never on the first minibatch alone.
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=minibatch)

@@ -21,6 +21,7 @@ import pytest
 from flipsearch.cache import GenerationCache
 from flipsearch.errors import ConfigError
 from flipsearch.judges import make_judge
+from flipsearch.pruners import RacePruner
 from flipsearch.sweep import SweepConfig, make_pruner, make_sampler, run_sweep
 from flipsearch.trials import parse_storage
 
@@ -82,6 +83,7 @@ from sweep_fakes import FakeEngine
 
 from flipsearch.cache import GenerationCache
 from flipsearch.judges import make_judge
+from flipsearch.pruners import RacePruner
 from flipsearch.sweep import SweepConfig, run_sweep
 
 if __name__ == "__main__":
@@ -259,6 +261,7 @@ def test_make_sampler_rejects_unknown_names_and_gridless_bruteforce():
     ("name", "cls"),
     [
         ("median", optuna.pruners.MedianPruner),
+        ("race", RacePruner),
         ("sha", optuna.pruners.SuccessiveHalvingPruner),
         ("none", optuna.pruners.NopPruner),
     ],
@@ -287,7 +290,7 @@ def test_make_pruner_rejects_unknown_names():
 
 def test_config_defaults_depend_on_the_objective():
     c = SweepConfig(study="s", trials=3)
-    assert (c.sampler, c.pruner, c.storage) == ("tpe", "median", "sqlite:///results/s/study.db")
+    assert (c.sampler, c.pruner, c.storage) == ("tpe", "race", "sqlite:///results/s/study.db")
     m = SweepConfig(study="s", trials=3, objective="multi")
     assert (m.sampler, m.pruner) == ("nsga2", "none")
 
@@ -367,6 +370,35 @@ def test_pruned_trials_stop_after_a_minibatch(tmp_path):
     for t in pruned:
         assert t.user_attrs["n_harmful"] < 12 and t.user_attrs["n_benign"] == 0
         assert None in t.user_attrs["outcomes"]["h_flip"]
+
+
+def test_race_pruner_stops_contexts_that_cannot_beat_the_baselines(tmp_path):
+    # The fake engine refuses (2 in 3 prompts) only with a refusal cue in the context: the
+    # ThinkSafe baseline, scored first, is a strong incumbent; cue-less contexts flip nothing.
+    space = tmp_path / "mixed.yaml"
+    texts = ["Be concise.", "Answer in English.", "Think step by step.", "Be kind."]
+    space.write_text(
+        "name: mixed\ncandidates:\n"
+        + "".join(f"  - {{id: c{i}, text: {t}}}\n" for i, t in enumerate(texts))
+    )
+    config = fake_config(
+        tmp_path,
+        space=str(space),
+        trials=8,
+        sampler="bruteforce",
+        baselines="baselines",
+        limit_harmful=24,
+        minibatch=2,
+    )
+    assert config.pruner == "race"
+    study = run_fake(config)
+    by_source = {t.user_attrs["source"]: t for t in finished(study)}
+    assert by_source["baseline:thinksafe-prefix"].state == optuna.trial.TrialState.COMPLETE
+    searched = [t for t in finished(study) if t.user_attrs["source"] == "space"]
+    assert len(searched) == 4
+    for t in searched:
+        assert t.state == optuna.trial.TrialState.PRUNED, t.user_attrs["context"]
+        assert t.user_attrs["n_harmful"] < 24 and t.user_attrs["n_benign"] == 0
 
 
 def test_a_candidate_already_scored_is_copied_not_scored_again(tmp_path):

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--pruner",
         default=None,
         choices=PRUNERS,
-        help="default: median (constrained), none (multi)",
+        help="default: race (constrained), none (multi)",
     )
     s.add_argument("--minibatch", type=int, default=8, help="harmful prompts per pruning step")
     s.add_argument("--seed", type=int, default=0)

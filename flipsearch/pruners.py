@@ -1,0 +1,107 @@
+"""A pruner that races each candidate context against the best one scored so far.
+
+A trial's running teacher flip rate after ``n`` harmful prompts is ``s / n`` flips, a
+binomial count. :class:`RacePruner` puts a uniform prior on each flip rate (so a
+Beta(s + 1, n - s + 1) posterior) and stops the trial once the probability that its
+flip rate beats the incumbent's (the best COMPLETE trial, feasible ones first) falls
+below ``threshold``. It is the racing idea of F-race / Hoeffding races with a Bayesian
+test, suited to the 0/1 outcomes of flip scoring:
+
+- the first trial, and every trial while the incumbent flipped nothing, runs to the end
+  (a context at 0 flips cannot be shown worse than another at 0);
+- how soon a hopeless context stops depends on how good the incumbent is: against a
+  TFR of 1/3 on 24 prompts, a context with 0 flips is stopped after 8 prompts at the
+  default threshold 0.05;
+- unlike successive halving or the median rule, ties at 0 flips (common: most contexts
+  flip nothing on a weak model) do not keep every trial alive.
+
+Scoring the strongest known contexts first (``SweepConfig.baselines`` and ``enqueue``)
+gives the race a strong incumbent early, which is where most of the savings come from.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import optuna
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+    from optuna.trial import FrozenTrial
+
+__all__ = ["RacePruner", "prob_better"]
+
+_GRID = np.linspace(0.0, 1.0, 2001)
+
+
+def prob_better(flips: int, n: int, best_flips: int, best_n: int) -> float:
+    """P(p > q) for p ~ Beta(flips + 1, n - flips + 1), q ~ Beta(best_flips + 1, ...).
+
+    Both flip rates have uniform priors; the integral is taken on a fixed grid.
+
+    >>> round(prob_better(0, 8, 8, 24), 3)
+    0.039
+    >>> round(prob_better(3, 6, 3, 6), 2)
+    0.5
+    """
+    from scipy.stats import beta
+
+    if not (0 <= flips <= n and 0 <= best_flips <= best_n):
+        raise ValueError(
+            f"flip counts must lie in [0, n], got {flips}/{n} and {best_flips}/{best_n}"
+        )
+    density_q = beta.pdf(_GRID, best_flips + 1, best_n - best_flips + 1)
+    survival_p = beta.sf(_GRID, flips + 1, n - flips + 1)
+    return float(np.clip(np.trapezoid(density_q * survival_p, _GRID), 0.0, 1.0))
+
+
+class RacePruner(optuna.pruners.BasePruner):
+    """Prune a trial unlikely to beat the incumbent's flip rate (see the module docstring).
+
+    Expects single-objective trials (maximised) that report the running flip rate with
+    ``step`` = harmful prompts scored so far, and that record ``n_harmful`` (prompts in
+    the final value) and ``feasible`` as user attributes, as :mod:`flipsearch.sweep` does.
+
+    Args:
+        threshold: prune when P(trial beats incumbent) < this, in (0, 1).
+        n_warmup_steps: never prune before this many prompts.
+    """
+
+    def __init__(self, threshold: float = 0.05, n_warmup_steps: int = 1) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"`threshold` must lie in (0, 1), got {threshold!r}")
+        if n_warmup_steps < 1:
+            raise ValueError(f"`n_warmup_steps` must be >= 1, got {n_warmup_steps!r}")
+        self.threshold = threshold
+        self.n_warmup_steps = n_warmup_steps
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.n_warmup_steps:
+            return False
+        incumbent = self._incumbent(study)
+        if incumbent is None:
+            return False
+        best_flips, best_n = incumbent
+        if best_flips == 0:
+            return False
+        flips = round(trial.intermediate_values[step] * step)
+        return prob_better(flips, step, best_flips, best_n) < self.threshold
+
+    @staticmethod
+    def _incumbent(study: Study) -> tuple[int, int] | None:
+        """(flips, prompts) of the best COMPLETE trial, feasible trials first."""
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.values is not None and len(t.values) == 1
+        ]
+        if not done:
+            return None
+        feasible = [t for t in done if t.user_attrs.get("feasible", True)]
+        best = max(feasible or done, key=lambda t: t.values[0])
+        n = best.user_attrs.get("n_harmful") or best.last_step
+        if not n:
+            return None
+        return round(best.values[0] * n), int(n)
