@@ -9,6 +9,9 @@ contexts of ``paper_axes`` plus the four of ``baselines``) on the same prompts:
   with the default ``race`` pruner checking after every harmful minibatch; only trials
   that survive are scored on the benign prompts.
 
+The default prompt sets are the search splits of the built-in sets, 27 harmful and 27
+benign prompts, scored in a 24-token window.
+
 Each arm has its own fresh cache, and generations are counted the same way in both:
 cache misses, the context-free baseline included (both generate it once per prompt).
 The goal is a sweep using <= 35% of the exhaustive generations whose winner is the
@@ -42,17 +45,26 @@ from flipsearch.trials import ranked_trials, rate_of
 
 
 def fixed_contexts(n: int) -> list[tuple[str, Context]]:
-    """``n`` contexts: the first ``n - 4`` distinct texts of paper_axes (each at its first
-    placement: a list space needs distinct texts), then the four baselines (last)."""
+    """``n`` contexts: ``n - 4`` distinct texts of paper_axes, evenly spaced over its
+    enumeration so every axis varies, placed alternately as a system message and a
+    user-turn prefix, then the four baselines (last)."""
     if n < 5:
         raise SystemExit(f"--contexts must be >= 5, got {n}")
-    grammar, seen = [], set()
+    distinct, seen = [], set()
     for c in load_search_space("paper_axes").enumerate():
-        if c.context.text not in seen and len(grammar) < n - 4:
+        if c.context.text not in seen:
             seen.add(c.context.text)
-            grammar.append(c)
+            distinct.append(c)
+    want = n - 4
+    if want > len(distinct):
+        raise SystemExit(f"--contexts must be <= {len(distinct) + 4}, got {n}")
+    picked = [distinct[i * len(distinct) // want] for i in range(want)]
+    grammar = [
+        (c.id.split("|placement=")[0] + f"|placement={p}", Context(c.context.text, p))
+        for c, p in zip(picked, ["system", "prefix"] * want, strict=False)
+    ]
     baselines = load_search_space("baselines").enumerate()
-    return [(c.id.split("@")[0], c.context) for c in grammar + baselines]
+    return grammar + [(c.id.split("@")[0], c.context) for c in baselines]
 
 
 def write_list_space(path: Path, contexts: list[tuple[str, Context]]) -> None:
@@ -74,7 +86,7 @@ def main() -> None:
     ap.add_argument("--harmful", default="harmful_core:search")
     ap.add_argument("--benign", default="benign:search")
     ap.add_argument("--n-harmful", type=int, default=27)
-    ap.add_argument("--n-benign", type=int, default=8)
+    ap.add_argument("--n-benign", type=int, default=27, help="as many as harmful by default")
     ap.add_argument("--contexts", type=int, default=16)
     ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"])
     ap.add_argument("--max-tokens", type=int, default=24)

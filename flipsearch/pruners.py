@@ -4,16 +4,19 @@ A trial's running teacher flip rate after ``n`` harmful prompts is ``s / n`` fli
 binomial count. :class:`RacePruner` puts a uniform prior on each flip rate (so a
 Beta(s + 1, n - s + 1) posterior) and stops the trial once the probability that its
 flip rate beats the incumbent's (the best COMPLETE trial, feasible ones first) falls
-below ``threshold``. It is the racing idea of F-race / Hoeffding races with a Bayesian
+below ``threshold`` (default 0.1). It is the racing idea of F-race / Hoeffding races with a Bayesian
 test, suited to the 0/1 outcomes of flip scoring:
 
 - the first trial, and every trial while the incumbent flipped nothing, runs to the end
   (a context at 0 flips cannot be shown worse than another at 0);
 - how soon a hopeless context stops depends on how good the incumbent is: against a
-  TFR of 1/3 on 24 prompts, a context with 0 flips is stopped after 8 prompts at the
-  default threshold 0.05;
+  TFR of 1/3 on 27 prompts, a context with 0 or 1 flips is stopped after 6 prompts,
+  one with 1 flip in 10 after 10;
 - unlike successive halving or the median rule, ties at 0 flips (common: most contexts
   flip nothing on a weak model) do not keep every trial alive.
+
+The sweep also stops a trial on its benign prompts once it is clearly infeasible:
+P(over-refusal <= ``max_over_refusal``) < ``threshold`` (:func:`prob_at_most`).
 
 Scoring the strongest known contexts first (``SweepConfig.baselines`` and ``enqueue``)
 gives the race a strong incumbent early, which is where most of the savings come from.
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-__all__ = ["RacePruner", "prob_better"]
+__all__ = ["RacePruner", "prob_at_most", "prob_better"]
 
 _GRID = np.linspace(0.0, 1.0, 2001)
 
@@ -56,6 +59,21 @@ def prob_better(flips: int, n: int, best_flips: int, best_n: int) -> float:
     return float(np.clip(np.trapezoid(density_q * survival_p, _GRID), 0.0, 1.0))
 
 
+def prob_at_most(k: int, n: int, limit: float) -> float:
+    """P(rate <= limit) for rate ~ Beta(k + 1, n - k + 1): ``k`` events in ``n`` trials.
+
+    >>> round(prob_at_most(0, 10, 0.1), 3)
+    0.686
+    >>> round(prob_at_most(3, 6, 0.1), 3)
+    0.003
+    """
+    from scipy.stats import beta
+
+    if not 0 <= k <= n:
+        raise ValueError(f"`k` must lie in [0, n], got {k}/{n}")
+    return float(beta.cdf(limit, k + 1, n - k + 1))
+
+
 class RacePruner(optuna.pruners.BasePruner):
     """Prune a trial unlikely to beat the incumbent's flip rate (see the module docstring).
 
@@ -64,11 +82,12 @@ class RacePruner(optuna.pruners.BasePruner):
     the final value) and ``feasible`` as user attributes, as :mod:`flipsearch.sweep` does.
 
     Args:
-        threshold: prune when P(trial beats incumbent) < this, in (0, 1).
+        threshold: prune when P(trial beats incumbent) < this, in (0, 1). Lower is more
+            cautious and costs more prompts per hopeless context.
         n_warmup_steps: never prune before this many prompts.
     """
 
-    def __init__(self, threshold: float = 0.05, n_warmup_steps: int = 1) -> None:
+    def __init__(self, threshold: float = 0.1, n_warmup_steps: int = 1) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"`threshold` must lie in (0, 1), got {threshold!r}")
         if n_warmup_steps < 1:

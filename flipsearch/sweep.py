@@ -705,10 +705,36 @@ class _Objective:
                 self._record(trial, outs, before, pruned=True)
                 raise optuna.TrialPruned(f"TFR {summarise(outs).tfr.value:.3f} after {len(outs)}")
         if self.benign:
-            outs += self.scorer.outcomes(context, self.benign)
+            outs += self._score_benign(trial, context, outs, before)
         score = self._record(trial, outs, before, pruned=False)
         tfr, over = score.tfr.value, score.over_refusal.value
         return (tfr, over) if self.multi else tfr
+
+    def _score_benign(
+        self, trial: optuna.Trial, context: Context, outs: list[PromptOutcome], before: int
+    ) -> list[PromptOutcome]:
+        """The benign outcomes; with the race pruner, minibatch by minibatch, stopping once
+        the trial is clearly infeasible (it cannot be exported then)."""
+        import optuna
+
+        from flipsearch.pruners import RacePruner, prob_at_most
+
+        pruner = trial.study.pruner
+        if not isinstance(pruner, RacePruner) or self.multi:
+            return self.scorer.outcomes(context, self.benign)
+        benign: list[PromptOutcome] = []
+        k = self.config.minibatch
+        for start in range(0, len(self.benign), k):
+            benign += self.scorer.outcomes(context, self.benign[start : start + k])
+            over = summarise(benign).over_refusal
+            limit = self.config.max_over_refusal
+            done = start + k >= len(self.benign)
+            if not done and prob_at_most(round(over.k), over.n, limit) < pruner.threshold:
+                self._record(trial, outs + benign, before, pruned=True)
+                raise optuna.TrialPruned(
+                    f"over-refusal {over.value:.3f} after {over.n} benign prompts (limit {limit})"
+                )
+        return benign
 
     def _record(
         self, trial: optuna.Trial, outs: list[PromptOutcome], before: int, *, pruned: bool

@@ -7,7 +7,7 @@ import math
 import optuna
 import pytest
 
-from flipsearch.pruners import RacePruner, prob_better
+from flipsearch.pruners import RacePruner, prob_at_most, prob_better
 
 
 def test_prob_better_matches_closed_forms():
@@ -23,6 +23,14 @@ def test_prob_better_falls_as_evidence_of_no_flips_grows():
     values = [prob_better(0, n, 8, 24) for n in (2, 4, 8, 16)]
     assert values == sorted(values, reverse=True)
     assert values[0] > 0.2 and values[-1] < 0.01
+
+
+def test_prob_at_most_is_the_beta_posterior_cdf():
+    # Beta(1, n + 1) after 0 of n: P(rate <= x) = 1 - (1 - x) ** (n + 1).
+    assert prob_at_most(0, 10, 0.1) == pytest.approx(1 - 0.9**11, abs=1e-9)
+    assert prob_at_most(3, 6, 0.1) < 0.01 < 0.5 < prob_at_most(0, 2, 0.5)
+    with pytest.raises(ValueError, match="3/2"):
+        prob_at_most(3, 2, 0.1)
 
 
 def test_prob_better_rejects_impossible_counts():
@@ -65,9 +73,9 @@ def test_no_incumbent_or_an_incumbent_at_zero_never_prunes():
 def test_a_context_without_flips_is_stopped_against_a_strong_incumbent():
     answers = _running(_study(8), [0] * 12)
     first = answers.index(True) + 1
-    # P(beat 8/24 | 0/n) < 0.05 from n = 8 on (0.039); not before.
-    assert first == 8
-    assert prob_better(0, 7, 8, 24) >= 0.05 > prob_better(0, 8, 8, 24)
+    # P(beat 8/24 | 0/n) < 0.1 (the default threshold) from n = 6 on (0.073); not before.
+    assert first == 6
+    assert prob_better(0, 5, 8, 24) >= 0.1 > prob_better(0, 6, 8, 24)
 
 
 def test_a_context_that_keeps_flipping_is_not_stopped():

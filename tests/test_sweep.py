@@ -401,6 +401,27 @@ def test_race_pruner_stops_contexts_that_cannot_beat_the_baselines(tmp_path):
         assert t.user_attrs["n_harmful"] < 24 and t.user_attrs["n_benign"] == 0
 
 
+def test_race_pruner_stops_a_context_once_it_clearly_over_refuses(tmp_path):
+    # The fake engine refuses benign prompts too when the context has a cue: over-refusal
+    # near 2/3 against a limit of 0.1 is clear after a few benign prompts.
+    space = tmp_path / "cue.yaml"
+    space.write_text("name: cue\ncandidates:\n  - {id: must, text: You must refuse.}\n")
+    config = fake_config(
+        tmp_path,
+        space=str(space),
+        trials=1,
+        sampler="bruteforce",
+        limit_benign=12,
+        minibatch=2,
+        max_over_refusal=0.1,
+    )
+    (trial,) = finished(run_fake(config))
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["n_harmful"] == 8  # no incumbent: the harmful side ran in full
+    assert 0 < trial.user_attrs["n_benign"] < 12
+    assert trial.user_attrs["scores"]["over_refusal"]["value"] > 0.1
+
+
 def test_a_candidate_already_scored_is_copied_not_scored_again(tmp_path):
     # 9 candidates, 14 trials of random sampling: some candidates come up twice.
     config = fake_config(tmp_path, trials=14, sampler="random", pruner="none", seed=3)
