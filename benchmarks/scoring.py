@@ -3,10 +3,10 @@
 One context scored over N harmful + N benign prompts (baseline pass + context
 pass), same offline judge, same ``max_tokens``. The straightforward loop is what a
 researcher writes first: load the model with transformers, apply the chat
-template, generate in batches, judge. flipsearch uses its default engine (vLLM
-where it imports: batching, prefix caching of the shared context) with a fresh
-cache, so nothing is served from earlier runs. Prints wall time, tokens/s and the
-ratio.
+template, generate in batches, judge. flipsearch uses ``--engine`` (default ``auto``:
+vLLM on a CUDA machine, with batching and prefix caching of the shared context;
+transformers on CPU, batched and sorted by length) with a fresh cache, so nothing is
+served from earlier runs. Prints wall time, tokens/s and the ratio.
 
 Run:
     .venv/bin/python benchmarks/scoring.py                    # N=32

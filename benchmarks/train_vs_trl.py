@@ -8,6 +8,11 @@ in as a user-turn prefix: TRL through ``teacher_prompt_template``
 (``"{privileged_context}\\n\\n{prompt}"``), opsa_train through an export file with
 ``placement: prefix``, which renders the same text.
 
+``--micro-batch M`` splits each step's forward/backward into ``prompts / M`` passes in
+both arms (TRL: ``per_device_train_batch_size=M`` with gradient accumulation, whose
+generation batch stays the whole step; opsa_train: ``grad_accumulation``). It lowers
+peak memory at some cost in speed.
+
 Each arm runs in its own subprocess, which reports its own peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the wall time of each step; the
 first step (allocations, lazy init) is excluded from steps/s.
@@ -77,6 +82,7 @@ def run_opsa(args: argparse.Namespace) -> dict[str, object]:
         benign_prompts=(),
         max_prompts=args.prompts,
         batch_size=args.prompts,
+        grad_accumulation=args.prompts // args.micro_batch,
         max_new_tokens=args.new_tokens,
         top_k=args.top_k,
         tail_bucket=True,
@@ -118,8 +124,8 @@ def run_trl(args: argparse.Namespace) -> dict[str, object]:
     tmp = tempfile.mkdtemp(prefix="trl-bench-")
     config = SDFTConfig(
         output_dir=tmp,
-        per_device_train_batch_size=args.prompts,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.prompts // args.micro_batch,
         num_generations=1,
         max_completion_length=args.new_tokens,
         max_prompt_length=512,
@@ -189,6 +195,8 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, object]:
         str(args.steps),
         "--lr",
         str(args.lr),
+        "--micro-batch",
+        str(args.micro_batch),
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     subprocess.run(cmd, check=True, env=env)
@@ -218,8 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--steps", type=int, default=4, help="steps per arm; the first is not timed")
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="prompts per forward/backward pass in both arms (default: all of them); "
+        "both still generate the whole step's batch in one call",
+    )
     p.add_argument("--out", help="also write the comparison as JSON here")
     args = p.parse_args(argv)
+    if args.micro_batch is None:
+        args.micro_batch = args.prompts
+    if args.micro_batch < 1 or args.prompts % args.micro_batch:
+        p.error(f"--micro-batch must divide --prompts ({args.prompts}), got {args.micro_batch}")
 
     if args.arm is not None:
         result = run_opsa(args) if args.arm == "opsa" else run_trl(args)
@@ -238,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "new_tokens": args.new_tokens,
             "top_k": args.top_k,
             "steps": args.steps,
+            "micro_batch": args.micro_batch,
         },
         **arms,
         "speedup_steps_per_s": ours["steps_per_s"] / trl["steps_per_s"],

@@ -689,6 +689,8 @@ class _Objective:
 
         before = self.scorer.generations
         outs: list[PromptOutcome] = []
+        benign: list[PromptOutcome] = []
+        screen = self._screens_benign(trial)
         k = self.config.minibatch
         for start in range(0, len(self.harmful), k):
             batch = self.harmful[start : start + k]
@@ -702,34 +704,56 @@ class _Objective:
             else:
                 trial.report(summarise(outs).tfr.value, len(outs))
             if start + k < len(self.harmful) and trial.should_prune():
-                self._record(trial, outs, before, pruned=True)
+                self._record(trial, outs + benign, before, pruned=True)
                 raise optuna.TrialPruned(f"TFR {summarise(outs).tfr.value:.3f} after {len(outs)}")
+            if screen and start == 0:
+                # One benign minibatch early: a clear over-refuser stops here instead of
+                # after all its harmful prompts.
+                benign = self._score_benign(trial, context, outs, before, benign, stop=k)
         if self.benign:
-            outs += self._score_benign(trial, context, outs, before)
-        score = self._record(trial, outs, before, pruned=False)
+            benign = self._score_benign(trial, context, outs, before, benign, stop=None)
+        score = self._record(trial, outs + benign, before, pruned=False)
         tfr, over = score.tfr.value, score.over_refusal.value
         return (tfr, over) if self.multi else tfr
 
+    def _screens_benign(self, trial: optuna.Trial) -> bool:
+        # With the race pruner, over-refusal is raced too (see flipsearch.pruners).
+        from flipsearch.pruners import RacePruner
+
+        return bool(self.benign) and not self.multi and isinstance(trial.study.pruner, RacePruner)
+
     def _score_benign(
-        self, trial: optuna.Trial, context: Context, outs: list[PromptOutcome], before: int
+        self,
+        trial: optuna.Trial,
+        context: Context,
+        outs: list[PromptOutcome],
+        before: int,
+        done: list[PromptOutcome],
+        *,
+        stop: int | None,
     ) -> list[PromptOutcome]:
-        """The benign outcomes; with the race pruner, minibatch by minibatch, stopping once
-        the trial is clearly infeasible (it cannot be exported then)."""
+        """Score benign prompts after the ``done`` ones, up to index ``stop`` (None: all).
+
+        With the race pruner it goes minibatch by minibatch and prunes the trial once it
+        is clearly infeasible: P(over-refusal <= ``max_over_refusal``) < the pruner's
+        threshold (such a context cannot be exported). Returns ``done`` + the new ones.
+        """
         import optuna
 
-        from flipsearch.pruners import RacePruner, prob_at_most
+        from flipsearch.pruners import prob_at_most
 
-        pruner = trial.study.pruner
-        if not isinstance(pruner, RacePruner) or self.multi:
-            return self.scorer.outcomes(context, self.benign)
-        benign: list[PromptOutcome] = []
+        end = len(self.benign) if stop is None else min(stop, len(self.benign))
+        if not self._screens_benign(trial):
+            return done + self.scorer.outcomes(context, self.benign[len(done) : end])
+        benign = list(done)
         k = self.config.minibatch
-        for start in range(0, len(self.benign), k):
-            benign += self.scorer.outcomes(context, self.benign[start : start + k])
+        limit = self.config.max_over_refusal
+        threshold = trial.study.pruner.threshold  # type: ignore[attr-defined]
+        for start in range(len(done), end, k):
+            benign += self.scorer.outcomes(context, self.benign[start : min(start + k, end)])
             over = summarise(benign).over_refusal
-            limit = self.config.max_over_refusal
-            done = start + k >= len(self.benign)
-            if not done and prob_at_most(round(over.k), over.n, limit) < pruner.threshold:
+            last = len(benign) >= len(self.benign)
+            if not last and prob_at_most(round(over.k), over.n, limit) < threshold:
                 self._record(trial, outs + benign, before, pruned=True)
                 raise optuna.TrialPruned(
                     f"over-refusal {over.value:.3f} after {over.n} benign prompts (limit {limit})"

@@ -403,7 +403,8 @@ def test_race_pruner_stops_contexts_that_cannot_beat_the_baselines(tmp_path):
 
 def test_race_pruner_stops_a_context_once_it_clearly_over_refuses(tmp_path):
     # The fake engine refuses benign prompts too when the context has a cue: over-refusal
-    # near 2/3 against a limit of 0.1 is clear after a few benign prompts.
+    # near 2/3 against a limit of 0.1 is clear after a few benign prompts, which the race
+    # scores right after the first harmful minibatch.
     space = tmp_path / "cue.yaml"
     space.write_text("name: cue\ncandidates:\n  - {id: must, text: You must refuse.}\n")
     config = fake_config(
@@ -417,7 +418,7 @@ def test_race_pruner_stops_a_context_once_it_clearly_over_refuses(tmp_path):
     )
     (trial,) = finished(run_fake(config))
     assert trial.state == optuna.trial.TrialState.PRUNED
-    assert trial.user_attrs["n_harmful"] == 8  # no incumbent: the harmful side ran in full
+    assert trial.user_attrs["n_harmful"] == 2  # one harmful minibatch, then the screen
     assert 0 < trial.user_attrs["n_benign"] < 12
     assert trial.user_attrs["scores"]["over_refusal"]["value"] > 0.1
 

@@ -53,6 +53,7 @@ def test_config_is_frozen():
         ({"alpha": 1.5}, r"`alpha` must be in \[0, 1\], got 1.5"),
         ({"alpha": -0.1}, r"`alpha` must be in \[0, 1\]"),
         ({"top_k": 0}, "`top_k` must be an integer >= 1, got 0"),
+        ({"rollout_batch_size": 0}, "`rollout_batch_size` must be an integer >= 1 or None"),
         ({"steps": 0}, "`steps` must be an integer >= 1 or None, got 0"),
         ({"epochs": 0.0}, "`epochs` must be > 0, got 0.0"),
         ({"lr": 0.0}, "`lr` must be > 0, got 0.0"),

@@ -110,6 +110,29 @@ def test_refusal_rate_on_harmful_training_prompts_rises(short_run):
     assert after["refusal"] >= before["refusal"] + 0.25, (before, after)
 
 
+@pytest.mark.slow
+def test_micro_batches_give_the_full_batch_step(context_file, tmp_path):
+    # grad_accumulation splits only the forward/backward: the rollouts are generated for
+    # the whole step at once (so they are identical), and the token-mean loss and its
+    # gradient equal those of one pass over the whole batch.
+    steps = {}
+    for ga in (1, 2):
+        trainer = Trainer(_config(context_file, tmp_path / f"ga{ga}", grad_accumulation=ga))
+        assert trainer.sampler._engine.config.batch_size == 4
+        rows = trainer.data.next_batch(4)
+        rollouts = trainer.sample(rows, 1)
+        assert all(r.logprobs == () for r in rollouts)  # not computed for training
+        metrics = trainer.loss_and_backward(trainer.teacher_score(rollouts))
+        metrics.update(trainer.optimizer_step())
+        steps[ga] = ([r.completion_ids for r in rollouts], metrics)
+        trainer.sampler.close()
+    (ids1, m1), (ids2, m2) = steps[1], steps[2]
+    assert ids1 == ids2
+    assert m2["train/tokens"] == m1["train/tokens"]
+    assert m2["train/loss"] == pytest.approx(m1["train/loss"], rel=1e-4)
+    assert m2["train/grad_norm"] == pytest.approx(m1["train/grad_norm"], rel=1e-3)
+
+
 # --------------------------------------------------------------------------------------
 # Run folder, resume, final/
 

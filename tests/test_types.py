@@ -74,10 +74,13 @@ def test_bad_engine_config_is_rejected(kwargs, match):
         EngineConfig(**kwargs)
 
 
-def test_engine_auto_picks_vllm_where_it_imports():
+def test_engine_auto_picks_vllm_on_cuda_where_it_imports():
+    import torch
+
     from flipsearch.engines._vllm import vllm_available
 
-    assert resolve_engine_name("auto") == ("vllm" if vllm_available() else "hf")
+    expected = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
+    assert resolve_engine_name("auto") == expected
     assert resolve_engine_name("hf") == "hf"
     assert EngineConfig(engine="hf", device="cpu").resolved_dtype("hf") == "float32"
     assert EngineConfig().resolved_dtype("vllm") == "bfloat16"

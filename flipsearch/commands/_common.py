@@ -26,7 +26,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--engine",
         default="auto",
         choices=["auto", "vllm", "hf"],
-        help="generation engine; auto = vLLM where it imports (default: %(default)s)",
+        help="generation engine; auto = vLLM on a CUDA machine, else transformers "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--dtype",

