@@ -88,7 +88,8 @@ class TrainConfig:
 
     # ---- rollout -----------------------------------------------------------------------
     engine: str = "auto"
-    """Student sampler: ``vllm``, ``hf``, or ``auto`` (vLLM where it imports)."""
+    """Student sampler: ``vllm``, ``hf``, or ``auto`` (vLLM on a CUDA machine where it
+    imports, else ``hf``)."""
     n_rollouts: int = 1
     """Responses sampled per prompt per step, >= 1."""
     max_new_tokens: int = 512
@@ -134,7 +135,13 @@ class TrainConfig:
     """Prompts per optimiser step, >= 1 (each gives ``n_rollouts`` responses)."""
     grad_accumulation: int = 1
     """Micro-batches per step, >= 1, dividing ``batch_size``; the loss stays a token mean
-    over the whole step (see :func:`opsa_train.losses.masked_token_mean`)."""
+    over the whole step (see :func:`opsa_train.losses.masked_token_mean`). Only the
+    teacher and student forward/backward passes are split; rollouts are generated for
+    the whole step at once (see ``rollout_batch_size``), so more micro-batches lower the
+    peak memory of activations without slowing generation."""
+    rollout_batch_size: int | None = None
+    """Prompts per ``generate`` call of the ``hf`` engine, >= 1; None: the whole step's
+    batch in one call (decoding costs about the same per step at batch 2 or 64 on CPU)."""
     epochs: float = 3.0
     """Passes over the prompts, > 0; ignored when ``steps`` is set."""
     steps: int | None = None
@@ -259,6 +266,7 @@ class TrainConfig:
                 f"`batch_size` must be divisible by `grad_accumulation` "
                 f"({self.grad_accumulation}), got {self.batch_size!r}"
             )
+        _check_int("rollout_batch_size", self.rollout_batch_size, minimum=1, optional=True)
         _check_float("epochs", self.epochs)
         if self.epochs <= 0:
             raise ConfigError(f"`epochs` must be > 0, got {self.epochs!r}")

@@ -52,7 +52,8 @@ class Rollout:
     completion_ids: tuple[int, ...]
     """The sampled response tokens, including the stop token if one was produced."""
     logprobs: tuple[float, ...]
-    """The sampler's log-prob of each completion token (raw, untempered distribution)."""
+    """The sampler's log-prob of each completion token (raw, untempered distribution);
+    empty from :class:`HFRollouts`, which skips them (the loss does not use them)."""
     text: str
     finish_reason: str
 
@@ -101,6 +102,9 @@ def _to_rollouts(
 
 class _SharedModelEngine(HFEngine):
     # HFEngine around an already loaded model (the student being trained), no reload.
+    # The loss does not read the sampler's log-probs: skip keeping (T, B, V) logits.
+    return_logprobs = False
+
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int
     ) -> None:

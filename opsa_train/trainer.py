@@ -395,7 +395,8 @@ class Trainer:
 
         name = resolve_engine_name(self.config.engine)
         if name == "hf":
-            return HFRollouts(self.student, self.tokenizer, batch_size=self.config.micro_batch_size)
+            size = self.config.rollout_batch_size or self.config.batch_size
+            return HFRollouts(self.student, self.tokenizer, batch_size=size)
         need = self.prepared.longest_student_prompt + self.config.max_new_tokens
         engine = EngineConfig(
             model=str(self.prepared.model_path),
