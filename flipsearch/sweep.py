@@ -4,7 +4,10 @@ A trial asks its proposer for a context (a grammar/list choice from the search s
 or a pool candidate that was enqueued), scores it on the harmful prompts one minibatch
 at a time, reports the running teacher flip rate (TFR, arXiv 2605.15239) after each
 minibatch so a pruner can stop hopeless candidates early, then scores the benign
-prompts for over-refusal. Everything it measured goes into the trial's user attributes.
+prompts for over-refusal. With the default ``race`` pruner one benign minibatch is
+scored right after the first harmful one and over-refusal is raced as well, so a
+context that clearly over-refuses stops early too (:mod:`flipsearch.pruners`).
+Everything it measured goes into the trial's user attributes.
 
 Objectives:
 
