@@ -8,6 +8,9 @@ in as a user-turn prefix: TRL through ``teacher_prompt_template``
 (``"{privileged_context}\\n\\n{prompt}"``), opsa_train through an export file with
 ``placement: prefix``, which renders the same text.
 
+Gradient checkpointing is on in both arms by default, as TRL's config defaults it;
+``--no-gradient-checkpointing`` turns it off in both.
+
 ``--micro-batch M`` splits each step's forward/backward into ``prompts / M`` passes in
 both arms (TRL: ``per_device_train_batch_size=M`` with gradient accumulation, whose
 generation batch stays the whole step; opsa_train: ``grad_accumulation``). It lowers
@@ -92,6 +95,7 @@ def run_opsa(args: argparse.Namespace) -> dict[str, object]:
         steps=args.steps,
         checkpoint_every=0,
         dtype="float32",
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     trainer = Trainer(cfg)
     step_s = []
@@ -146,6 +150,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, object]:
         report_to="none",
         use_cpu=True,
         bf16=False,
+        gradient_checkpointing=args.gradient_checkpointing,
         seed=0,
         shuffle_dataset=False,
     )
@@ -197,6 +202,9 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, object]:
         str(args.lr),
         "--micro-batch",
         str(args.micro_batch),
+        "--gradient-checkpointing"
+        if args.gradient_checkpointing
+        else "--no-gradient-checkpointing",
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     subprocess.run(cmd, check=True, env=env)
@@ -234,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         "both still generate the whole step's batch in one call",
     )
     p.add_argument("--out", help="also write the comparison as JSON here")
+    p.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recompute activations in backward, in both arms (TRL's default: on)",
+    )
     args = p.parse_args(argv)
     if args.micro_batch is None:
         args.micro_batch = args.prompts
@@ -258,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "top_k": args.top_k,
             "steps": args.steps,
             "micro_batch": args.micro_batch,
+            "gradient_checkpointing": args.gradient_checkpointing,
         },
         **arms,
         "speedup_steps_per_s": ours["steps_per_s"] / trl["steps_per_s"],

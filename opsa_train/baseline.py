@@ -234,9 +234,9 @@ def generate_sft_data(
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    from opsa_train.trainer import _atomic_write_text
+    from opsa_train.trainer import atomic_write_text
 
-    _atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -307,10 +307,10 @@ def train_baseline(
         FINAL_DIR,
         FINAL_MARKER,
         TrainResult,
-        _adamw,
-        _atomic_write_text,
-        _load_model,
+        atomic_write_text,
+        load_model,
         lr_factor,
+        make_adamw,
         prepare,
         save_final,
     )
@@ -328,7 +328,7 @@ def train_baseline(
             logger.info("baseline: %s is complete (step %d)", final, n_steps)
             return TrainResult(out, final, n_steps, None)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(
+    atomic_write_text(
         out / "config.json",
         json.dumps({**config.to_dict(), "baseline": options.to_dict()}, indent=2) + "\n",
     )
@@ -371,7 +371,7 @@ def train_baseline(
                 engine.close()  # type: ignore[attr-defined]
         stats = {**stats, "kept": len(examples), "time/generate": time.perf_counter() - t0}
         _write_jsonl(data_path, [e.to_dict() for e in examples])
-        _atomic_write_text(out / STATS_JSON, json.dumps(stats, indent=2) + "\n")
+        atomic_write_text(out / STATS_JSON, json.dumps(stats, indent=2) + "\n")
     logger.info(
         "baseline data: kept %d/%d harmful (refusals), %d/%d benign (answers)",
         stats["harmful_kept"],
@@ -388,10 +388,10 @@ def train_baseline(
 
     # ---- model, optimiser, schedule: the same helpers as the OPSA trainer
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = _load_model(prepared.model_path, torch.float32).to(device)
+    model = load_model(prepared.model_path, torch.float32).to(device)
     model.config.use_cache = False
     model.train()
-    optimizer = _adamw(model, config)
+    optimizer = make_adamw(model, config)
     warmup = config.warmup_steps or int(config.warmup_ratio * n_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total=n_steps, warmup=warmup, schedule=config.schedule)

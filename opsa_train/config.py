@@ -149,6 +149,10 @@ class TrainConfig:
     dtype: str = "bfloat16"
     """Model compute dtype: ``bfloat16`` or ``float32``. Optimiser state and master
     weights should stay float32: a bf16 weight cannot hold an update of 1e-5 relative."""
+    gradient_checkpointing: bool = False
+    """Recompute the student's layer activations in the backward pass instead of keeping
+    them: less peak memory, about one more forward pass of compute (TRL turns it on by
+    default). Rollouts (eval mode) are not affected."""
     seed: int = 0
     """Seed for data order, sampling and init of anything random, >= 0."""
 
@@ -276,6 +280,7 @@ class TrainConfig:
                 f"`warmup_steps` must be < `steps` ({self.steps}), got {self.warmup_steps!r}"
             )
         _check_choice("dtype", self.dtype, DTYPES)
+        _check_bool("gradient_checkpointing", self.gradient_checkpointing)
         _check_int("seed", self.seed, minimum=0)
 
         _check_str("out_dir", self.out_dir)

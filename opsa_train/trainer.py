@@ -190,7 +190,8 @@ def prepare(config: TrainConfig) -> _Prepared:
     )
 
 
-def _load_model(path: Path, dtype: torch.dtype) -> PreTrainedModel:
+def load_model(path: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """A causal LM from a model folder in ``dtype`` (training: no eval/no-grad switches)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -207,9 +208,12 @@ def _make_accelerator(config: TrainConfig) -> Any | None:
     return Accelerator(mixed_precision=mixed)
 
 
-def _adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # The fused kernel (CPU and CUDA, float32 master weights) is several times faster
-    # than the per-tensor loop; fall back where this torch build lacks it.
+def make_adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over all parameters with the config's lr, betas and weight decay.
+
+    The fused kernel (CPU and CUDA, float32 master weights) is several times faster than
+    the per-tensor loop; it falls back where this torch build lacks it.
+    """
     kwargs = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
     try:
         return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
@@ -300,10 +304,14 @@ class Trainer:
 
         # Student: float32 master weights (autocast gives bf16 compute). Teacher: frozen
         # copy of the initial weights, stored in the compute dtype (it is never updated).
-        self.model = _load_model(self.prepared.model_path, torch.float32)
+        self.model = load_model(self.prepared.model_path, torch.float32)
         self.model.config.use_cache = False
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.model.train()
-        self.teacher = _load_model(self.prepared.model_path, getattr(torch, config.dtype))
+        self.teacher = load_model(self.prepared.model_path, getattr(torch, config.dtype))
         self.teacher.eval().requires_grad_(False).to(self.device)
         preflight.check_tokenizers(
             self.tokenizer,
@@ -316,7 +324,7 @@ class Trainer:
             if self.tokenizer.pad_token_id is not None
             else self.tokenizer.eos_token_id
         )
-        self.optimizer = _adamw(self.model, config)
+        self.optimizer = make_adamw(self.model, config)
         if self.accelerator is not None:
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         else:
@@ -388,7 +396,7 @@ class Trainer:
                 logger.warning("run folder config differs from this run in: %s", changed)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(path, self.config.to_json() + "\n")
+            atomic_write_text(path, self.config.to_json() + "\n")
 
     def _build_sampler(self) -> RolloutSampler:
         from flipsearch.engines import EngineConfig, resolve_engine_name
@@ -792,7 +800,8 @@ def _pad_cat(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     return torch.cat(values), torch.cat(masks)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -834,7 +843,7 @@ def save_final(
         cfg["torch_dtype"] = cfg["dtype"] = dtype
         cfg["use_cache"] = True
         cfg_path.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-        _atomic_write_text(tmp / FINAL_MARKER, json.dumps({"step": step, "dtype": dtype}) + "\n")
+        atomic_write_text(tmp / FINAL_MARKER, json.dumps({"step": step, "dtype": dtype}) + "\n")
         if path.exists():
             old = path.with_name(f"{path.name}.old-{os.getpid()}-{time.time_ns()}")
             os.replace(path, old)

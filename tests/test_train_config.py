@@ -54,6 +54,7 @@ def test_config_is_frozen():
         ({"alpha": -0.1}, r"`alpha` must be in \[0, 1\]"),
         ({"top_k": 0}, "`top_k` must be an integer >= 1, got 0"),
         ({"rollout_batch_size": 0}, "`rollout_batch_size` must be an integer >= 1 or None"),
+        ({"gradient_checkpointing": "yes"}, "`gradient_checkpointing` must be"),
         ({"steps": 0}, "`steps` must be an integer >= 1 or None, got 0"),
         ({"epochs": 0.0}, "`epochs` must be > 0, got 0.0"),
         ({"lr": 0.0}, "`lr` must be > 0, got 0.0"),

@@ -111,13 +111,21 @@ def test_refusal_rate_on_harmful_training_prompts_rises(short_run):
 
 
 @pytest.mark.slow
-def test_micro_batches_give_the_full_batch_step(context_file, tmp_path):
+def test_micro_batches_and_checkpointing_give_the_full_batch_step(context_file, tmp_path):
     # grad_accumulation splits only the forward/backward: the rollouts are generated for
     # the whole step at once (so they are identical), and the token-mean loss and its
-    # gradient equal those of one pass over the whole batch.
+    # gradient equal those of one pass over the whole batch. Gradient checkpointing
+    # recomputes activations and must not change them either.
     steps = {}
-    for ga in (1, 2):
-        trainer = Trainer(_config(context_file, tmp_path / f"ga{ga}", grad_accumulation=ga))
+    for ga, checkpointing in ((1, False), (2, True)):
+        config = _config(
+            context_file,
+            tmp_path / f"ga{ga}",
+            grad_accumulation=ga,
+            gradient_checkpointing=checkpointing,
+        )
+        trainer = Trainer(config)
+        assert trainer.student.is_gradient_checkpointing == checkpointing
         assert trainer.sampler._engine.config.batch_size == 4
         rows = trainer.data.next_batch(4)
         rollouts = trainer.sample(rows, 1)
