@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from flipsearch.errors import JudgeError
+from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges._base import Judge
 
 _FIELDS = ("prompt", "response")
@@ -24,26 +25,15 @@ def read_pairs(path: str | Path) -> tuple[list[str], list[str]]:
         raise JudgeError(f"`input_path` must be an existing JSONL file, got {str(path)!r}")
     prompts: list[str] = []
     responses: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
+    for lineno, row in iter_jsonl_objects(path, JudgeError):
+        for field in _FIELDS:
+            if not isinstance(row.get(field), str):
                 raise JudgeError(
-                    f"`{path}` line {lineno} must be a JSON object, got {line[:80]!r}: {e}"
-                ) from e
-            if not isinstance(row, dict):
-                raise JudgeError(f"`{path}` line {lineno} must be a JSON object, got {row!r}")
-            for field in _FIELDS:
-                if not isinstance(row.get(field), str):
-                    raise JudgeError(
-                        f"`{path}` line {lineno} must have a string `{field}` field, got "
-                        f"{row.get(field)!r} (fields: {sorted(row)!r})"
-                    )
-            prompts.append(row["prompt"])
-            responses.append(row["response"])
+                    f"`{path}` line {lineno} must have a string `{field}` field, got "
+                    f"{row.get(field)!r} (fields: {sorted(row)!r})"
+                )
+        prompts.append(row["prompt"])
+        responses.append(row["response"])
     return prompts, responses
 
 

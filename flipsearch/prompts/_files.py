@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flipsearch.errors import PromptSetError
+from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.prompts._types import CONTEXT_SEPARATOR, PromptRow, PromptSet, normalize_type
 
 Record = Mapping[str, object]
@@ -51,20 +52,7 @@ def read_records(path: str | Path) -> tuple[list[Record], list[str]]:
 
 
 def _read_jsonl(path: Path) -> tuple[list[Record], list[str]]:
-    records: list[Record] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptSetError(
-                    f"`{path}` line {lineno} must be JSON, got {line[:80]!r}: {e}"
-                ) from e
-            if not isinstance(obj, dict):
-                raise PromptSetError(f"`{path}` line {lineno} must be a JSON object, got {obj!r}")
-            records.append(obj)
+    records: list[Record] = [obj for _, obj in iter_jsonl_objects(path, PromptSetError)]
     return records, _columns(records)
 
 
