@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch import __version__
+from flipsearch.atomic import atomic_write_text
 from flipsearch.contexts import PLACEMENTS, Context
 from flipsearch.engines import EngineConfig
 from flipsearch.errors import ConfigError
@@ -473,9 +474,7 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _write_json(path: Path, doc: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -39,12 +39,12 @@ import csv
 import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flipsearch.atomic import atomic_write_text
 from opsa_train.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -381,9 +381,7 @@ def write_analysis(config: AnalysisConfig, token_rows: Sequence[Mapping[str, obj
         "first_n": FIRST_N,
         "models": summary_table(token_rows),
     }
-    tmp = out / f".{SUMMARY_JSON}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out / SUMMARY_JSON)
+    atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     return summary
 
 

@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flipsearch.atomic import atomic_write_text
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
@@ -234,8 +235,6 @@ def generate_sft_data(
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    from opsa_train.trainer import atomic_write_text
-
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
@@ -307,7 +306,6 @@ def train_baseline(
         FINAL_DIR,
         FINAL_MARKER,
         TrainResult,
-        atomic_write_text,
         load_model,
         lr_factor,
         make_adamw,

@@ -53,13 +53,13 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flipsearch.atomic import atomic_write_text
 from flipsearch.cache import GenerationCache, cached_generate, cached_judge
 from flipsearch.judges import JudgeConfig
 from flipsearch.scoring import Z95, Rate
@@ -662,12 +662,6 @@ def retention_scores(
 # Files
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _json_safe(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -713,7 +707,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
         f"limit {cfg.limit} per set.",
         "",
     ]
-    _atomic_write(out / "eval.md", "\n".join(md))
+    atomic_write_text(out / "eval.md", "\n".join(md))
     with open(out / "eval.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(
             f, fieldnames=["model", "metric", "set", "value", "n", "ci_low", "ci_high", "k"]
@@ -722,7 +716,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
         for m in result.metrics:
             writer.writerow(m.to_dict())
     for name, rows in ((SAMPLES_JSONL, result.records), (RETENTION_JSONL, result.retention)):
-        _atomic_write(
+        atomic_write_text(
             out / name,
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
         )
@@ -731,7 +725,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
         "metrics": [{k: _json_safe(v) for k, v in m.to_dict().items()} for m in result.metrics],
         "timings": result.timings,
     }
-    _atomic_write(out / EVAL_JSON, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / EVAL_JSON, json.dumps(doc, indent=2) + "\n")
     return out
 
 

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from flipsearch.atomic import atomic_write_text
 from opsa_train.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -635,8 +635,4 @@ def write_report(cfg: PipelineConfig) -> Path:
             if isinstance(t, dict):
                 out.append(f"| {stage} | {_fmt(t.get('seconds'), 1)} |")
         out.append("")
-    path = folder / "report.md"
-    tmp = folder / f".report.md.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(out), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(folder / "report.md", "\n".join(out))

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flipsearch.atomic import atomic_write_text
 from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.engines.teacher_forcing import (
     CompletionBatch,
@@ -798,20 +799,6 @@ def _pad_cat(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
     values = [torch.nn.functional.pad(t.float(), (0, width - t.shape[1])) for t, _ in rows]
     masks = [torch.nn.functional.pad(m.float(), (0, width - m.shape[1])) for _, m in rows]
     return torch.cat(values), torch.cat(masks)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_final(

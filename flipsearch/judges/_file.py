@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from flipsearch.atomic import atomic_write_text
 from flipsearch.errors import JudgeError
 from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges._base import Judge
@@ -60,13 +60,6 @@ def judge_file(input_path: str | Path, out_path: str | Path, judge: Judge) -> in
         raise JudgeError(
             f"`judge` must return one verdict per row, got {len(verdicts)} for {len(prompts)}"
         )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for v in verdicts:
-            f.write(json.dumps(v.to_dict(), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    text = "".join(json.dumps(v.to_dict(), ensure_ascii=False) + "\n" for v in verdicts)
+    atomic_write_text(out_path, text)
     return len(verdicts)
