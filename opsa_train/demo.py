@@ -3,7 +3,8 @@
 Runs :func:`opsa_train.pipeline.run_pipeline` with ``configs/demo.yaml``: a context sweep
 over ``search_spaces/paper_axes.yaml`` with the offline judge, export, OPSA training, the
 off-policy baseline, evaluation of base / OPSA / baseline, the token-level KL analysis,
-and ``results/demo/report.md``. Re-running skips finished stages.
+and ``results/demo/report.md``. Working files go to ``runs/demo/``; a re-run skips the
+stages whose inputs are unchanged (``runs/demo/state.json``), ``--force STAGE`` reruns one.
 
 Example::
 
@@ -23,26 +24,20 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from opsa_train.commands.pipeline import add_arguments
+
     p = argparse.ArgumentParser(
-        prog="python -m opsa_train.demo", description=__doc__.splitlines()[0]
+        prog="python -m opsa_train.demo", description=(__doc__ or "").splitlines()[0]
     )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (sizes)")
-    p.add_argument("--run", default=None, help="run name (results/<run>, runs/<run>)")
-    p.add_argument("--model", default=None, help="model under study")
-    p.add_argument("--engine", default=None, choices=("auto", "vllm", "hf"))
-    p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, ...")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
-    p.add_argument("--stop-after", default=None, help="last stage to run")
+    add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from flipsearch.errors import FlipsearchError
+    from opsa_train.commands.pipeline import run
     from opsa_train.errors import OpsaTrainError
-    from opsa_train.pipeline import load_pipeline_config, run_pipeline
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -51,20 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        cfg = load_pipeline_config(
-            args.config,
-            args.overrides,
-            run=args.run,
-            model=args.model,
-            engine=args.engine,
-            judge=args.judge,
-        )
-        path = run_pipeline(cfg, stop_after=args.stop_after)
+        return run(args)
     except (OpsaTrainError, FlipsearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"done: {path}")
-    return 0
 
 
 if __name__ == "__main__":

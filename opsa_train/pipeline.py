@@ -1,21 +1,30 @@
 """The whole study end to end: sweep -> export -> OPSA -> baseline -> eval -> analysis -> report.
 
-Stages and what marks each one done (a re-run skips finished stages and resumes the
-unfinished one, so an interrupted ``make demo`` continues where it stopped):
+Each stage is a row of :data:`PIPELINE_STAGES`: what it runs, the digest of what it
+depends on (its *key*), and the working files it owns. A stage is skipped only when
+``runs/<run>/state.json`` records it done under the same key (see
+:mod:`opsa_train.stage_state`); a changed config, model, prompt set, export file or
+upstream result changes the key, so the stage and everything after it rerun. An
+interrupted stage resumes (the sweep from its Optuna storage, training from its last
+checkpoint, generation from the cache).
 
-==========  ===========================================  ==================================
-stage       does                                         done when
-==========  ===========================================  ==================================
-sweep       :func:`flipsearch.sweep.run_sweep` on         the export file exists (the sweep
-            ``search_spaces/<space>.yaml``               itself also resumes trial by trial)
-export      best feasible trial -> ``best.json``          ``results/<run>/best.json`` exists
-opsa        :func:`opsa_train.trainer.train`             ``runs/<run>/opsa/final`` at the
-                                                         configured step
-baseline    :func:`opsa_train.baseline.train_baseline`   ``runs/<run>/baseline/final`` idem
-eval        :func:`opsa_train.evaluate.evaluate`         ``eval/eval.json`` with this config
-analysis    :func:`opsa_train.analysis.run_analysis`     ``analysis/kl_summary.json`` + PNGs
-report      ``results/<run>/report.md``                  always rewritten (seconds)
-==========  ===========================================  ==================================
+==========  ==============================================  =================================
+stage       does                                            key covers
+==========  ==============================================  =================================
+sweep       :func:`flipsearch.sweep.run_sweep`               sweep config, model fingerprint,
+                                                            prompt sets, search space
+export      best feasible trial -> ``best.json``            sweep key, export options
+opsa        :func:`opsa_train.trainer.train`                train config, model, export file
+baseline    :func:`opsa_train.baseline.train_baseline`      opsa inputs + baseline options
+eval        :func:`opsa_train.evaluate.evaluate`            eval config, model, opsa/baseline
+                                                            keys, eval prompt sets
+analysis    :func:`opsa_train.analysis.run_analysis`        analysis config, export, models
+report      ``report.md`` from this run's artifacts         always rewritten (seconds)
+==========  ==============================================  =================================
+
+Working files live in ``<runs_dir>/<run>/`` (never committed); the report and the small
+artifacts it cites are then published to ``<results_dir>/<run>/`` in one folder swap, so
+``results/`` only ever holds one run's outputs. ``force`` reruns a stage and all after it.
 
 All sizes come from a YAML file (``configs/demo.yaml`` for ``make demo``); a GPU user
 scales them up there or with ``--set section.key=value`` (see ``docs/GPU.md``).
@@ -24,10 +33,11 @@ Example::
 
     python -m opsa_train.demo                                 # configs/demo.yaml
     opsa-train pipeline --config configs/demo.yaml --run demo2 --set train.steps=4
+    opsa-train pipeline --config configs/demo.yaml --force eval   # rerun eval, analysis
 
     >>> cfg = PipelineConfig.from_dict({"run": "t", "train": {"steps": 2}})
-    >>> cfg.train["steps"], cfg.results_dir
-    (2, 'results')
+    >>> cfg.train["steps"], str(cfg.work_dir)
+    (2, 'runs/t')
 """
 
 from __future__ import annotations
@@ -36,23 +46,40 @@ import copy
 import dataclasses
 import json
 import logging
-import math
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.machine import PeakRssSampler, code_commit, machine_facts
 from opsa_train.errors import ConfigError
+from opsa_train.stage_state import StageState, file_digest, stage_key
+
+if TYPE_CHECKING:
+    from flipsearch.engines import EngineConfig
+    from flipsearch.judges import JudgeConfig
+    from flipsearch.sweep import SweepConfig
+    from opsa_train.analysis import AnalysisConfig
+    from opsa_train.baseline import BaselineOptions
+    from opsa_train.config import TrainConfig
+    from opsa_train.evaluate import EvalConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STAGES", "PipelineConfig", "load_pipeline_config", "run_pipeline"]
+__all__ = [
+    "PIPELINE_STAGES",
+    "STAGES",
+    "PipelineConfig",
+    "Stage",
+    "load_pipeline_config",
+    "run_pipeline",
+]
 
-STAGES = ("sweep", "export", "opsa", "baseline", "eval", "analysis", "report")
 _SECTIONS = ("sweep", "export", "train", "baseline", "eval", "analysis")
 
 
@@ -111,11 +138,17 @@ class PipelineConfig:
 
     @property
     def folder(self) -> Path:
+        """Where the report and its artifacts are published: ``<results_dir>/<run>``."""
         return Path(self.results_dir) / self.run
 
     @property
+    def work_dir(self) -> Path:
+        """The run's working files and stage state: ``<runs_dir>/<run>``."""
+        return Path(self.runs_dir) / self.run
+
+    @property
     def export_path(self) -> Path:
-        return self.folder / "best.json"
+        return self.work_dir / "best.json"
 
     def run_dir(self, kind: str) -> Path:
         return Path(self.runs_dir) / self.run / kind
@@ -176,87 +209,18 @@ def load_pipeline_config(
 
 
 # --------------------------------------------------------------------------------------
-# Stages
+# Stage configs (built from the pipeline config; each is the stage's own typed config)
 
 
-class _Progress:
-    # Stage banners with elapsed time; timings saved to <folder>/timings.json.
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.path = folder / "timings.json"
-        self.start = time.perf_counter()
-        try:
-            self.times: dict[str, Any] = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            self.times = {}
-
-    def banner(self, stage: str, note: str = "") -> None:
-        i = STAGES.index(stage) + 1
-        elapsed = time.perf_counter() - self.start
-        print(f"\n=== [{i}/{len(STAGES)}] {stage} {note}(t+{elapsed:.0f}s) ===", flush=True)
-
-    def done(self, stage: str, seconds: float | None) -> None:
-        if seconds is None:
-            print(f"    {stage}: already done, skipped", flush=True)
-            self.times.setdefault(stage, {"seconds": None, "skipped": True})
-        else:
-            print(f"    {stage}: {seconds:.1f}s", flush=True)
-            self.times[stage] = {"seconds": round(seconds, 1), "skipped": False}
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.times, indent=2) + "\n", encoding="utf-8")
-
-
-def _sweep_config(cfg: PipelineConfig) -> Any:
+def _engine_config(cfg: PipelineConfig) -> EngineConfig:
     from flipsearch.engines import EngineConfig
-    from flipsearch.sweep import SweepConfig
 
-    fields = {"space": "paper_axes", "trials": 6, **cfg.sweep}
-    return SweepConfig(
-        study=cfg.run,
-        results_dir=cfg.results_dir,
-        engine=EngineConfig(
-            model=cfg.model, engine=cfg.engine, gpu_memory_utilization=cfg.gpu_memory_utilization
-        ),
-        judge=_judge_config(cfg),
-        cache=cfg.cache,
-        **fields,
+    return EngineConfig(
+        model=cfg.model, engine=cfg.engine, gpu_memory_utilization=cfg.gpu_memory_utilization
     )
 
 
-def stage_sweep_export(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run (or resume) the sweep and write the best trial's export file.
-
-    When no trial meets the over-refusal constraint, the best infeasible one is exported
-    and the report says so.
-    """
-    from flipsearch.contexts import Context
-    from flipsearch.errors import ConfigError as FsConfigError
-    from flipsearch.export import write_export
-    from flipsearch.space import load_search_space
-    from flipsearch.sweep import run_sweep
-    from flipsearch.trials import best_trial, export_of, ranked_trials
-
-    study = run_sweep(_sweep_config(cfg))
-    try:
-        trial = best_trial(study)
-    except FsConfigError as e:
-        ranked = ranked_trials(study)
-        if not ranked:
-            raise
-        trial = ranked[0]
-        logger.warning("no feasible trial (%s); exporting the best infeasible one", e)
-    benign = None
-    ex = cfg.export
-    if ex.get("benign_context"):
-        benign = Context(ex["benign_context"], ex.get("benign_placement", "system"))
-    elif ex.get("benign_from"):
-        benign = load_search_space(ex["benign_from"]).enumerate()[0].context
-    export = export_of(study, trial, benign=benign)
-    write_export(cfg.export_path, export)
-    return {"trial": trial.number, "n_trials": len(study.trials)}
-
-
-def _judge_config(cfg: PipelineConfig) -> Any:
+def _judge_config(cfg: PipelineConfig) -> JudgeConfig:
     from flipsearch.judges import JudgeConfig
 
     if cfg.judge == "refusal":
@@ -264,7 +228,21 @@ def _judge_config(cfg: PipelineConfig) -> Any:
     return JudgeConfig(cfg.judge, engine=cfg.judge_engine)
 
 
-def _train_config(cfg: PipelineConfig, kind: str) -> Any:
+def _sweep_config(cfg: PipelineConfig) -> SweepConfig:
+    from flipsearch.sweep import SweepConfig
+
+    fields = {"space": "paper_axes", "trials": 6, **cfg.sweep}
+    return SweepConfig(
+        study=cfg.run,
+        results_dir=str(cfg.work_dir / "sweep"),
+        engine=_engine_config(cfg),
+        judge=_judge_config(cfg),
+        cache=cfg.cache,
+        **fields,
+    )
+
+
+def _train_config(cfg: PipelineConfig, kind: str) -> TrainConfig:
     from opsa_train.config import TrainConfig, load_train_config
 
     base = TrainConfig.cpu_default() if cfg.preset == "cpu" else TrainConfig.paper()
@@ -277,30 +255,23 @@ def _train_config(cfg: PipelineConfig, kind: str) -> Any:
     return load_train_config(None, overrides, base=base)
 
 
-def _final_done(run_dir: Path, steps: int) -> bool:
-    marker = run_dir / "final" / "opsa_final.json"
-    try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("step") == steps
-    except (OSError, json.JSONDecodeError):
-        return False
+def _baseline_options(cfg: PipelineConfig) -> BaselineOptions:
+    from opsa_train.baseline import BaselineOptions
+
+    return BaselineOptions(**{"judge": _judge_config(cfg), "cache": cfg.cache, **cfg.baseline})
 
 
-def _expected_steps(config: Any) -> int:
-    from opsa_train.data import load_train_prompts, total_steps
-
-    if config.steps is not None:
-        return int(config.steps)
-    return total_steps(config, len(load_train_prompts(config)))
-
-
-def _eval_config(cfg: PipelineConfig) -> Any:
-    from opsa_train.evaluate import EvalConfig
-
-    models = {
+def _trained_models(cfg: PipelineConfig) -> dict[str, str]:
+    return {
         "base": cfg.model,
         "opsa": str(cfg.run_dir("opsa") / "final"),
         "baseline": str(cfg.run_dir("baseline") / "final"),
     }
+
+
+def _eval_config(cfg: PipelineConfig) -> EvalConfig:
+    from opsa_train.evaluate import EvalConfig
+
     fields = {
         "engine": cfg.engine,
         "judge": _judge_config(cfg),
@@ -308,331 +279,315 @@ def _eval_config(cfg: PipelineConfig) -> Any:
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         **cfg.eval,
     }
-    return EvalConfig(models=models, out_dir=str(cfg.folder / "eval"), **fields)
+    return EvalConfig(models=_trained_models(cfg), out_dir=str(cfg.work_dir / "eval"), **fields)
 
 
-def _analysis_config(cfg: PipelineConfig) -> Any:
+def _analysis_config(cfg: PipelineConfig) -> AnalysisConfig:
     from opsa_train.analysis import AnalysisConfig
 
-    models = {
-        "base": cfg.model,
-        "opsa": str(cfg.run_dir("opsa") / "final"),
-        "baseline": str(cfg.run_dir("baseline") / "final"),
-    }
     fields = {"engine": cfg.engine, "cache": cfg.cache, **cfg.analysis}
     return AnalysisConfig(
         context_file=str(cfg.export_path),
-        models=models,
-        out_dir=str(cfg.folder / "analysis"),
+        models=_trained_models(cfg),
+        out_dir=str(cfg.work_dir / "analysis"),
         **fields,
     )
 
 
-def _eval_done(config: Any) -> bool:
-    from opsa_train.evaluate import read_eval
-
-    found = read_eval(config.out_dir)
-    return found is not None and found[0] == config.to_dict()
+# --------------------------------------------------------------------------------------
+# Input digests (parts of the stage keys)
 
 
-def run_pipeline(cfg: PipelineConfig, *, stop_after: str | None = None) -> Path:
-    """Run every unfinished stage, then write ``<results_dir>/<run>/report.md``.
+def _model_digest(model: str) -> str:
+    from flipsearch.models import model_fingerprint, resolve_model
 
-    Args:
-        cfg: the pipeline config.
-        stop_after: run stages up to and including this one (then still write the
-            report of what exists).
-
-    Returns:
-        The report path.
-    """
-    from opsa_train.analysis import analysis_complete, run_analysis
-    from opsa_train.baseline import BaselineOptions, train_baseline
-    from opsa_train.evaluate import evaluate
-    from opsa_train.trainer import train
-
-    if stop_after is not None and stop_after not in STAGES:
-        raise ConfigError(f"`stop_after` must be one of {STAGES}, got {stop_after!r}")
-    folder = cfg.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    progress = _Progress(folder)
-    last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
-
-    def want(stage: str) -> bool:
-        return STAGES.index(stage) <= last
-
-    # sweep + export
-    progress.banner("sweep", f"({cfg.sweep.get('trials', 6)} trials) ")
-    if cfg.export_path.is_file():
-        progress.done("sweep", None)
-        progress.done("export", None)
-    else:
-        t0 = time.perf_counter()
-        info = stage_sweep_export(cfg)
-        progress.times["export_info"] = info
-        progress.done("sweep", time.perf_counter() - t0)
-        progress.done("export", 0.0)
-
-    # OPSA and baseline training
-    opsa_cfg = _train_config(cfg, "opsa")
-    if want("opsa"):
-        steps = _expected_steps(opsa_cfg)
-        progress.banner("opsa", f"({steps} steps) ")
-        if _final_done(cfg.run_dir("opsa"), steps):
-            progress.done("opsa", None)
-        else:
-            t0 = time.perf_counter()
-            train(opsa_cfg)
-            progress.done("opsa", time.perf_counter() - t0)
-    if want("baseline"):
-        base_cfg = dataclasses.replace(opsa_cfg, out_dir=str(cfg.run_dir("baseline")))
-        steps = _expected_steps(base_cfg)
-        progress.banner("baseline", f"({steps} steps) ")
-        if _final_done(cfg.run_dir("baseline"), steps):
-            progress.done("baseline", None)
-        else:
-            t0 = time.perf_counter()
-            options = BaselineOptions(
-                **{"judge": _judge_config(cfg), "cache": cfg.cache, **cfg.baseline}
-            )
-            train_baseline(base_cfg, options=options)
-            progress.done("baseline", time.perf_counter() - t0)
-    if want("eval"):
-        eval_cfg = _eval_config(cfg)
-        progress.banner("eval")
-        if _eval_done(eval_cfg):
-            progress.done("eval", None)
-        else:
-            t0 = time.perf_counter()
-            evaluate(eval_cfg)
-            progress.done("eval", time.perf_counter() - t0)
-    if want("analysis"):
-        an_cfg = _analysis_config(cfg)
-        progress.banner("analysis")
-        if analysis_complete(an_cfg.out_dir) and _same_json(
-            Path(an_cfg.out_dir) / "kl_summary.json", an_cfg.to_dict()
-        ):
-            progress.done("analysis", None)
-        else:
-            t0 = time.perf_counter()
-            run_analysis(an_cfg)
-            progress.done("analysis", time.perf_counter() - t0)
-    progress.banner("report")
-    t0 = time.perf_counter()
-    path = write_report(cfg)
-    progress.done("report", time.perf_counter() - t0)
-    total = sum(
-        v["seconds"] or 0 for v in progress.times.values() if isinstance(v, dict) and "seconds" in v
-    )
-    print(f"\nreport: {path}  (stage time recorded: {total:.0f}s)", flush=True)
-    return path
+    return model_fingerprint(resolve_model(model))
 
 
-def _same_json(path: Path, config: Mapping[str, Any]) -> bool:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("config") == json.loads(
-            json.dumps(config)
-        )
-    except (OSError, json.JSONDecodeError):
-        return False
+def _prompt_digests(specs: Sequence[str | None]) -> dict[str, str]:
+    from flipsearch.prompts import load_prompt_set
+
+    return {spec: load_prompt_set(spec).content_hash() for spec in specs if spec}
+
+
+def _space_digest(space: str) -> str:
+    from flipsearch.space import load_search_space
+
+    texts = [(c.context.placement, c.context.text) for c in load_search_space(space).enumerate()]
+    return stage_key("space", 1, texts=texts)
+
+
+def _engine_facts(engine: str, dtype: str = "auto") -> dict[str, str]:
+    # The concrete engine and dtype a stage runs with (``auto`` resolved), for the report.
+    from flipsearch.engines import EngineConfig, resolve_engine_name
+
+    name = resolve_engine_name(engine)
+    return {"engine": name, "dtype": EngineConfig(engine=engine, dtype=dtype).resolved_dtype(name)}
 
 
 # --------------------------------------------------------------------------------------
-# Report
+# Stages
 
 
-def _metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
-    from opsa_train.metrics_log import read_metrics
+@dataclass
+class _Run:
+    # One invocation: the config, the state file, and the keys computed so far.
+    cfg: PipelineConfig
+    state: StageState
+    keys: dict[str, str] = field(default_factory=dict)
 
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of the pipeline: how to key it, run it, and which working files it owns."""
+
+    name: str
+    version: int
+    """Bump when the stage's code changes what it produces (old records stop matching)."""
+    inputs: Callable[[_Run], dict[str, object]]
+    """Everything the result depends on (configs, digests, upstream keys); JSON values."""
+    run: Callable[[_Run], dict[str, object]]
+    """Runs the stage (resuming what an interrupted run left); returns report facts."""
+    outputs: Callable[[PipelineConfig], tuple[Path, ...]]
+    """Working files removed before a rerun under another key."""
+    note: Callable[[PipelineConfig], str] = lambda cfg: ""
+    """Banner text (sizes)."""
+
+
+def _sweep_inputs(r: _Run) -> dict[str, object]:
+    sweep = _sweep_config(r.cfg)
+    config = sweep.to_dict()
+    config.pop("show_progress", None)
+    return {
+        "config": config,
+        "model": _model_digest(r.cfg.model),
+        "prompts": _prompt_digests([sweep.harmful, sweep.benign]),
+        "space": _space_digest(sweep.space),
+    }
+
+
+def _sweep_run(r: _Run) -> dict[str, object]:
+    from flipsearch.sweep import run_sweep
+
+    sweep = _sweep_config(r.cfg)
+    study = run_sweep(sweep)
+    return {"n_trials": len(study.trials), **_engine_facts(r.cfg.engine)}
+
+
+def _export_inputs(r: _Run) -> dict[str, object]:
+    return {"sweep": r.keys["sweep"], "options": r.cfg.export}
+
+
+def _export_run(r: _Run) -> dict[str, object]:
+    """Write the best trial's export file; the best infeasible one when none is feasible."""
+    import optuna
+
+    from flipsearch.contexts import Context
+    from flipsearch.errors import ConfigError as FsConfigError
+    from flipsearch.export import write_export
+    from flipsearch.space import load_search_space
+    from flipsearch.trials import best_trial, export_of, ranked_trials
+
+    sweep = _sweep_config(r.cfg)
+    study = optuna.load_study(study_name=sweep.study, storage=sweep.storage_spec.build())
     try:
-        return read_metrics(run_dir, last_per_step=True)
-    except (OSError, ValueError):
-        return []
+        trial, feasible = best_trial(study), True
+    except FsConfigError as e:
+        ranked = ranked_trials(study)
+        if not ranked:
+            raise
+        trial, feasible = ranked[0], False
+        logger.warning("no feasible trial (%s); exporting the best infeasible one", e)
+    benign = None
+    ex = r.cfg.export
+    if ex.get("benign_context"):
+        benign = Context(ex["benign_context"], ex.get("benign_placement", "system"))
+    elif ex.get("benign_from"):
+        benign = load_search_space(ex["benign_from"]).enumerate()[0].context
+    write_export(r.cfg.export_path, export_of(study, trial, benign=benign))
+    return {"trial": trial.number, "feasible": feasible}
 
 
-def _fmt(value: object, digits: int = 3) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
-    return "-" if value is None else str(value)
+def _train_inputs(r: _Run, kind: str) -> dict[str, object]:
+    config = _train_config(r.cfg, kind)
+    return {
+        "config": config.to_dict(),
+        "model": _model_digest(r.cfg.model),
+        "export": file_digest(r.cfg.export_path),
+        "export_key": r.keys["export"],
+        "prompts": _prompt_digests([*config.harmful_prompts, *config.benign_prompts]),
+    }
 
 
-def compare_runs(metrics: Sequence[Any], a: str = "opsa", b: str = "baseline") -> list[str]:
-    """Plain-language comparison of two models on the headline numbers, CIs included.
+def _opsa_run(r: _Run) -> dict[str, object]:
+    from opsa_train.trainer import train
 
-    A difference counts as clear only when the two 95% intervals do not overlap.
+    config = _train_config(r.cfg, "opsa")
+    result = train(config)
+    return {"steps": result.steps, **_engine_facts(config.engine, config.dtype)}
 
-    Example:
-        >>> from opsa_train.evaluate import Metric
-        >>> ms = [Metric("opsa", "composite_safety", "S", 0.9, 40, 0.8, 1.0),
-        ...       Metric("baseline", "composite_safety", "S", 0.5, 40, 0.4, 0.6)]
-        >>> compare_runs(ms)[0].startswith("- composite_safety (S, higher is better): opsa better")
-        True
+
+def _baseline_inputs(r: _Run) -> dict[str, object]:
+    return {**_train_inputs(r, "baseline"), "options": _baseline_options(r.cfg).to_dict()}
+
+
+def _baseline_run(r: _Run) -> dict[str, object]:
+    from opsa_train.baseline import train_baseline
+
+    config = _train_config(r.cfg, "baseline")
+    train_baseline(config, options=_baseline_options(r.cfg))
+    return {**_engine_facts(r.cfg.engine), "train_dtype": config.dtype}
+
+
+def _eval_inputs(r: _Run) -> dict[str, object]:
+    config = _eval_config(r.cfg)
+    sets = [*config.harmful_sets, *config.over_refusal_sets, *config.reasoning_sets]
+    return {
+        "config": config.to_dict(),
+        "models": {"base": _model_digest(r.cfg.model), **_upstream(r, "opsa", "baseline")},
+        "prompts": _prompt_digests([*sets, config.retention_set]),
+    }
+
+
+def _upstream(r: _Run, *stages: str) -> dict[str, str]:
+    return {stage: r.keys[stage] for stage in stages if stage in r.keys}
+
+
+def _eval_run(r: _Run) -> dict[str, object]:
+    from opsa_train.evaluate import evaluate
+
+    config = _eval_config(r.cfg)
+    evaluate(config)
+    return _engine_facts(config.engine)
+
+
+def _analysis_inputs(r: _Run) -> dict[str, object]:
+    config = _analysis_config(r.cfg)
+    return {
+        "config": config.to_dict(),
+        "models": {"base": _model_digest(r.cfg.model), **_upstream(r, "opsa", "baseline")},
+        "export": file_digest(r.cfg.export_path),
+        "prompts": _prompt_digests([config.prompts]),
+    }
+
+
+def _analysis_run(r: _Run) -> dict[str, object]:
+    from opsa_train.analysis import run_analysis
+
+    config = _analysis_config(r.cfg)
+    run_analysis(config)
+    return _engine_facts(config.engine)
+
+
+PIPELINE_STAGES: tuple[Stage, ...] = (
+    Stage(
+        "sweep",
+        1,
+        _sweep_inputs,
+        _sweep_run,
+        lambda cfg: (cfg.work_dir / "sweep",),
+        lambda cfg: f"({_sweep_config(cfg).trials} trials) ",
+    ),
+    Stage("export", 1, _export_inputs, _export_run, lambda cfg: (cfg.export_path,)),
+    Stage(
+        "opsa",
+        1,
+        lambda r: _train_inputs(r, "opsa"),
+        _opsa_run,
+        lambda cfg: (cfg.run_dir("opsa"),),
+        lambda cfg: f"({_train_config(cfg, 'opsa').steps or 'all'} steps) ",
+    ),
+    Stage(
+        "baseline",
+        1,
+        _baseline_inputs,
+        _baseline_run,
+        lambda cfg: (cfg.run_dir("baseline"),),
+        lambda cfg: f"({_train_config(cfg, 'baseline').steps or 'all'} steps) ",
+    ),
+    Stage("eval", 1, _eval_inputs, _eval_run, lambda cfg: (cfg.work_dir / "eval",)),
+    Stage("analysis", 1, _analysis_inputs, _analysis_run, lambda cfg: (cfg.work_dir / "analysis",)),
+)
+STAGES = (*(s.name for s in PIPELINE_STAGES), "report")
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _run_stage(stage: Stage, r: _Run, *, index: int, t0: float, forced: bool) -> None:
+    # Key the stage, skip it when the state says done under that key, else (clear and) run.
+    elapsed = time.perf_counter() - t0
+    print(
+        f"\n=== [{index}/{len(STAGES)}] {stage.name} {stage.note(r.cfg)}(t+{elapsed:.0f}s) ===",
+        flush=True,
+    )
+    key = stage_key(stage.name, stage.version, **stage.inputs(r))
+    r.keys[stage.name] = key
+    record = r.state.get(stage.name)
+    if not forced and r.state.is_done(stage.name, key):
+        print(f"    {stage.name}: up to date (key {key}), skipped", flush=True)
+        return
+    if forced or record is None or record.key != key:
+        stale = [p for p in stage.outputs(r.cfg) if p.exists()]
+        if stale:
+            why = (
+                "forced"
+                if forced
+                else ("no state record" if record is None else f"key {record.key} -> {key}")
+            )
+            print(f"    {stage.name}: {why}; removing {', '.join(map(str, stale))}", flush=True)
+            _remove(stale)
+    elif record.status == "running":
+        print(f"    {stage.name}: resuming an interrupted run (key {key})", flush=True)
+    r.state.start(stage.name, key)
+    started = time.perf_counter()
+    with PeakRssSampler() as rss:
+        info = stage.run(r)
+    seconds = time.perf_counter() - started
+    info = {**info, "code_commit": code_commit()}
+    r.state.finish(stage.name, key, seconds=seconds, peak_rss_mb=rss.peak_mb, info=info)
+    print(f"    {stage.name}: {seconds:.1f}s, peak RSS {rss.peak_mb:.0f} MB", flush=True)
+
+
+def run_pipeline(
+    cfg: PipelineConfig, *, stop_after: str | None = None, force: str | None = None
+) -> Path:
+    """Run every stage whose inputs changed, write the report and publish it.
+
+    Args:
+        cfg: the pipeline config.
+        stop_after: run stages up to and including this one (the report then says which
+            stages did not run).
+        force: rerun this stage and every stage after it, whatever the state says.
+
+    Returns:
+        The published report path, ``<results_dir>/<run>/report.md``.
     """
-    better_high = {"composite_safety": True, "accuracy": True}
-    by_key: dict[tuple[str, str], dict[str, Any]] = {}
-    for m in metrics:
-        by_key.setdefault((m.metric, m.set), {})[m.model] = m
-    lines = []
-    for (metric, set_name), cells in by_key.items():
-        if a not in cells or b not in cells:
-            continue
-        ma, mb = cells[a], cells[b]
-        if any(math.isnan(x) for x in (ma.value, mb.value)):
-            continue
-        high = better_high.get(metric, False)
-        direction = "higher" if high else "lower"
-        if ma.value == mb.value:
-            verdict = "tie"
-        else:
-            a_wins = (ma.value > mb.value) == high
-            winner = a if a_wins else b
-            overlap = not (ma.ci_low > mb.ci_high or mb.ci_low > ma.ci_high)
-            verdict = f"{winner} better" + (
-                " (CIs overlap: not a clear difference)" if overlap else " (CIs do not overlap)"
-            )
-        lines.append(
-            f"- {metric} ({set_name}, {direction} is better): {verdict}; "
-            f"{a} {ma.cell()} vs {b} {mb.cell()}"
-        )
-    return lines
+    from opsa_train.pipeline_report import publish, write_report
 
-
-def write_report(cfg: PipelineConfig) -> Path:
-    """Write ``<results_dir>/<run>/report.md`` from whatever stages have finished."""
-    from flipsearch.export import read_export
-    from opsa_train.evaluate import markdown_table, read_eval
-
-    folder = cfg.folder
-    out: list[str] = [f"# OPSA study `{cfg.run}`: model `{cfg.model}`", ""]
-    out += [
-        f"Engine `{cfg.engine}`, judge `{cfg.judge}`, training preset `{cfg.preset}`. "
-        "Config: `pipeline.json`; stage timings: `timings.json`.",
-        "",
-        "## 1. Context search",
-        "",
-    ]
-    if cfg.export_path.is_file():
-        ex = read_export(cfg.export_path)
-        prov = ex.provenance
-        out += [
-            f"Best trial {prov.get('trial')} of study `{prov.get('study')}` "
-            f"(feasible: {prov.get('feasible')}), placement `{ex.harmful.placement}`:",
-            "",
-            "> " + ex.harmful.text.replace("\n", "\n> "),
-            "",
-        ]
-        for key in ("tfr", "tfr_base_unsafe", "base_unsafe_rate", "over_refusal"):
-            r = ex.scores.get(key)
-            if isinstance(r, dict):
-                out.append(
-                    f"- {key}: {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}"
-                )
-        if ex.benign is not None:
-            out += ["", f"I_b ({ex.benign.placement}): {ex.benign.text!r}"]
-        out.append("")
-    else:
-        out += ["(not run yet)", ""]
-
-    out += ["## 2. Training", ""]
-    for kind in ("opsa", "baseline"):
-        rows = _metrics_rows(cfg.run_dir(kind))
-        if not rows:
-            out.append(f"- {kind}: not trained yet")
-            continue
-        first, last = rows[0], rows[-1]
-        keys = [k for k in ("train/loss", "train/kl", "rollout/refusal_harmful") if k in last]
-        parts = ", ".join(f"{k} {_fmt(first.get(k))} -> {_fmt(last.get(k))}" for k in keys)
-        out.append(f"- {kind}: {last['step']} steps; {parts} (`{cfg.run_dir(kind)}`)")
-    stats_path = cfg.run_dir("baseline") / "baseline.json"
-    if stats_path.is_file():
-        s = json.loads(stats_path.read_text(encoding="utf-8"))
-        out.append(
-            f"- baseline SFT data: kept {s['harmful_kept']}/{s['harmful_total']} harmful prompts "
-            f"(refusals with I_h) and {s['benign_kept']}/{s['benign_total']} benign prompts "
-            "(answers); dropped prompts are not trained on."
-        )
-    out.append("")
-
-    out += ["## 3. Evaluation", ""]
-    found = read_eval(folder / "eval")
-    if found is not None:
-        econf, metrics = found
-        models = list(econf["models"])  # type: ignore[call-overload]
-        out += [
-            markdown_table(metrics, models),
-            "",
-            "Cells: value [95% CI] n (Wilson for rates, normal over prompts for means). "
-            "harmful_rate (lower is safer): judge-unsafe or unreadable answers on held-out "
-            "`:eval` harmful prompts. over_refusal (lower is better): refusals on safe prompts. "
-            "accuracy: GSM8K / MATH-500 final answer in `\\boxed{}`. retention_nll / "
-            "retention_kl (lower is closer to base): the base model's greedy benign answers "
-            "teacher-forced through each model. composite_safety S = 1 - mean harmful_rate "
-            "over the harmful sets. Per-answer records: `eval/samples.jsonl`. retention_kl is "
-            "the primary retention measure: retention_nll can fall below the base's own when "
-            "a model is sharpened towards the base's answers, which is not better retention.",
-            "",
-            "### OPSA vs the off-policy baseline",
-            "",
-            *compare_runs(metrics),
-            "",
-            "These numbers are reported as measured: the evaluation is not tuned to either "
-            "method. On the embedded 135M model with demo sizes, intervals are wide and a "
-            "difference whose intervals overlap is not evidence either way.",
-            "",
-        ]
-    else:
-        out += ["(not run yet)", ""]
-
-    out += ["## 4. Token-level KL (teacher = initial model + I_h; cf. the paper's Fig. 2)", ""]
-    summary_path = folder / "analysis" / "kl_summary.json"
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        n = summary.get("first_n", 8)
-        rollouts = summary["config"].get("rollouts")
-        out += [
-            f"Rollouts: `{rollouts}` (own: each model's own greedy answers to the harmful "
-            "eval prompts; base: the base model's, shared). KL = 0.5 KL(T||S) + 0.5 KL(S||T).",
-            "",
-            f"| model | mean KL | first {n} tokens | rest | KL mass in first {n} | tokens |",
-            "|---|---|---|---|---|---|",
-        ]
-        for model, s in summary["models"].items():
-            out.append(
-                f"| {model} | {_fmt(s['kl_mean'])} | {_fmt(s[f'kl_first{n}'])} | "
-                f"{_fmt(s['kl_rest'])} | {_fmt(s[f'mass_share_first{n}'])} | {s['tokens']} |"
-            )
-        top_csv = folder / "analysis" / "kl_top_tokens.csv"
-        if top_csv.is_file():
-            import csv
-
-            with open(top_csv, encoding="utf-8") as f:
-                top = [r for r in csv.DictReader(f) if r["model"] == "base"][:8]
-            if top:
-                toks = ", ".join(f"{r['token']!r} ({float(r['share']):.2f})" for r in top)
-                out += ["", f"Base model tokens with the most KL mass (share): {toks}"]
-        out += [
-            "",
-            "![KL by position](analysis/kl_by_position.png)",
-            "",
-            "![Top tokens](analysis/kl_top_tokens.png)",
-            "",
-        ]
-    else:
-        out += ["(not run yet)", ""]
-
-    timings_path = folder / "timings.json"
-    if timings_path.is_file():
-        times = json.loads(timings_path.read_text(encoding="utf-8"))
-        out += [
-            "## 5. Stage timings (last run of each stage)",
-            "",
-            "| stage | seconds |",
-            "|---|---|",
-        ]
-        for stage in STAGES:
-            t = times.get(stage)
-            if isinstance(t, dict):
-                out.append(f"| {stage} | {_fmt(t.get('seconds'), 1)} |")
-        out.append("")
-    return atomic_write_text(folder / "report.md", "\n".join(out))
+    for name, value in (("stop_after", stop_after), ("force", force)):
+        if value is not None and value not in STAGES:
+            raise ConfigError(f"`{name}` must be one of {STAGES}, got {value!r}")
+    t0, started_at = time.perf_counter(), time.time()
+    work = cfg.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / "pipeline.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    r = _Run(cfg, StageState(work))
+    last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
+    first_forced = STAGES.index(force) if force else len(STAGES)
+    facts = machine_facts()
+    print(f"machine: {facts.describe()}; code commit {code_commit() or 'unknown'}", flush=True)
+    for i, stage in enumerate(PIPELINE_STAGES):
+        if i > last:
+            break
+        _run_stage(stage, r, index=i + 1, t0=t0, forced=i >= first_forced)
+    print(f"\n=== [{len(STAGES)}/{len(STAGES)}] report (t+{time.perf_counter() - t0:.0f}s) ===")
+    write_report(cfg, r.state, r.keys, started_at=started_at, wall_seconds=time.perf_counter() - t0)
+    path = publish(cfg)
+    print(f"\nreport: {path}  (wall {time.perf_counter() - t0:.0f}s)", flush=True)
+    return path

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from opsa_train.errors import ConfigError
 from opsa_train.evaluate import Metric
-from opsa_train.pipeline import PipelineConfig, compare_runs, load_pipeline_config
+from opsa_train.pipeline import PipelineConfig, load_pipeline_config
+from opsa_train.pipeline_report import compare_runs
 
 # Tiny sizes: 2 sweep trials, 4 prompts, 2 training steps, 16 tokens, HF engine.
 TINY = [
@@ -45,6 +47,10 @@ def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
     assert _sweep_config(cfg).space == "paper_axes"
     train = _train_config(cfg, "opsa")
     assert train.context_file == str(cfg.export_path) and train.out_dir.endswith("demo/opsa")
+    # Working files (export, study, eval) live under runs/, never in committed results/.
+    assert cfg.export_path.parent == cfg.work_dir and str(cfg.work_dir) == "runs/demo"
+    assert Path(_sweep_config(cfg).folder).is_relative_to(cfg.work_dir)
+    assert Path(_eval_config(cfg).out_dir).is_relative_to(cfg.work_dir)
     assert _eval_config(cfg).models["baseline"].endswith("demo/baseline/final")
     assert _analysis_config(cfg).max_tokens == _eval_config(cfg).max_tokens  # cache reuse
 
@@ -73,7 +79,7 @@ def test_compare_runs_reports_overlap_and_direction():
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
+def test_tiny_pipeline_runs_every_stage_then_reruns_only_what_changed(tmp_path, capsys):
     from opsa_train.demo import DEFAULT_CONFIG
     from opsa_train.pipeline import run_pipeline
 
@@ -84,9 +90,20 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
         f"cache={tmp_path / 'cache.sqlite'}",
     ]
     cfg = load_pipeline_config(DEFAULT_CONFIG, overrides, run="tiny")
-    report = run_pipeline(cfg)
     folder = tmp_path / "results" / "tiny"
+    # A fresh clone carries committed outputs of another run: they must not count as done.
+    (folder / "eval").mkdir(parents=True)
+    (folder / "best.json").write_text('{"stale": true}')
+    (folder / "eval" / "eval.json").write_text('{"stale": true}')
+    (folder / "stale_leftover.txt").write_text("from another run")
+
+    report = run_pipeline(cfg)
+    out = capsys.readouterr().out
+    assert "up to date" not in out and "skipped" not in out
+    for stage in ("sweep", "export", "opsa", "baseline", "eval", "analysis"):
+        assert f"    {stage}: " in out and "peak RSS" in out
     assert report == folder / "report.md"
+    assert not (folder / "stale_leftover.txt").exists()  # published folder = this run only
     text = report.read_text()
     for heading in (
         "## 1. Context search",
@@ -94,8 +111,11 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
         "## 3. Evaluation",
         "### OPSA vs the off-policy baseline",
         "## 4. Token-level KL",
+        "## 5. How this run was made",
     ):
         assert heading in text
+    assert "no numbers" not in text
+    assert "CPU capability" in text and "peak RSS" in text
     for kind in ("opsa", "baseline"):
         marker = tmp_path / "runs" / "tiny" / kind / "final" / "opsa_final.json"
         assert json.loads(marker.read_text())["step"] == 2
@@ -118,9 +138,21 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
     # Both trainings moved the weights: each model now differs from the base.
     assert kl[("opsa", "retention_kl")] > 0 and kl[("baseline", "retention_kl")] > 0
     assert (folder / "analysis" / "kl_by_position.png").stat().st_size > 0
-    # A second run finds every stage done and generates nothing.
-    capsys.readouterr()
+    assert json.loads((folder / "best.json").read_text()).get("stale") is None
+
+    # The same config again: every stage is up to date.
     run_pipeline(cfg)
     out = capsys.readouterr().out
     for stage in ("sweep", "export", "opsa", "baseline", "eval", "analysis"):
-        assert f"{stage}: already done, skipped" in out
+        assert f"{stage}: up to date" in out
+    assert "| eval | up to date |" in (folder / "report.md").read_text()
+
+    # A changed eval size reruns eval only; --force analysis reruns analysis only.
+    changed = load_pipeline_config(DEFAULT_CONFIG, [*overrides, "eval.limit=1"], run="tiny")
+    run_pipeline(changed, force="analysis")
+    out = capsys.readouterr().out
+    for stage in ("sweep", "export", "opsa", "baseline"):
+        assert f"{stage}: up to date" in out
+    assert "eval: key " in out and "analysis: forced; removing" in out
+    doc = json.loads((folder / "eval" / "eval.json").read_text())
+    assert {m["n"] for m in doc["metrics"] if m["metric"] == "harmful_rate"} == {1}

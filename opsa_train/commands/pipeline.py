@@ -1,9 +1,12 @@
 """``opsa-train pipeline``: sweep -> export -> OPSA -> baseline -> eval -> analysis -> report.
 
-Every stage is skipped when its output is complete, so the same command resumes.
+A stage is skipped only when ``runs/<run>/state.json`` records it done for the same inputs
+(config, model, prompt sets, upstream results), so the same command resumes an interrupted
+run and reruns what a changed input invalidates.
 
 Example:
     opsa-train pipeline --config configs/demo.yaml
+    opsa-train pipeline --config configs/demo.yaml --force eval      # eval, analysis, report
     opsa-train pipeline --config configs/demo.yaml --run gpu --model Qwen/Qwen3-0.6B \\
         --engine vllm --judge llamaguard --set train.steps=200 --set eval.limit=null
 """
@@ -13,9 +16,26 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The pipeline flags, shared by ``opsa-train pipeline`` and ``python -m opsa_train.demo``."""
     from opsa_train.demo import DEFAULT_CONFIG
+    from opsa_train.pipeline import STAGES
 
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (sizes)")
+    p.add_argument("--run", default=None, help="run name (runs/<run>, results/<run>)")
+    p.add_argument("--model", default=None, help="model under study")
+    p.add_argument("--engine", default=None, choices=("auto", "vllm", "hf"))
+    p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, ...")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    p.add_argument("--stop-after", default=None, choices=STAGES, help="last stage to run")
+    p.add_argument(
+        "--force", default=None, choices=STAGES, help="rerun this stage and every later one"
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pipeline",
         help="the whole study end to end (resumable)",
@@ -23,13 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML")
-    p.add_argument("--run", default=None)
-    p.add_argument("--model", default=None)
-    p.add_argument("--engine", default=None, choices=("auto", "vllm", "hf"))
-    p.add_argument("--judge", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="S.K=V")
-    p.add_argument("--stop-after", default=None)
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -44,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         judge=args.judge,
     )
-    print(run_pipeline(cfg, stop_after=args.stop_after))
+    print(run_pipeline(cfg, stop_after=args.stop_after, force=args.force))
     return 0
