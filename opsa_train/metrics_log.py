@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from flipsearch.jsonl import read_jsonl_log
+
 logger = logging.getLogger(__name__)
 
 METRICS_JSONL = "metrics.jsonl"
@@ -95,29 +97,8 @@ def append_jsonl(path: str | Path, row: Mapping[str, object]) -> None:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file; a missing file gives []. A last line without a trailing
     newline (torn by a kill) is ignored; a malformed line elsewhere is skipped with a
-    warning."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline
-    if torn.strip():
-        logger.info("ignoring a torn last line in %s", path)
-    rows = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError:
-            logger.warning("skipping malformed line %d of %s", number, path)
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            logger.warning("skipping line %d of %s: not a JSON object", number, path)
-    return rows
+    warning (see :func:`flipsearch.jsonl.read_jsonl_log`)."""
+    return read_jsonl_log(path, keep_unterminated=False).rows
 
 
 # --------------------------------------------------------------------------------------
