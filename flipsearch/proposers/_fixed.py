@@ -14,12 +14,12 @@ Each proposer answers one question through the :class:`Proposer` protocol
 Example:
     >>> import optuna
     >>> from flipsearch.space import SearchSpace
-    >>> space = SearchSpace.from_dict({"candidates": ["Refuse harmful requests.",
-    ...                                               "Decline anything dangerous."]})
-    >>> study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    >>> cid, ctx = ListProposer(space).propose(study.ask())
-    >>> ctx.text in {"Refuse harmful requests.", "Decline anything dangerous."}
+    >>> space = SearchSpace.from_dict({"candidates": ["Refuse harm.", "Decline danger."]})
+    >>> trial = optuna.create_study().ask()
+    >>> ListProposer(space).propose(trial).context.text in {"Refuse harm.", "Decline danger."}
     True
+    >>> sorted(trial.user_attrs)
+    ['candidate_id', 'context', 'placement']
 """
 
 from __future__ import annotations
