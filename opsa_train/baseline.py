@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
@@ -238,10 +239,6 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-
-
 # --------------------------------------------------------------------------------------
 # SFT
 
@@ -334,7 +331,9 @@ def train_baseline(
     # ---- data
     data_path = out / SFT_DATA
     if (out / STATS_JSON).is_file() and data_path.is_file():
-        examples = [SFTExample.from_dict(d) for d in _read_jsonl(data_path)]
+        examples = [
+            SFTExample.from_dict(d) for _, d in iter_jsonl_objects(data_path, PreflightError)
+        ]
         stats = json.loads((out / STATS_JSON).read_text(encoding="utf-8"))
     else:
         t0 = time.perf_counter()
