@@ -307,7 +307,7 @@ def _model_digest(model: str) -> str:
 def _prompt_digests(specs: Sequence[str | None]) -> dict[str, str]:
     from flipsearch.prompts import load_prompt_set
 
-    return {spec: load_prompt_set(spec).content_hash() for spec in specs if spec}
+    return {spec: load_prompt_set(spec).content_hash for spec in specs if spec}
 
 
 def _space_digest(space: str) -> str:
