@@ -46,6 +46,8 @@ from typing import Any
 import yaml
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.models import model_name
+from flipsearch.paths import recordable
 from opsa_train.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -331,8 +333,8 @@ def _analysis_config(cfg: PipelineConfig) -> Any:
 def _eval_done(config: Any) -> bool:
     from opsa_train.evaluate import read_eval
 
-    found = read_eval(config.out_dir)
-    return found is not None and found[0] == config.to_dict()
+    found = read_eval(config.out_dir)  # eval.json records paths portably: compare so
+    return found is not None and found[0] == recordable(config.to_dict())
 
 
 def run_pipeline(cfg: PipelineConfig, *, stop_after: str | None = None) -> Path:
@@ -355,7 +357,7 @@ def run_pipeline(cfg: PipelineConfig, *, stop_after: str | None = None) -> Path:
         raise ConfigError(f"`stop_after` must be one of {STAGES}, got {stop_after!r}")
     folder = cfg.folder
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (folder / "pipeline.json").write_text(json.dumps(recordable(cfg.to_dict()), indent=2) + "\n")
     progress = _Progress(folder)
     last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
 
@@ -431,8 +433,9 @@ def run_pipeline(cfg: PipelineConfig, *, stop_after: str | None = None) -> Path:
 
 def _same_json(path: Path, config: Mapping[str, Any]) -> bool:
     try:
+        # kl_summary.json records paths portably: compare in that form.
         return json.loads(path.read_text(encoding="utf-8")).get("config") == json.loads(
-            json.dumps(config)
+            json.dumps(recordable(dict(config)))
         )
     except (OSError, json.JSONDecodeError):
         return False
@@ -504,7 +507,7 @@ def write_report(cfg: PipelineConfig) -> Path:
     from opsa_train.evaluate import markdown_table, read_eval
 
     folder = cfg.folder
-    out: list[str] = [f"# OPSA study `{cfg.run}`: model `{cfg.model}`", ""]
+    out: list[str] = [f"# OPSA study `{cfg.run}`: model `{model_name(cfg.model)}`", ""]
     out += [
         f"Engine `{cfg.engine}`, judge `{cfg.judge}`, training preset `{cfg.preset}`. "
         "Config: `pipeline.json`; stage timings: `timings.json`.",
