@@ -25,6 +25,7 @@ from flipsearch.models import (
     model_fingerprint,
     model_identity,
     model_key,
+    resolve_model,
 )
 from flipsearch.paths import cache_dir, local_path, portable_path, recordable
 from flipsearch.prompts import load_prompt_set
@@ -412,3 +413,34 @@ def test_no_written_file_holds_the_home_or_cache_folder_or_a_token(home, monkeyp
     }
     _assert_clean(files, home)
     assert SECRET not in caplog.text
+
+
+def test_training_from_an_old_export_records_the_model_portably(tmp_path, embedded_model_path):
+    """The real trainer on the embedded model, given by its absolute cache path, with an
+    export file of the old format: preflight passes (old fingerprint), and config.json and
+    model.json name the cache root instead of the absolute path, and load back."""
+    from opsa_train.config import load_train_config
+    from opsa_train.trainer import Trainer
+
+    out = tmp_path / "R"
+    cfg = _tiny_train_config(
+        model=str(embedded_model_path),
+        context_file=str(FIXTURES / "export_v1_absolute_paths.json"),
+        out_dir=str(out),
+        export_model_mismatch="error",
+    )
+    Trainer(cfg).sampler.close()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == portable_path(embedded_model_path)
+    assert saved["model"].startswith("$FLIPSEARCH_CACHE/models/")
+    record = json.loads((out / "model.json").read_text())
+    assert record["model_fingerprint"] == model_key(embedded_model_path)
+    assert resolve_model(load_train_config(out / "config.json").model) == embedded_model_path
+    _assert_clean(_files_under(out), Path.home())
+
+
+def _tiny_train_config(**values: object):
+    from opsa_train.config import TrainConfig
+
+    tiny = dict(benign_prompts=(), max_prompts=2, batch_size=2, max_new_tokens=4, steps=1)
+    return TrainConfig.cpu_default(**{**tiny, "checkpoint_every": 0, "engine": "hf", **values})
