@@ -1,7 +1,10 @@
 """A crash-safe SQLite cache of generations and verdicts (JSON payloads, no pickle).
 
 Generations are keyed by (model fingerprint, engine, sampling settings incl. seed,
-conversation); verdicts by (judge id, prompt, response). Each batch commits as
+conversation); verdicts by (judge id, prompt, response). The model fingerprint is
+:func:`flipsearch.models.model_key` (weights, config, tokenizer, chat template); the
+judge id is :func:`flipsearch.judges.judge_cache_id` (name, version, matcher version and
+a model judge's weights identity). Each batch commits as
 soon as it is generated, so an interrupted run keeps everything that finished and
 a re-run makes no new generations.
 

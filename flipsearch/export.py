@@ -7,8 +7,14 @@ One JSON or YAML document (by file suffix)::
       harmful: {text: ..., placement: system|prefix|suffix}   # I_h (required)
       benign:  {text: ..., placement: ...}                   # I_b (optional)
     scores:      {tfr: {value, k, n, ci_low, ci_high}, over_refusal: {...}, ...}
-    provenance:  {model, model_fingerprint, engine, judge, prompt_sets, max_tokens,
-                  study, trial, package_version, created}
+    provenance:  {model, model_path, model_fingerprint, engine, judge, prompt_sets,
+                  max_tokens, study, trial, package_version, created}
+
+The model is recorded by identity (:func:`flipsearch.models.model_identity`: name or hub
+id, ``model_path`` as ``$FLIPSEARCH_CACHE/...``, content fingerprint); the writer passes
+the whole document through :func:`flipsearch.paths.recordable`, so no absolute path
+under the home or cache folder and no token reaches a shared file. Files written by
+older versions (absolute ``model_path``) still read.
 
 The reader rejects unknown schema versions and malformed fields with an error that
 names the file and the field.
@@ -32,6 +38,7 @@ import yaml
 from flipsearch.atomic import atomic_write_text
 from flipsearch.contexts import PLACEMENTS, Context
 from flipsearch.errors import ExportFileError
+from flipsearch.paths import local_path, recordable
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -117,9 +124,12 @@ def _parse_context(obj: object, where: str) -> Context:
 
 
 def write_export(path: str | Path, export: ExportFile) -> Path:
-    """Write ``export`` as JSON or YAML (by suffix), atomically."""
+    """Write ``export`` as JSON or YAML (by suffix), atomically; paths portable, no tokens
+    (:func:`flipsearch.paths.recordable`)."""
     path = Path(path)
     doc = export.to_dict()
+    doc["provenance"] = recordable(doc["provenance"])
+    doc["scores"] = recordable(doc["scores"])
     if path.suffix in (".yaml", ".yml"):
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     else:
@@ -133,7 +143,7 @@ def read_export(path: str | Path) -> ExportFile:
     Raises:
         ExportFileError: missing file, syntax error, unknown schema version, bad field.
     """
-    path = Path(path)
+    path = local_path(path)  # a recorded "~/..." or "$FLIPSEARCH_CACHE/..." path too
     if not path.is_file():
         raise ExportFileError(f"export file {str(path)!r} does not exist")
     text = path.read_text()

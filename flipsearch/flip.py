@@ -22,7 +22,7 @@ from flipsearch.cache import GenerationCache, cached_generate, cached_judge
 from flipsearch.contexts import Context
 from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.errors import ConfigError
-from flipsearch.models import model_fingerprint
+from flipsearch.models import model_key
 from flipsearch.scoring import FlipScore, PromptOutcome, summarise
 from flipsearch.types import Conversation, Generation, Sampling, Verdict, make_conversation
 
@@ -116,11 +116,12 @@ class FlipScorer:
 
     @property
     def judge_id(self) -> str:
-        """The judge's name and version (plus its offline matcher's, when it uses one):
-        the verdict cache key, so a changed judge never reuses old verdicts."""
-        base = f"{self.judge.name}@{self.judge.version}"
-        matcher = getattr(self.judge, "matcher_version", None)
-        return f"{base}+refusal@{matcher}" if matcher else base
+        """The verdict cache key (:func:`flipsearch.judges.judge_cache_id`): the judge's
+        name and version, its offline matcher's, and a model judge's weights identity, so
+        a changed judge never reuses old verdicts."""
+        from flipsearch.judges import judge_cache_id
+
+        return judge_cache_id(self.judge)
 
     # ---------------------------------------------------------------- public
 
@@ -211,8 +212,6 @@ class FlipScorer:
 
 
 def model_fingerprint_of(engine: Engine) -> str:
-    """The cache identity of an engine's model: its folder's fingerprint."""
-    from pathlib import Path
-
-    path = Path(engine.model_path)
-    return f"{path.name}:{model_fingerprint(path)}" if path.is_dir() else str(engine.model_path)
+    """The cache identity of an engine's model: :func:`flipsearch.models.model_key` of its
+    folder (``<folder>:<content digest>``)."""
+    return model_key(engine.model_path)

@@ -11,6 +11,11 @@ Three kinds of names:
 The cache dir is ``$FLIPSEARCH_CACHE`` if set, else ``$XDG_CACHE_HOME/flipsearch``
 (default ``~/.cache/flipsearch``).
 
+A model is recorded (provenance, export files, run configs) by :func:`model_identity`:
+its name (embedded name, hub id, or portable folder path), its folder as a portable
+path (``$FLIPSEARCH_CACHE/models/...``) and its content fingerprint
+(:func:`model_key`, also the generation cache's model key).
+
 Example:
     >>> path = resolve_model("smollm2-135m")  # doctest: +SKIP
 """
@@ -27,6 +32,21 @@ from importlib import metadata
 from pathlib import Path
 
 from flipsearch.errors import ModelNotFoundError
+from flipsearch.paths import cache_dir, local_path, portable_path
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "cache_dir",
+    "convert_gguf",
+    "fingerprint_matches",
+    "is_complete",
+    "model_fingerprint",
+    "model_identity",
+    "model_key",
+    "model_name",
+    "resolve_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +66,6 @@ EMBEDDED_MODELS: tuple[str, ...] = tuple(_EMBEDDED)
 _COMPLETE_MARKER = "flipsearch_complete.json"
 
 
-def cache_dir() -> Path:
-    """The root of flipsearch's caches (models, generations)."""
-    env = os.environ.get("FLIPSEARCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "flipsearch"
-
-
 def resolve_model(name: str) -> Path:
     """Return a local folder that ``transformers`` and vLLM can load for ``name``.
 
@@ -67,7 +78,7 @@ def resolve_model(name: str) -> Path:
     """
     if name in _EMBEDDED:
         return _embedded_folder(name)
-    path = Path(name).expanduser()
+    path = local_path(name)  # also a recorded "$FLIPSEARCH_CACHE/..." or "~/..." path
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
@@ -82,21 +93,40 @@ def resolve_model(name: str) -> Path:
     )
 
 
-def model_fingerprint(path: Path) -> str:
+# Files that change a model's outputs, hashed whole: configs and tokenizer files (any
+# JSON, incl. the chat template inside tokenizer_config.json), the chat template file,
+# sentencepiece / tiktoken vocabularies, BPE merges and WordPiece vocabularies.
+_WHOLE_SUFFIXES = (".json", ".jinja", ".model", ".tiktoken")
+_WHOLE_TXT = ("merges.txt", "vocab.txt")
+# Weights, hashed by size and sampled windows.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def model_fingerprint(path: Path, *, legacy: bool = False) -> str:
     """A short content digest of a model folder (cache keys, provenance).
 
-    Hashes each ``*.json`` file whole and, of each ``*.safetensors`` file, its size and
-    64 evenly spaced 64 KiB windows: trained weights differ everywhere, so two run
-    folders of the same shape never collide, while a multi-GB model hashes in well
-    under a second.
+    Covers every file that changes outputs: configs and tokenizer files (``*.json``,
+    including ``tokenizer_config.json``'s chat template), ``chat_template.jinja``,
+    ``*.model``/``*.tiktoken`` vocabularies and ``merges.txt``/``vocab.txt`` are hashed
+    whole; of each weights file (``*.safetensors``, ``*.bin``) its size and 64 evenly
+    spaced 64 KiB windows: trained weights differ everywhere, so two run folders of the
+    same shape never collide, while a multi-GB model hashes in well under a second.
+    Other files (README.md, .gitattributes, the conversion marker) do not count.
+
+    Args:
+        path: the model folder.
+        legacy: the digest of flipsearch <= 0.1.0 (``*.json`` and ``*.safetensors``
+            only), to recognise fingerprints in older export files.
     """
+    whole = (".json",) if legacy else _WHOLE_SUFFIXES
+    weights = (".safetensors",) if legacy else _WEIGHT_SUFFIXES
     h = hashlib.sha256()
-    for f in sorted(path.iterdir()):
+    for f in sorted(Path(path).iterdir()):
         if not f.is_file() or f.name == _COMPLETE_MARKER:
             continue
-        if f.suffix == ".json":
+        if f.suffix in whole or (not legacy and f.name in _WHOLE_TXT):
             h.update(f.name.encode() + b"\0" + f.read_bytes())
-        elif f.suffix == ".safetensors":
+        elif f.suffix in weights:
             size = f.stat().st_size
             h.update(f"{f.name}:{size}".encode())
             with open(f, "rb") as fh:
@@ -104,6 +134,51 @@ def model_fingerprint(path: Path) -> str:
                     fh.seek(size * i // 64)
                     h.update(fh.read(1 << 16))
     return h.hexdigest()[:16]
+
+
+def model_key(path: str | Path) -> str:
+    """A model's identity from its *content*: ``<folder name>:<fingerprint>``.
+
+    The generation cache's model key and provenance's ``model_fingerprint``: the same
+    weights under another path share it, and another model never does. A path that is
+    not a folder (a fake engine's model) is returned as :func:`portable_path` gives it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return portable_path(path)
+    return f"{path.name}:{model_fingerprint(path)}"
+
+
+def fingerprint_matches(recorded: str, path: str | Path) -> bool:
+    """Whether a recorded ``model_fingerprint`` (``<folder>:<digest>`` or a bare digest)
+    is the model folder at ``path``; fingerprints of older flipsearch versions count."""
+    digest = str(recorded).rsplit(":", 1)[-1]
+    folder = Path(path)
+    return digest in (model_fingerprint(folder), model_fingerprint(folder, legacy=True))
+
+
+def model_name(spec: str) -> str:
+    """How a model spec is recorded: an embedded name or hub id as it is, a local folder
+    as a portable path (``runs/R/final``, ``$FLIPSEARCH_CACHE/...``, ``~/...``)."""
+    if spec in _EMBEDDED:
+        return spec
+    return portable_path(spec)
+
+
+def model_identity(spec: str, path: str | Path) -> dict[str, str]:
+    """What files record of a model: ``model`` (:func:`model_name`), ``model_path`` (the
+    loaded folder, portable) and ``model_fingerprint`` (:func:`model_key`).
+
+    Example:
+        >>> model_identity("smollm2-135m", resolve_model("smollm2-135m"))  # doctest: +SKIP
+        {'model': 'smollm2-135m', 'model_path': '$FLIPSEARCH_CACHE/models/smollm2-135m-instruct',
+         'model_fingerprint': 'smollm2-135m-instruct:...'}
+    """
+    return {
+        "model": model_name(spec),
+        "model_path": portable_path(path),
+        "model_fingerprint": model_key(path),
+    }
 
 
 def is_complete(path: Path) -> bool:

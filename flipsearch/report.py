@@ -195,7 +195,9 @@ def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Pa
 
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    prov = study.user_attrs.get("provenance") or {}
+    from flipsearch.paths import recordable
+
+    prov = recordable(study.user_attrs.get("provenance") or {})  # older studies: absolute paths
     ranked = [t for t in ranked_trials(study) if t.user_attrs.get("duplicate_of") is None]
     lines = [
         f"# Sweep `{study.study_name}`",

@@ -70,6 +70,8 @@ from flipsearch.contexts import PLACEMENTS, Context
 from flipsearch.engines import EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.judges import JudgeConfig
+from flipsearch.models import model_identity
+from flipsearch.paths import recordable
 from flipsearch.proposers import POOL_ATTR
 from flipsearch.scoring import FlipScore, PromptOutcome, summarise
 from flipsearch.trials import (
@@ -528,7 +530,8 @@ def _check_config(config: SweepConfig) -> None:
         old = SweepConfig.from_dict(json.loads(path.read_text()))
         old_id, new_id = old.identity(), config.identity()
         for name in IDENTITY_FIELDS:
-            if old_id[name] != new_id[name]:
+            # config.json records paths portably (recordable): compare in that form.
+            if recordable(old_id[name]) != recordable(new_id[name]):
                 raise ConfigError(
                     f"`{name}` must match the study's {path} ({old_id[name]!r}) to resume "
                     f"{config.study!r}, got {new_id[name]!r}: scores on other settings are "
@@ -539,7 +542,14 @@ def _check_config(config: SweepConfig) -> None:
                 f"`storage` must match the study's {path} ({old.storage!r}), got "
                 f"{config.storage!r}: the trials live there"
             )
-    _write_json(path, config.to_dict())
+    _write_json(path, _recorded_config(config))
+
+
+def _recorded_config(config: SweepConfig) -> dict[str, object]:
+    # config.json / the study's `sweep_config`: paths portable, no tokens. `storage` is
+    # kept as given: `open_study` reads it back.
+    doc = config.to_dict()
+    return {**recordable(doc), "storage": doc["storage"]}
 
 
 # ---------------------------------------------------------------- stale trials
@@ -882,20 +892,21 @@ def _seed_pool(config: SweepConfig, pool: CandidatePool) -> list[str]:
 def _provenance(
     config: SweepConfig, scorer: FlipScorer, space: SearchSpace, sets: Sequence[PromptSet]
 ) -> dict[str, object]:
-    return {
-        "model": config.engine.model,
-        "model_path": scorer.engine.model_path,
-        "model_fingerprint": scorer.model_id,
-        "engine": scorer.engine.name,
-        "judge": scorer.judge_id,
-        "prompt_sets": [ps.describe() for ps in sets],
-        "max_tokens": scorer.settings.max_tokens,
-        "scoring": scorer.settings.to_dict(),
-        "space": {"name": space.name, "source": space.source, "digest": space.digest()},
-        "objective": config.objective,
-        "max_over_refusal": config.max_over_refusal,
-        "package_version": __version__,
-    }
+    # The model by identity, paths portable, no tokens: provenance goes into export files.
+    return recordable(
+        {
+            **model_identity(config.engine.model, scorer.engine.model_path),
+            "engine": scorer.engine.name,
+            "judge": scorer.judge_id,
+            "prompt_sets": [ps.describe() for ps in sets],
+            "max_tokens": scorer.settings.max_tokens,
+            "scoring": scorer.settings.to_dict(),
+            "space": {"name": space.name, "source": space.source, "digest": space.digest()},
+            "objective": config.objective,
+            "max_over_refusal": config.max_over_refusal,
+            "package_version": __version__,
+        }
+    )
 
 
 def _history(
@@ -1000,7 +1011,7 @@ def run_sweep(
         if "provenance" not in study.user_attrs:
             sets = [harmful_set] + ([benign_set] if benign_set is not None else [])
             study.set_user_attr("provenance", _provenance(config, scorer, space, sets))
-            study.set_user_attr("sweep_config", config.to_dict())
+            study.set_user_attr("sweep_config", _recorded_config(config))
             study.set_user_attr(
                 "prompt_ids", {"harmful": [r.id for r in harmful], "benign": [r.id for r in benign]}
             )

@@ -384,8 +384,10 @@ def export_of(
     from flipsearch import __version__
     from flipsearch.contexts import Context
     from flipsearch.export import ExportFile, now_iso
+    from flipsearch.paths import recordable
 
-    prov = dict(study.user_attrs.get("provenance") or {})
+    # Older studies recorded absolute model paths: made portable here too.
+    prov = recordable(dict(study.user_attrs.get("provenance") or {}))
     scores = dict(trial.user_attrs.get("scores") or {})
     prov.update(
         placement=trial.user_attrs.get("placement"),

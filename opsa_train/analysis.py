@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.paths import recordable
 from opsa_train.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -244,12 +245,11 @@ def greedy_rollouts(
     """
     from flipsearch.cache import cached_generate
     from flipsearch.engines import EngineConfig, resolve_engine_name
-    from flipsearch.models import resolve_model
+    from flipsearch.models import model_key, resolve_model
     from flipsearch.types import Sampling, make_conversation
-    from opsa_train.evaluate import model_identity
 
     path = resolve_model(model)
-    identity = model_identity(path)
+    identity = model_key(path)
     name = resolve_engine_name(engine)
     sampling = Sampling(greedy=True, max_tokens=max_tokens)
     built: dict[str, object] = {}
@@ -293,7 +293,7 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
     from flipsearch.engines.chat import render_prompt_ids
     from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
     from flipsearch.export import read_export
-    from flipsearch.models import cache_dir, resolve_model
+    from flipsearch.models import cache_dir, model_identity, resolve_model
     from flipsearch.prompts import load_prompt_set
     from flipsearch.types import make_conversation
 
@@ -328,7 +328,9 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
         render_prompt_ids(tokenizer, export.harmful.apply(make_conversation(p))) for p in prompts
     ]
     token_rows: list[dict[str, object]] = []
+    identities: dict[str, dict[str, str]] = {}
     for name, model in config.models.items():
+        identities[name] = model_identity(model, resolve_model(model))
         student = load_hf_model(str(resolve_model(model)), dtype)[0].to(device)
         comps = completions[name]
         for start in range(0, len(rows), config.batch_size):
@@ -363,11 +365,20 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
                         }
                     )
         del student
-    return write_analysis(config, token_rows)
+    return write_analysis(config, token_rows, identities=identities)
 
 
-def write_analysis(config: AnalysisConfig, token_rows: Sequence[Mapping[str, object]]) -> dict:
-    """Write the CSVs, the two plots and ``kl_summary.json`` (last: marks completion)."""
+def write_analysis(
+    config: AnalysisConfig,
+    token_rows: Sequence[Mapping[str, object]],
+    *,
+    identities: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict:
+    """Write the CSVs, the two plots and ``kl_summary.json`` (last: marks completion).
+
+    ``identities`` (display name -> :func:`flipsearch.models.model_identity`) is recorded
+    as ``model_identity``; the config's paths are recorded portably, without tokens.
+    """
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     by_pos = kl_by_position_table(token_rows)
@@ -377,7 +388,8 @@ def write_analysis(config: AnalysisConfig, token_rows: Sequence[Mapping[str, obj
     _write_csv(out / "kl_top_tokens.csv", top)
     plot_analysis(by_pos, top, out, models=list(config.models))
     summary = {
-        "config": config.to_dict(),
+        "config": recordable(config.to_dict()),
+        "model_identity": recordable({k: dict(v) for k, v in (identities or {}).items()}),
         "first_n": FIRST_N,
         "models": summary_table(token_rows),
     }

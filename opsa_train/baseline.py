@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from flipsearch.atomic import atomic_write_text
 from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges import JudgeConfig
+from flipsearch.paths import recordable
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
 from opsa_train.config import TrainConfig
@@ -205,14 +206,15 @@ def generate_sft_data(
     """
     from flipsearch.cache import cached_generate, cached_judge
     from flipsearch.engines.chat import render_prompt_ids
+    from flipsearch.judges import judge_cache_id
+    from flipsearch.models import model_key
     from opsa_train.data import student_conversation
-    from opsa_train.evaluate import model_identity
 
     convs = [contexts.conversation(r) for r in rows]
     gens = cached_generate(
         cache,
         lambda cs: engine.generate(cs, sampling, use_tqdm=True),
-        model=model_identity(engine.model_path),
+        model=model_key(engine.model_path),
         engine=engine.name,
         sampling=sampling,
         conversations=convs,
@@ -223,7 +225,7 @@ def generate_sft_data(
     flat_v = cached_judge(
         cache,
         judge.judge,
-        judge_id=f"{judge.name}@{judge.version}",
+        judge_id=judge_cache_id(judge),
         prompts=flat_p,
         responses=flat_r,
     )
@@ -308,6 +310,7 @@ def train_baseline(
         make_adamw,
         prepare,
         save_final,
+        write_model_record,
     )
 
     options = options or BaselineOptions()
@@ -323,10 +326,13 @@ def train_baseline(
             logger.info("baseline: %s is complete (step %d)", final, n_steps)
             return TrainResult(out, final, n_steps, None)
     out.mkdir(parents=True, exist_ok=True)
+    # Paths portable, no tokens (flipsearch.paths.recordable); the model by identity.
     atomic_write_text(
         out / "config.json",
-        json.dumps({**config.to_dict(), "baseline": options.to_dict()}, indent=2) + "\n",
+        json.dumps(recordable({**config.to_dict(), "baseline": options.to_dict()}), indent=2)
+        + "\n",
     )
+    write_model_record(out, config.model, prepared.model_path)
 
     # ---- data
     data_path = out / SFT_DATA

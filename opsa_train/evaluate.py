@@ -31,12 +31,14 @@ For every model (an embedded name, HF folder or hub id, e.g. ``runs/R/final``):
 
 Every number carries n and a 95% interval (Wilson for rates). Generations are greedy and
 go through the flipsearch cache (:mod:`flipsearch.cache`), keyed by a *content*
-fingerprint of the weights (:func:`model_identity`), so two run folders with the same
-shapes never share cached answers, and a re-run generates nothing new.
+fingerprint of the weights (:func:`flipsearch.models.model_key`), so two run folders with
+the same shapes never share cached answers, and a re-run generates nothing new.
 
-Outputs in ``out_dir``: ``eval.json`` (config + metrics), ``eval.csv`` (one metric per
-row), ``eval.md`` (side-by-side table), ``samples.jsonl`` (every response with its
-verdict; every number can be recounted from it), ``retention.jsonl``.
+Outputs in ``out_dir``: ``eval.json`` (config, each model's identity
+(:func:`flipsearch.models.model_identity`) and metrics; paths portable, no tokens),
+``eval.csv`` (one metric per row), ``eval.md`` (side-by-side table), ``samples.jsonl``
+(every response with its verdict; every number can be recounted from it),
+``retention.jsonl``.
 
 Example (CPU smoke run, a few minutes)::
 
@@ -61,7 +63,10 @@ from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.cache import GenerationCache, cached_generate, cached_judge
-from flipsearch.judges import JudgeConfig
+from flipsearch.judges import JudgeConfig, judge_cache_id
+from flipsearch.models import model_identity as recorded_model
+from flipsearch.models import model_key
+from flipsearch.paths import recordable
 from flipsearch.scoring import Z95, Rate
 from flipsearch.types import Generation, Sampling, make_conversation
 from opsa_train.answers import extract_answer, is_correct
@@ -349,21 +354,10 @@ def metrics_from_records(records: Sequence[Mapping[str, object]]) -> list[Metric
 # Model identity (cache keys)
 
 
-def model_identity(path: str | Path) -> str:
-    """A cache identity for a model folder from its *content*: folder name + digest.
-
-    Hashes every ``*.json`` file in full and, of each ``*.safetensors`` file, its size and
-    64 evenly spaced 64 KiB windows: trained weights differ everywhere, so two run
-    folders with identical shapes (``runs/A/final``, ``runs/B/final``) never collide,
-    while a multi-GB model still hashes in well under a second. A non-folder (hub id not
-    yet downloaded) is returned as is.
-    """
-    from flipsearch.models import model_fingerprint
-
-    path = Path(path)
-    if not path.is_dir():
-        return str(path)
-    return f"{path.name}:{model_fingerprint(path)}"
+model_identity = model_key
+"""The generation cache's model key (``<folder>:<content digest>``): an alias of
+:func:`flipsearch.models.model_key`, which the sweep (``flip.model_fingerprint_of``) uses
+too."""
 
 
 # --------------------------------------------------------------------------------------
@@ -379,6 +373,9 @@ class EvalResult:
     records: list[dict[str, object]]
     retention: list[dict[str, object]]
     timings: dict[str, float] = field(default_factory=dict)
+    models: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each model's identity (:func:`flipsearch.models.model_identity`): name, portable
+    folder, content fingerprint."""
 
     def table(self) -> dict[tuple[str, str], dict[str, Metric]]:
         """``(metric, set) -> {model: Metric}``, rows in first-seen order."""
@@ -504,11 +501,13 @@ def evaluate(
     responses: dict[str, list[Generation]] = {}
     ret_answers: list[Generation] = []
     paths: dict[str, str] = {}
+    identities: dict[str, dict[str, str]] = {}
     for name, model in config.models.items():
         t0 = time.perf_counter()
         engine = factory(model)
         paths[name] = str(engine.model_path)
-        identity = model_identity(engine.model_path)
+        identities[name] = recorded_model(model, engine.model_path)
+        identity = identities[name]["model_fingerprint"]
         logger.info("eval: generating with %s (%s, %s)", name, model, identity)
         gens: list[Generation | None] = [None] * len(items)
         for max_tokens in sorted({it.max_tokens for it in items}):
@@ -532,7 +531,7 @@ def evaluate(
     # ---- phase 2: judge safety answers; extract reasoning answers
     t0 = time.perf_counter()
     judge = judge or config.judge.build()
-    judge_id = f"{judge.name}@{judge.version}"
+    judge_id = judge_cache_id(judge)
     records: list[dict[str, object]] = []
     for name in config.models:
         safety_idx = [i for i, it in enumerate(items) if it.task != "reasoning"]
@@ -591,7 +590,7 @@ def evaluate(
             )
         timings["time/retention"] = time.perf_counter() - t0
     timings["time/total"] = time.perf_counter() - start
-    result = EvalResult(config, metrics, records, ret_records, timings)
+    result = EvalResult(config, metrics, records, ret_records, timings, identities)
     if write:
         write_report_files(result, config.out_dir)
     return result
@@ -690,7 +689,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = result.config
     md = [
-        f"# Evaluation: {', '.join(f'{k} = `{v}`' for k, v in cfg.models.items())}",
+        f"# Evaluation: {', '.join(f'{k} = `{v}`' for k, v in recordable(cfg.models).items())}",
         "",
         markdown_table(result.metrics, list(cfg.models)),
         "",
@@ -721,7 +720,8 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
         )
     doc = {
-        "config": cfg.to_dict(),
+        "config": recordable(cfg.to_dict()),
+        "models": recordable(result.models),
         "metrics": [{k: _json_safe(v) for k, v in m.to_dict().items()} for m in result.metrics],
         "timings": result.timings,
     }

@@ -57,6 +57,7 @@ import yaml
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.machine import PeakRssSampler, code_commit, machine_facts
+from flipsearch.paths import recordable
 from opsa_train.errors import ConfigError
 from opsa_train.stage_state import StageState, file_digest, stage_key
 
@@ -576,7 +577,9 @@ def run_pipeline(
     t0, started_at = time.perf_counter(), time.time()
     work = cfg.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work / "pipeline.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    atomic_write_text(
+        work / "pipeline.json", json.dumps(recordable(cfg.to_dict()), indent=2) + "\n"
+    )
     r = _Run(cfg, StageState(work))
     last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
     first_forced = STAGES.index(force) if force else len(STAGES)

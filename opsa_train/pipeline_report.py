@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.machine import code_commit, machine_facts
+from flipsearch.models import model_name
 from opsa_train.stage_state import StageRecord, StageState
 
 if TYPE_CHECKING:
@@ -298,7 +299,7 @@ def write_report(
         wall_seconds: this invocation's wall time so far.
     """
     out: list[str] = [
-        f"# OPSA study `{cfg.run}`: model `{cfg.model}`",
+        f"# OPSA study `{cfg.run}`: model `{model_name(cfg.model)}`",
         "",
         f"Engine `{cfg.engine}`, judge `{cfg.judge}`, training preset `{cfg.preset}`. "
         "Config: `pipeline.json`; stage records and keys: `state.json`.",

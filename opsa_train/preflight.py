@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from flipsearch.errors import ExportFileError
 from flipsearch.export import ExportFile, read_export
-from flipsearch.models import model_fingerprint
+from flipsearch.models import fingerprint_matches, model_fingerprint
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Conversation
 from opsa_train.errors import PreflightError
@@ -210,8 +210,9 @@ def check_export_model(
         return True
     if exported_fp is not None and model_path is not None:
         ours = model_fingerprint(model_path)
-        # flipsearch writes "<folder>:<digest>" (flip.model_fingerprint_of); the digest decides.
-        if str(exported_fp).rsplit(":", 1)[-1] == ours:
+        # flipsearch writes "<folder>:<digest>" (models.model_key); the digest decides, and
+        # digests of older flipsearch versions (fewer files hashed) count too.
+        if fingerprint_matches(str(exported_fp), model_path):
             return True
         detail = f"fingerprint {exported_fp!r} (model {exported!r}), ours is {ours!r}"
     else:

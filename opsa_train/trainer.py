@@ -66,6 +66,7 @@ from flipsearch.engines.teacher_forcing import (
 from flipsearch.errors import FlipsearchError
 from flipsearch.judges import make_judge
 from flipsearch.models import resolve_model
+from flipsearch.paths import recordable
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Sampling
 from opsa_train import preflight
@@ -102,6 +103,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CONFIG_JSON = "config.json"
+MODEL_JSON = "model.json"
+"""The run's initial model by identity (:func:`flipsearch.models.model_identity`)."""
 FINAL_DIR = "final"
 FINAL_MARKER = "opsa_final.json"
 FIRST_TOKENS = 16  # kl_by_position split: safety acts mostly on the first tokens
@@ -121,6 +124,16 @@ class TrainResult:
     """The checkpoint step this call resumed from; None for a fresh run."""
     last_metrics: dict[str, Any] = field(default_factory=dict)
     """The last logged metrics row (empty when this call ran no step)."""
+
+
+def write_model_record(out_dir: Path, spec: str, path: Path) -> Path:
+    """Write ``<out_dir>/model.json``: the initial model by identity (name or hub id,
+    ``$FLIPSEARCH_CACHE``-relative folder, content fingerprint), never an absolute path."""
+    from flipsearch.models import model_identity
+
+    return atomic_write_text(
+        Path(out_dir) / MODEL_JSON, json.dumps(model_identity(spec, path), indent=2) + "\n"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -391,13 +404,15 @@ class Trainer:
                 old = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 old = {}
-            new = self.config.to_dict()
-            changed = sorted(k for k in new if k in old and old[k] != new[k])
+            # Recorded with portable paths (recordable): compare in that form.
+            new = recordable(self.config.to_dict())
+            changed = sorted(k for k in new if k in old and recordable(old[k]) != new[k])
             if changed:
                 logger.warning("run folder config differs from this run in: %s", changed)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, self.config.to_json() + "\n")
+            atomic_write_text(path, json.dumps(recordable(self.config.to_dict()), indent=2) + "\n")
+            write_model_record(self.out_dir, self.config.model, self.prepared.model_path)
 
     def _build_sampler(self) -> RolloutSampler:
         from flipsearch.engines import EngineConfig, resolve_engine_name
@@ -730,7 +745,7 @@ class Trainer:
             tensorboard=cfg.tensorboard and self.is_main,
             wandb=cfg.wandb and self.is_main,
             wandb_project=cfg.wandb_project,
-            config=cfg.to_dict(),
+            config=recordable(cfg.to_dict()),
         )
         saved_at = self.step
         progress = tqdm(

@@ -23,7 +23,7 @@ from flipsearch.commands._common import (
     write_json,
 )
 from flipsearch.contexts import PLACEMENTS, Context
-from flipsearch.flip import FlipScorer, ScoreResult, ScoreSettings, model_fingerprint_of
+from flipsearch.flip import FlipScorer, ScoreResult, ScoreSettings
 from flipsearch.prompts import PromptSet, load_prompt_set
 
 
@@ -110,22 +110,28 @@ def result_document(
     stats: dict[str, int],
 ) -> dict[str, object]:
     from flipsearch.export import now_iso
+    from flipsearch.models import model_identity
+    from flipsearch.paths import recordable
 
+    spec = getattr(getattr(scorer.engine, "config", None), "model", None)
+    spec = spec or str(scorer.engine.model_path)
     sets = [harmful] + ([benign] if benign is not None else [])
     return {
         "context": {"text": result.context.text, "placement": result.context.placement},
         "scores": result.score.to_dict(),
         "settings": scorer.settings.to_dict(),
-        "provenance": {
-            "model": scorer.engine.model_path,
-            "model_fingerprint": model_fingerprint_of(scorer.engine),
-            "engine": scorer.engine.name,
-            "judge": scorer.judge_id,
-            "prompt_sets": [ps.describe() for ps in sets],
-            "max_tokens": scorer.settings.max_tokens,
-            "package_version": __version__,
-            "created": now_iso(),
-        },
+        # The model by identity, paths portable, no tokens (flipsearch.paths.recordable).
+        "provenance": recordable(
+            {
+                **model_identity(spec, scorer.engine.model_path),
+                "engine": scorer.engine.name,
+                "judge": scorer.judge_id,
+                "prompt_sets": [ps.describe() for ps in sets],
+                "max_tokens": scorer.settings.max_tokens,
+                "package_version": __version__,
+                "created": now_iso(),
+            }
+        ),
         "cache": stats,
         "outcomes": [o.to_dict() for o in result.outcomes],
     }

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from flipsearch.errors import ConfigError, JudgeError
-from flipsearch.judges._base import Judge, check_batch
+from flipsearch.judges._base import Judge, check_batch, judge_cache_id
 from flipsearch.judges._file import judge_file, read_pairs
 from flipsearch.judges._guards import (
     HarmBenchJudge,
@@ -51,6 +51,7 @@ __all__ = [
     "check_batch",
     "classify_response",
     "harmbench_prompt",
+    "judge_cache_id",
     "judge_file",
     "llama_guard_prompt",
     "make_judge",

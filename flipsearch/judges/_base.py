@@ -23,6 +23,24 @@ class Judge(Protocol):
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]: ...
 
 
+def judge_cache_id(judge: Judge) -> str:
+    """The verdict cache key of ``judge``: ``<name>@<version>``, plus ``+refusal@<v>`` when
+    it reads outcomes with the offline matcher, plus ``|<model>:<fingerprint>`` for a model
+    judge, so new judge code, a new matcher or other guard weights never reuse verdicts.
+
+    Example:
+        >>> from flipsearch.judges import RefusalJudge
+        >>> judge_cache_id(RefusalJudge())
+        'refusal@2'
+    """
+    key = f"{judge.name}@{judge.version}"
+    matcher = getattr(judge, "matcher_version", None)
+    if matcher:
+        key += f"+refusal@{matcher}"
+    model = getattr(judge, "model_identity", None)
+    return f"{key}|{model}" if model else key
+
+
 def check_batch(prompts: Sequence[str], responses: Sequence[str]) -> None:
     """Raise a JudgeError unless both are sequences of strings of the same length."""
     if isinstance(prompts, str) or isinstance(responses, str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from flipsearch.errors import JudgeError
@@ -236,6 +237,21 @@ class _ModelJudge:
     @property
     def id(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @cached_property
+    def model_identity(self) -> str:
+        """``<model>:<weights fingerprint>`` of the guard model (part of the verdict cache
+        key): another checkpoint, a fine-tune or an edited chat template under the same
+        name gets new verdicts. Hashed once per judge."""
+        from pathlib import Path
+
+        from flipsearch.models import model_fingerprint, model_name
+
+        path = Path(str(getattr(self.engine, "model_path", "") or ""))
+        name = model_name(self.model) if self.model else path.name
+        if str(path) and path.is_dir():
+            return f"{name}:{model_fingerprint(path)}"
+        return name
 
     def build_prompt(self, prompt: str, response: str) -> str:
         raise NotImplementedError
