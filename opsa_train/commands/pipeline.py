@@ -3,8 +3,8 @@
 Every stage is skipped when its output is complete, so the same command resumes.
 
 Example:
-    opsa-train pipeline --config configs/demo.yaml
-    opsa-train pipeline --config configs/demo.yaml --run gpu --model Qwen/Qwen3-0.6B \\
+    opsa-train pipeline                      # the built-in demo config
+    opsa-train pipeline --run gpu --model Qwen/Qwen3-0.6B \\
         --engine vllm --judge llamaguard --set train.steps=200 --set eval.limit=null
 """
 
