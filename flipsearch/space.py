@@ -352,6 +352,8 @@ class BuiltinSpace:
 
 def builtin_spaces() -> dict[str, BuiltinSpace]:
     """The built-in spaces by bare name, sorted (read through :mod:`importlib.resources`)."""
+    if not SEARCH_SPACES_DIR.is_dir():  # a broken install: lookups then list no built-ins
+        return {}
     refs = sorted(
         (r for r in SEARCH_SPACES_DIR.iterdir() if r.name.endswith(".yaml") and r.is_file()),
         key=lambda r: r.name,

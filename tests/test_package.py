@@ -89,6 +89,22 @@ def test_version_info_reports_this_checkouts_commit():
     assert info["commit"] == head and isinstance(info["dirty"], bool)
 
 
+def test_export_provenance_records_the_code_commit(tmp_path):
+    from test_sweep import fake_config, run_fake
+
+    from flipsearch.cli import main
+    from flipsearch.export import read_export
+    from flipsearch.version import version_info
+
+    config = fake_config(tmp_path, trials=1, sampler="random", pruner="none", max_over_refusal=1.0)
+    run_fake(config)
+    out = tmp_path / "best.json"
+    args = ["export", "--study", config.study, "--results-dir", config.results_dir]
+    assert main([*args, "--out", str(out)]) == 0
+    code = read_export(out).provenance["code"]
+    assert code == version_info() and len(str(code["commit"])) == 40
+
+
 def test_version_info_without_git_or_outside_a_checkout(tmp_path, monkeypatch):
     from flipsearch import __version__, version
 
@@ -157,42 +173,36 @@ def _copy_checkout(dst: Path) -> Path:
     return dst
 
 
+def subprocess_ok(*cmd: object, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``; fail the test with its output unless it exits 0."""
+    out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
+    assert out.returncode == 0, f"{cmd}: rc={out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict[str, object]:
     """Build the wheel, install it into a fresh venv; returns the venv and a clean env."""
     tmp = tmp_path_factory.mktemp("package")
     src = _copy_checkout(tmp / "src")
     dist = tmp / "dist"
-    run = {"check": True, "capture_output": True, "text": True, "timeout": 300}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            dist,
-            src,
-        ],
-        **run,
+    subprocess_ok(
+        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", dist, src
     )
     (wheel,) = dist.glob("flipsearch-*.whl")
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], **run)
+    subprocess_ok(sys.executable, "-m", "venv", "--without-pip", venv)
     py = venv / "bin" / "python"
-    purelib = subprocess.run(
-        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **run
+    purelib = subprocess_ok(
+        py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     ).stdout.strip()
     # Reuse the test environment's dependencies: a .pth line appends each of its
     # site-packages folders to sys.path *without* running the .pth files inside them, so
     # the editable install of this repository (a .pth hook there) stays off the path.
     outer = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
     (Path(purelib) / "_outer_env.pth").write_text("\n".join(dict.fromkeys(outer)) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", wheel],
-        **run,
+    subprocess_ok(
+        sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index", wheel
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
