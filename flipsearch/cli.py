@@ -3,7 +3,8 @@
 Example:
     flipsearch score --context "Refuse harmful requests." --placement prefix
     flipsearch judge --input rows.jsonl --out verdicts.jsonl
-    flipsearch sweep --space search_spaces/paper_axes.yaml --study demo --trials 20
+    flipsearch spaces
+    flipsearch sweep --space paper_axes --study demo --trials 20
     flipsearch export --study demo --out best.json
     flipsearch report --study demo
 """
@@ -15,7 +16,6 @@ import importlib
 import logging
 import sys
 
-from flipsearch import __version__
 from flipsearch.errors import FlipsearchError
 
 # Each module defines `register(subparsers)`, which adds one subcommand whose
@@ -26,14 +26,47 @@ COMMAND_MODULES = (
     "flipsearch.commands.sweep",
     "flipsearch.commands.export",
     "flipsearch.commands.report",
+    "flipsearch.commands.spaces",
 )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version plus the git commit, looked up only when asked."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str = argparse.SUPPRESS,
+        version: str | None = None,
+        help: str | None = None,
+    ) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
+        self.version = version
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from flipsearch.version import describe_version
+
+        print(describe_version(parser.prog, self.version))
+        parser.exit()
+
+
 def build_parser(
-    modules: tuple[str, ...] = COMMAND_MODULES, prog: str = "flipsearch", version: str = __version__
+    modules: tuple[str, ...] = COMMAND_MODULES, prog: str = "flipsearch", version: str | None = None
 ) -> argparse.ArgumentParser:
+    """The parser with every shipped subcommand; ``version`` defaults to flipsearch's."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        version=version,
+        help="print the version (and the git commit in a checkout) and exit",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in modules:

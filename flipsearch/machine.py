@@ -23,7 +23,6 @@ from pathlib import Path
 __all__ = [
     "MachineFacts",
     "PeakRssSampler",
-    "code_commit",
     "machine_facts",
     "peak_rss_mb",
     "tree_rss_mb",
@@ -180,32 +179,3 @@ class PeakRssSampler:
         self._stop.set()
         self._thread.join()
         self.peak_mb = max(self.peak_mb, tree_rss_mb())
-
-
-@functools.lru_cache(maxsize=1)
-def code_commit() -> str | None:
-    """The short commit of the checkout this code runs from (``+dirty`` when it has
-    uncommitted changes to tracked files); None outside a git checkout or without git."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return None
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}+dirty" if dirty else sha

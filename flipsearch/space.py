@@ -4,7 +4,9 @@ A space is either a *grammar* (slots of options joined by a template; the paper'
 five axes, arXiv 2605.15239, become slots) or a *list* of hand-written candidates.
 Files are parsed with ``yaml.safe_load`` and rendered by a tiny renderer that only
 substitutes ``{slot}`` names, so a space file can never run code. The grammar is
-documented in ``search_spaces/README.md``.
+documented in ``flipsearch/search_spaces/README.md``. The built-in spaces ship inside the
+package and are read through :mod:`importlib.resources`, so a bare name (``"paper_axes"``)
+works from any folder once the package is installed.
 
 Example:
     >>> space = SearchSpace.from_dict({
@@ -36,29 +38,36 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from flipsearch.contexts import PLACEMENTS, Context
 from flipsearch.errors import SearchSpaceError
 
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ENUMERATE_LIMIT",
     "SEARCH_SPACES_DIR",
+    "BuiltinSpace",
     "Candidate",
     "Option",
     "SearchSpace",
     "Slot",
+    "builtin_spaces",
     "candidate_id",
     "load_search_space",
     "normalise_whitespace",
 ]
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
-"""The repository's ``search_spaces/`` folder (bare names resolve here)."""
+SEARCH_SPACES_DIR: Traversable = resources.files("flipsearch") / "search_spaces"
+"""The built-in spaces, package data of ``flipsearch`` (bare names resolve here)."""
 
 DEFAULT_ENUMERATE_LIMIT = 10_000
 """Largest space :meth:`SearchSpace.enumerate` lists unless told otherwise."""
@@ -189,6 +198,16 @@ class SearchSpace:
             raise SearchSpaceError(
                 f"`path` must name a readable search-space file, got {str(path)!r}: {e}"
             ) from e
+        return cls.from_text(raw, source=str(path))
+
+    @classmethod
+    def from_text(cls, raw: str, *, source: str) -> SearchSpace:
+        """Parse YAML text (``yaml.safe_load``); ``source`` names it in errors and provenance.
+
+        Raises:
+            SearchSpaceError: YAML syntax error (with line and column), empty text, or any
+                validation failure of :meth:`from_dict`.
+        """
         try:
             data = yaml.safe_load(raw)
         except yaml.YAMLError as e:
@@ -196,17 +215,17 @@ class SearchSpace:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(e, "problem", None) or str(e)
             raise SearchSpaceError(
-                f"{path}: must be valid YAML, got a syntax error{where}: {problem}"
+                f"{source}: must be valid YAML, got a syntax error{where}: {problem}"
             ) from e
         if data is None:
             raise SearchSpaceError(
-                f"{path}: must hold a mapping with `slots` or `candidates`, got an empty file"
+                f"{source}: must hold a mapping with `slots` or `candidates`, got an empty file"
             )
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def from_dict(cls, d: object, *, source: str = "<dict>") -> SearchSpace:
-        """Validate a parsed space (see ``search_spaces/README.md`` for the grammar).
+        """Validate a parsed space (see ``flipsearch/search_spaces/README.md`` for the grammar).
 
         Raises:
             SearchSpaceError: the message names ``source``, the key and the problem.
@@ -318,15 +337,56 @@ class SearchSpace:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class BuiltinSpace:
+    """A space file shipped inside the package (``flipsearch spaces`` lists them)."""
+
+    name: str
+    resource: str
+    """Its path inside the installed package, e.g. ``flipsearch/search_spaces/benign.yaml``."""
+    ref: Traversable = field(repr=False)
+
+    def load(self) -> SearchSpace:
+        return SearchSpace.from_text(self.ref.read_text(encoding="utf-8"), source=str(self.ref))
+
+
+def builtin_spaces() -> dict[str, BuiltinSpace]:
+    """The built-in spaces by bare name, sorted (read through :mod:`importlib.resources`)."""
+    if not SEARCH_SPACES_DIR.is_dir():  # a broken install: lookups then list no built-ins
+        return {}
+    refs = sorted(
+        (r for r in SEARCH_SPACES_DIR.iterdir() if r.name.endswith(".yaml") and r.is_file()),
+        key=lambda r: r.name,
+    )
+    return {
+        r.name.removesuffix(".yaml"): BuiltinSpace(
+            r.name.removesuffix(".yaml"), f"flipsearch/search_spaces/{r.name}", r
+        )
+        for r in refs
+    }
+
+
 def load_search_space(name_or_path: str | Path) -> SearchSpace:
-    """Load a space from a path, or a bare name from ``search_spaces/`` (``"paper_axes"``).
+    """Load a space from a path, or a bare name of a built-in space (``"paper_axes"``).
+
+    A name without a folder or suffix that is not an existing file resolves to the
+    package's ``search_spaces/<name>.yaml``; anything else is read as a path.
 
     Raises:
-        SearchSpaceError: no such file, or the file is malformed.
+        SearchSpaceError: no such file or built-in name, or the file is malformed.
     """
     path = Path(name_or_path)
     if not path.exists() and path.suffix == "" and path.parent == Path("."):
-        path = SEARCH_SPACES_DIR / f"{name_or_path}.yaml"
+        builtins = builtin_spaces()
+        if str(name_or_path) not in builtins:
+            close = difflib.get_close_matches(str(name_or_path), list(builtins), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SearchSpaceError(
+                f"`space` must be a search-space file or a built-in name {sorted(builtins)}, "
+                f"got {str(name_or_path)!r}: no such file and no such built-in space "
+                f"(`flipsearch spaces` lists them).{hint}"
+            )
+        return builtins[str(name_or_path)].load()
     return SearchSpace.from_yaml(path)
 
 

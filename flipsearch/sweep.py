@@ -82,6 +82,7 @@ from flipsearch.trials import (
     rate_of,
     study_dir,
 )
+from flipsearch.version import version_info
 
 if TYPE_CHECKING:
     import optuna
@@ -142,7 +143,7 @@ class SweepConfig:
 
     # -- what to search
     space: str = "paper_axes"
-    """Search-space file, or a bare name in ``search_spaces/`` (see its README)."""
+    """Search-space file, or a built-in name (``flipsearch spaces`` lists them)."""
     study: str = "sweep"
     """Study name; also the folder ``<results_dir>/<study>``."""
     trials: int = 50
@@ -153,7 +154,7 @@ class SweepConfig:
     enqueue_placement: str = "system"
     """Placement of the ``enqueue`` contexts."""
     baselines: str | None = None
-    """A list-form space file (e.g. ``search_spaces/baselines.yaml``) whose candidates
+    """A list-form space, file or built-in name (e.g. ``baselines``), whose candidates
     are scored first, each with its own placement. None: none."""
 
     # -- what to score on
@@ -905,6 +906,7 @@ def _provenance(
             "objective": config.objective,
             "max_over_refusal": config.max_over_refusal,
             "package_version": __version__,
+            "code": version_info(),  # version + git commit of the code (None if installed)
         }
     )
 

@@ -4,6 +4,7 @@ Example:
     opsa-train run --context best.json --out runs/R
     opsa-train run --context best.json --out runs/smoke --steps 4 batch_size=2 max_new_tokens=16
     opsa-train run --out runs/R --resume          # continue where it stopped
+    opsa-train --version                          # version and git commit (in a checkout)
 """
 
 from __future__ import annotations

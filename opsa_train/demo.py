@@ -1,7 +1,8 @@
 """``make demo``: the whole study on the embedded model, end to end, in under 30 minutes on CPU.
 
-Runs :func:`opsa_train.pipeline.run_pipeline` with ``configs/demo.yaml``: a context sweep
-over ``search_spaces/paper_axes.yaml`` with the offline judge, export, OPSA training, the
+Runs :func:`opsa_train.pipeline.run_pipeline` with ``opsa_train/configs/demo.yaml`` (package
+data, so it works from any folder once installed): a context sweep over the built-in
+``paper_axes`` space with the offline judge, export, OPSA training, the
 off-policy baseline, evaluation of base / OPSA / baseline, the token-level KL analysis,
 and ``results/demo/report.md``. Working files go to ``runs/demo/``; a re-run skips the
 stages whose inputs are unchanged (``runs/demo/state.json``), ``--force STAGE`` reruns one.
@@ -18,9 +19,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib import resources
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+_DEMO_CONFIG = resources.files("opsa_train") / "configs" / "demo.yaml"
+# A package installed as files (the wheel, an editable checkout) gives a real path, which
+# the pipeline reads like any user config; str() covers other resource readers.
+DEFAULT_CONFIG = _DEMO_CONFIG if isinstance(_DEMO_CONFIG, Path) else Path(str(_DEMO_CONFIG))
+"""The demo's pipeline config, shipped inside ``opsa_train`` as package data."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,14 +26,15 @@ Working files live in ``<runs_dir>/<run>/`` (never committed); the report and th
 artifacts it cites are then published to ``<results_dir>/<run>/`` in one folder swap, so
 ``results/`` only ever holds one run's outputs. ``force`` reruns a stage and all after it.
 
-All sizes come from a YAML file (``configs/demo.yaml`` for ``make demo``); a GPU user
-scales them up there or with ``--set section.key=value`` (see ``docs/GPU.md``).
+All sizes come from a YAML file (the packaged ``opsa_train/configs/demo.yaml`` for
+``make demo``); a GPU user scales them up in a copy of it or with ``--set section.key=value``
+(see ``docs/GPU.md``).
 
 Example::
 
-    python -m opsa_train.demo                                 # configs/demo.yaml
-    opsa-train pipeline --config configs/demo.yaml --run demo2 --set train.steps=4
-    opsa-train pipeline --config configs/demo.yaml --force eval   # rerun eval, analysis
+    python -m opsa_train.demo                                 # the packaged demo config
+    opsa-train pipeline --run demo2 --set train.steps=4
+    opsa-train pipeline --force eval       # rerun eval, analysis, report
 
     >>> cfg = PipelineConfig.from_dict({"run": "t", "train": {"steps": 2}})
     >>> cfg.train["steps"], str(cfg.work_dir)
@@ -56,8 +57,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from flipsearch.atomic import atomic_write_text
-from flipsearch.machine import PeakRssSampler, code_commit, machine_facts
+from flipsearch.machine import PeakRssSampler, machine_facts
 from flipsearch.paths import recordable
+from flipsearch.version import code_commit
 from opsa_train.errors import ConfigError
 from opsa_train.stage_state import StageState, file_digest, stage_key
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
-from flipsearch.machine import code_commit, machine_facts
+from flipsearch.machine import machine_facts
 from flipsearch.models import model_name
+from flipsearch.version import code_commit
 from opsa_train.stage_state import StageRecord, StageState
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 Examples::
 
     flipsearch export --study demo --out best.json
-    flipsearch export --study demo --out best.yaml --benign-from search_spaces/benign.yaml
+    flipsearch export --study demo --out best.yaml --benign-from benign
     flipsearch export --study demo --out front.json --pareto     # front-trial<N>.json each
     flipsearch export --study demo --trials-table trials.csv     # or .parquet
 

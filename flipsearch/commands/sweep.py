@@ -2,7 +2,7 @@
 
 Example (CPU smoke run)::
 
-    flipsearch sweep --space search_spaces/paper_axes.yaml --study smoke --trials 6 \\
+    flipsearch sweep --space paper_axes --study smoke --trials 6 \\
         --engine hf --max-tokens 24 --limit-harmful 8 --limit-benign 4 --minibatch 4
 
 Run the same command again to resume (it adds trials up to ``--trials``); start it in
@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--baselines",
         default=None,
-        help="list-form space of contexts to score first (search_spaces/baselines.yaml)",
+        help="list-form space (file or built-in name, e.g. baselines) to score first",
     )
     s.add_argument(
         "--rewrite-every",

@@ -1,14 +1,17 @@
 """Adapters for the public benchmarks and the built-in sets, by name.
 
 Each public set is read from the shared data folder when its file is there
-(``$FLIPSEARCH_SHARED_DATA``, default ``<repo>/../shared/data``), else from its hub
-copy. One adapter per dataset maps either source's columns onto prompt rows: it
-picks the first column name present from a short list, so the file's header and the
-hub copy's header both work.
+(``$FLIPSEARCH_SHARED_DATA``; default ``<checkout>/../shared/data`` when running from a
+checkout, ``./shared/data`` when installed), else from its hub copy; when neither works
+the error says where it looked and how to point elsewhere. The built-in sets are
+package data and need neither. One adapter per dataset maps either source's columns
+onto prompt rows: it picks the first column name present from a short list, so the
+file's header and the hub copy's header both work.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,14 +22,29 @@ from flipsearch.prompts._files import Record, read_records, rows_from_records
 from flipsearch.prompts._hub import HubSpec, read_hub_records
 from flipsearch.prompts._types import PromptRow
 
+logger = logging.getLogger(__name__)
+
 BUILTIN_DIR = Path(__file__).resolve().parent / "data"
-_REPO = Path(__file__).resolve().parents[2]
+_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout root when running from source; ``site-packages`` when installed."""
 
 
 def shared_data_dir() -> Path:
-    """``$FLIPSEARCH_SHARED_DATA`` if set, else ``<repo>/../shared/data``."""
+    """``$FLIPSEARCH_SHARED_DATA`` if set; else ``<checkout>/../shared/data`` in a checkout,
+    ``./shared/data`` (under the working folder) for an installed package."""
     env = os.environ.get("FLIPSEARCH_SHARED_DATA")
-    return Path(env) if env else _REPO.parent / "shared" / "data"
+    if env:
+        return Path(env)
+    if (_ROOT / "pyproject.toml").is_file():
+        return _ROOT.parent / "shared" / "data"
+    return Path.cwd() / "shared" / "data"
+
+
+def _where_shared_data() -> str:
+    # How shared_data_dir() was chosen, for error messages.
+    if os.environ.get("FLIPSEARCH_SHARED_DATA"):
+        return "from $FLIPSEARCH_SHARED_DATA"
+    return "the default; $FLIPSEARCH_SHARED_DATA is not set"
 
 
 def _pick(columns: Sequence[str], candidates: Sequence[str], where: str) -> str:
@@ -259,7 +277,12 @@ SOURCES: dict[str, Source] = {
 
 
 def source_rows(name: str, source: Source) -> list[PromptRow]:
-    """Read every file of ``source`` (or its hub copies when the shared files are absent)."""
+    """Read every file of ``source`` (or its hub copies when the shared files are absent).
+
+    Raises:
+        PromptSetError: a built-in file is missing, or a shared file is missing and its hub
+            copy cannot be read; the message names the folder searched and the fixes.
+    """
     base = BUILTIN_DIR if source.builtin else shared_data_dir()
     paths = [base / f for f in source.files]
     rows: list[PromptRow] = []
@@ -268,14 +291,37 @@ def source_rows(name: str, source: Source) -> list[PromptRow]:
             if not p.is_file():
                 raise PromptSetError(
                     f"prompt set {name!r} must find its file at {str(p)!r}, got no such file: "
-                    "set $FLIPSEARCH_SHARED_DATA to the shared data folder"
+                    + (
+                        "the package is incomplete; reinstall flipsearch"
+                        if source.builtin
+                        else _missing_shared_hint(source)
+                    )
                 )
             records, columns = read_records(p)
             rows.extend(source.adapter(records, columns, str(p)))
         return rows
+    missing = next(str(p) for p in paths if not p.is_file())
+    logger.info("prompt set %r: no %s; reading its hub copy %s", name, missing, list(source.hub))
     for k, spec in enumerate(source.hub):
-        records, columns = read_hub_records(HubSpec.parse(spec))
+        try:
+            records, columns = read_hub_records(HubSpec.parse(spec))
+        except PromptSetError as e:
+            raise PromptSetError(
+                f"prompt set {name!r} must find its file at {missing!r} or read its hub copy "
+                f"{spec!r}, got neither ({e}): {_missing_shared_hint(source)}"
+            ) from e
         part = source.adapter(records, columns, spec)
         # Generated ids restart per spec; keep them unique across the concatenation.
         rows.extend(part if len(source.hub) == 1 else [_with_id(r, f"{r.id}.{k}") for r in part])
     return rows
+
+
+def _missing_shared_hint(source: Source) -> str:
+    base = shared_data_dir()
+    hint = (
+        f"the shared data folder is {str(base)!r} ({_where_shared_data()}); set "
+        f"FLIPSEARCH_SHARED_DATA to the folder that holds {source.files[0]!r}"
+    )
+    if source.hub:
+        hint += f", or name the hub copy instead ({', '.join(repr(h) for h in source.hub)})"
+    return hint

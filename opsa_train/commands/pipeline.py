@@ -5,9 +5,9 @@ A stage is skipped only when ``runs/<run>/state.json`` records it done for the s
 run and reruns what a changed input invalidates.
 
 Example:
-    opsa-train pipeline --config configs/demo.yaml
-    opsa-train pipeline --config configs/demo.yaml --force eval      # eval, analysis, report
-    opsa-train pipeline --config configs/demo.yaml --run gpu --model Qwen/Qwen3-0.6B \\
+    opsa-train pipeline                          # the built-in demo config
+    opsa-train pipeline --force eval             # rerun eval, analysis and the report
+    opsa-train pipeline --run gpu --model Qwen/Qwen3-0.6B \\
         --engine vllm --judge llamaguard --set train.steps=200 --set eval.limit=null
 """
 
