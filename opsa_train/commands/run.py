@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--placement",
         choices=("system", "prefix"),
-        help="where --context-text goes: a system message or before the user prompt",
+        help="where --context-text goes: a system message or before the user prompt "
+        "(with --context: overrides the export's placement, sets `placement`)",
     )
     p.add_argument("--out", help="run folder (sets `out_dir`)")
     p.add_argument("--config", help="YAML config file, applied over the preset")
@@ -93,6 +94,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ("steps", "steps"),
         ("model", "model"),
         ("engine", "engine"),
+        ("placement", "placement"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -122,9 +124,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
             "`--placement` must be given with --context-text, got none: "
             "--placement system (a system message) or prefix (before the user prompt)"
         )
-    return load_train_config(
-        None, {"context_file": hand_file, "placement": args.placement}, base=config
-    )
+    return load_train_config(None, {"context_file": hand_file}, base=config)
 
 
 def hand_written(args: argparse.Namespace) -> ExportFile | None:
