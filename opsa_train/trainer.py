@@ -846,6 +846,8 @@ def save_final(
 
     The folder is written under a temporary name and renamed; an older ``final/`` is
     moved aside first and deleted after. ``opsa_final.json`` (the step) is written last.
+    So ``final/`` is always whole; a kill between the two renames leaves none, and the
+    next ``run`` rewrites it from the last checkpoint (always saved before ``final/``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
