@@ -151,6 +151,19 @@ def test_resume_with_more_steps_continues_and_rewrites_final(finished_run, tmp_p
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("final")) == ["final"]
 
 
+def test_a_finished_run_without_final_gets_it_back_from_the_last_checkpoint(finished_run, tmp_path):
+    # What a kill between save_final's two renames leaves: final/ moved aside, none new.
+    out = _copy(finished_run[0], tmp_path)
+    old = out / "final.old-1-1"
+    (out / "final").rename(old)
+    assert cli_main(["run", "--out", str(out)]) == 0
+    assert json.loads((out / "final" / FINAL_MARKER).read_text())["step"] == 2
+    assert (out / "final" / "model.safetensors").read_bytes() == (
+        old / "model.safetensors"
+    ).read_bytes()
+    assert sorted(_losses(out)) == [1, 2]  # nothing was trained again
+
+
 # --------------------------------------------------------------------------------------
 # Non-main rank: same code path, nothing written
 
