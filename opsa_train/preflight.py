@@ -3,7 +3,8 @@
 A training run costs hours on a GPU; these checks cost seconds and catch the inputs
 that would otherwise train silently on garbage:
 
-- `check_context_file`: a context file is given and readable (`read_context_file`).
+- `check_context_file`: a context file is given and readable (`read_context_file`);
+  `hand_written_export` builds the in-memory export of ``opsa-train run --context-text``.
 - `check_tokenizers`: student and teacher share tokenizer and vocabulary (the KL is
   taken id by id, so a different vocabulary compares unrelated tokens).
 - `check_conversations`: every prompt conversation ends with a user turn.
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flipsearch.contexts import PLACEMENTS, Context
 from flipsearch.errors import ExportFileError
 from flipsearch.export import ExportFile, read_export
 from flipsearch.models import fingerprint_matches, model_fingerprint
@@ -41,6 +43,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+HAND_WRITTEN = "hand-written"
+"""``provenance.source`` of an export built from ``--context-text`` (never searched)."""
+
 
 def read_context_file(context_file: str | Path | None) -> ExportFile:
     """Read the export file named by ``context_file``.
@@ -51,7 +56,8 @@ def read_context_file(context_file: str | Path | None) -> ExportFile:
     if context_file is None:
         raise PreflightError(
             "`context_file` must name a flipsearch export file, got None: "
-            "run `flipsearch export --study S --out best.json`, then pass --context best.json"
+            "run `flipsearch export --study S --out best.json`, then pass --context best.json "
+            "(or write one: --context-text TEXT --placement system|prefix)"
         )
     try:
         return read_export(context_file)
@@ -60,6 +66,31 @@ def read_context_file(context_file: str | Path | None) -> ExportFile:
 
 
 check_context_file = read_context_file
+
+
+def hand_written_export(text: str, placement: str) -> ExportFile:
+    """An in-memory export holding a hand-written harmful context (I_h) and no I_b.
+
+    Its provenance says it was hand-written, so `check_export_model` does not ask for
+    the model it was searched on (it was not searched), and it carries no scores.
+
+    Example:
+        >>> hand_written_export("Refuse harmful requests.", "prefix").provenance
+        {'source': 'hand-written'}
+
+    Raises:
+        PreflightError: ``text`` is blank or ``placement`` is unknown.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise PreflightError(
+            f"`--context-text` must be a non-empty context, got {text!r}: the teacher reads it"
+        )
+    if placement not in PLACEMENTS:
+        raise PreflightError(f"`--placement` must be one of {PLACEMENTS}, got {placement!r}")
+    return ExportFile(
+        harmful=Context(text, placement),  # type: ignore[arg-type]
+        provenance={"source": HAND_WRITTEN},
+    )
 
 
 def check_tokenizers(
@@ -185,7 +216,8 @@ def check_export_model(
     digest of :func:`flipsearch.models.model_fingerprint`) decides when both sides have
     one, so a renamed or moved copy of the same weights passes; else
     the names are compared (the config's name or its resolved folder). An export without
-    any model provenance cannot be checked and only warns.
+    any model provenance cannot be checked and only warns; a hand-written one
+    (`hand_written_export`) was searched on no model and passes.
 
     Args:
         export: the export file.
@@ -201,6 +233,9 @@ def check_export_model(
     """
     if policy not in ("error", "warn"):
         raise PreflightError(f"`export_model_mismatch` must be 'error' or 'warn', got {policy!r}")
+    if export.provenance.get("source") == HAND_WRITTEN:
+        logger.info("the context is hand-written: no search model to check against %r", model)
+        return True
     exported = export.provenance.get("model")
     exported_fp = export.provenance.get("model_fingerprint")
     if exported is None and exported_fp is None:

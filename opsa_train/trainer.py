@@ -64,6 +64,7 @@ from flipsearch.engines.teacher_forcing import (
     completion_logits,
 )
 from flipsearch.errors import FlipsearchError
+from flipsearch.export import ExportFile
 from flipsearch.judges import make_judge
 from flipsearch.models import resolve_model
 from flipsearch.paths import recordable
@@ -152,15 +153,21 @@ class _Prepared:
     longest_student_prompt: int
 
 
-def prepare(config: TrainConfig) -> _Prepared:
+def prepare(config: TrainConfig, *, export: ExportFile | None = None) -> _Prepared:
     """Run every pre-flight check that needs no model weights (seconds).
+
+    Args:
+        config: the run's options.
+        export: an in-memory export (e.g. `preflight.hand_written_export`) used instead
+            of reading ``config.context_file``.
 
     Raises:
         PreflightError: naming the field and value at fault (see `opsa_train.preflight`).
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    export = preflight.read_context_file(config.context_file)
+    if export is None:
+        export = preflight.read_context_file(config.context_file)
     try:
         model_path = resolve_model(config.model)
     except FlipsearchError as exc:
@@ -409,9 +416,10 @@ class Trainer:
             changed = sorted(k for k in new if k in old and recordable(old[k]) != new[k])
             if changed:
                 logger.warning("run folder config differs from this run in: %s", changed)
-        if self.is_main:
+        text = json.dumps(recordable(self.config.to_dict()), indent=2) + "\n"
+        if self.is_main and not (path.is_file() and path.read_text(encoding="utf-8") == text):
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(recordable(self.config.to_dict()), indent=2) + "\n")
+            atomic_write_text(path, text)
             write_model_record(self.out_dir, self.config.model, self.prepared.model_path)
 
     def _build_sampler(self) -> RolloutSampler:
@@ -735,42 +743,30 @@ class Trainer:
         return path
 
     def run(self) -> TrainResult:
-        """Train from ``self.step`` to the last step, then write ``final/``."""
-        from tqdm.auto import tqdm
+        """Train from ``self.step`` to the last step, then write ``final/``.
 
-        cfg = self.config
+        A run already at its last step trains nothing and, when ``final/`` holds that
+        step, writes nothing (re-running a finished run is a no-op). Only the main
+        process writes (metrics, checkpoints, ``final/``); the others train alongside.
+        """
+        final = self.out_dir / FINAL_DIR
         last: dict[str, Any] = {}
-        log = MetricsLogger(
-            self.out_dir,
-            tensorboard=cfg.tensorboard and self.is_main,
-            wandb=cfg.wandb and self.is_main,
-            wandb_project=cfg.wandb_project,
-            config=recordable(cfg.to_dict()),
-        )
-        saved_at = self.step
-        progress = tqdm(
-            total=self.total_steps, initial=self.step, desc="opsa-train", disable=not self.is_main
-        )
         try:
-            with log, progress:
-                while self.step < self.total_steps:
-                    step = self.step + 1
-                    metrics = self.train_step(step)
-                    self.step = step
-                    if self.is_main and (step % cfg.log_every == 0 or step == self.total_steps):
-                        log.log(step, metrics)
-                        last = {"step": step, **metrics}
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-                    if self.maybe_checkpoint(step) is not None:
-                        saved_at = step
-            if saved_at != self.step:
-                self.maybe_checkpoint(self.step, force=True)
-            final = self.out_dir / FINAL_DIR
-            if (self.is_main and not (final / FINAL_MARKER).is_file()) or self._final_is_stale(
-                final
-            ):
-                save_final(self.student, self.tokenizer, final, dtype=cfg.dtype, step=self.step)
+            if self.step < self.total_steps:
+                last = self._train_to_end()
+            elif self.step > self.total_steps:
+                logger.warning(
+                    "%s is at step %d, past the %d steps asked for: nothing to train",
+                    self.out_dir,
+                    self.step,
+                    self.total_steps,
+                )
+            if self.is_main and self._final_needed(final):
+                save_final(
+                    self.student, self.tokenizer, final, dtype=self.config.dtype, step=self.step
+                )
+            if self.accelerator is not None:
+                self.accelerator.wait_for_everyone()  # no rank returns before final/ exists
         finally:
             self.sampler.close()
         return TrainResult(
@@ -781,13 +777,50 @@ class Trainer:
             last_metrics=last,
         )
 
+    def _train_to_end(self) -> dict[str, Any]:
+        # The loop of `run`: steps, logs (main process only) and checkpoints; the last
+        # step is always checkpointed. Returns the last logged metrics row.
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        last: dict[str, Any] = {}
+        log = (
+            MetricsLogger(
+                self.out_dir,
+                tensorboard=cfg.tensorboard,
+                wandb=cfg.wandb,
+                wandb_project=cfg.wandb_project,
+                config=recordable(cfg.to_dict()),
+            )
+            if self.is_main
+            else None
+        )
+        progress = tqdm(
+            total=self.total_steps, initial=self.step, desc="opsa-train", disable=not self.is_main
+        )
+        with log or contextlib.nullcontext(), progress:
+            while self.step < self.total_steps:
+                step = self.step + 1
+                metrics = self.train_step(step)
+                self.step = step
+                if log is not None and (step % cfg.log_every == 0 or step == self.total_steps):
+                    log.log(step, metrics)
+                    last = {"step": step, **metrics}
+                progress.update(1)
+                progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+                self.maybe_checkpoint(step)
+        every = cfg.checkpoint_every
+        if not (every and self.step % every == 0):  # same decision on every rank
+            self.maybe_checkpoint(self.step, force=True)
+        return last
+
     def _final_needed(self, final: Path) -> bool:
         # final/ is (re)written unless it already holds this step's weights.
         try:
             meta = json.loads((final / FINAL_MARKER).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return True
-        return meta.get("step") != self.step
+        return not isinstance(meta, dict) or meta.get("step") != self.step
 
 
 # --------------------------------------------------------------------------------------
@@ -828,6 +861,8 @@ def save_final(
 
     The folder is written under a temporary name and renamed; an older ``final/`` is
     moved aside first and deleted after. ``opsa_final.json`` (the step) is written last.
+    So ``final/`` is always whole; a kill between the two renames leaves none, and the
+    next ``run`` rewrites it from the last checkpoint (always saved before ``final/``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

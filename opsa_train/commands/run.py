@@ -6,8 +6,17 @@ then ``--config cfg.yaml``, then the flags below, then ``key=value`` overrides (
 no config is given, the run's own ``config.json`` is the base, so
 ``opsa-train run --out runs/R --resume`` needs nothing else.
 
+The context comes from a flipsearch export file (``--context``) or, hand-written, from
+``--context-text TEXT --placement system|prefix``: that builds an export whose provenance
+says it was hand-written and saves it as ``<out>/context.json``, which the run's
+``config.json`` names as its ``context_file`` (so ``--resume`` finds it).
+
+Re-running a finished run (``final/`` at its last step) prints "already at step N" and
+changes nothing; ``--steps M --resume`` with a larger M continues it to step M.
+
 Example:
     opsa-train run --context best.json --out runs/R --steps 20
+    opsa-train run --context-text "Refuse harmful requests." --placement system --out runs/H
     opsa-train run --context best.json --out runs/R --preset paper engine=vllm
     opsa-train run --context best.json --out runs/smoke --steps 2 batch_size=2 max_new_tokens=16
 """
@@ -19,11 +28,17 @@ import json
 import logging
 from pathlib import Path
 
+from flipsearch.errors import ExportFileError
+from flipsearch.export import ExportFile, read_export, write_export
 from opsa_train.config import TrainConfig, load_train_config, parse_overrides
+from opsa_train.errors import ConfigError
+from opsa_train.preflight import hand_written_export
 
 logger = logging.getLogger(__name__)
 
 _PRESETS = {"cpu": TrainConfig.cpu_default, "paper": TrainConfig.paper}
+HAND_WRITTEN_CONTEXT = "context.json"
+"""Where ``--context-text`` saves its export in the run folder."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     p.add_argument("--context", help="flipsearch export file (sets `context_file`)")
+    p.add_argument(
+        "--context-text",
+        metavar="TEXT",
+        help="a hand-written harmful context instead of --context (needs --placement)",
+    )
+    p.add_argument(
+        "--placement",
+        choices=("system", "prefix"),
+        help="where --context-text goes: a system message or before the user prompt "
+        "(with --context: overrides the export's placement, sets `placement`)",
+    )
     p.add_argument("--out", help="run folder (sets `out_dir`)")
     p.add_argument("--config", help="YAML config file, applied over the preset")
     p.add_argument(
@@ -68,6 +94,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         ("steps", "steps"),
         ("model", "model"),
         ("engine", "engine"),
+        ("placement", "placement"),
     ):
         value = getattr(args, flag)
         if value is not None:
@@ -77,15 +104,65 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         base = load_train_config(saved)  # resuming a run: its own options are the base
     else:
         base = _PRESETS[args.preset or "cpu"]()
-    return load_train_config(args.config, overrides, base=base)
+    config = load_train_config(args.config, overrides, base=base)
+    if args.context_text is None:
+        if config.context_file is None:
+            raise ConfigError(
+                "`--context` or `--context-text` must be given, got neither: pass a flipsearch "
+                "export file (--context best.json) or a hand-written context "
+                "(--context-text TEXT --placement system|prefix)"
+            )
+        return config
+    hand_file = str(Path(config.out_dir) / HAND_WRITTEN_CONTEXT)
+    if args.context is not None or config.context_file not in (None, hand_file):
+        raise ConfigError(
+            "`--context-text` must not be given with a context file, got context_file="
+            f"{args.context or config.context_file!r}: use one of the two"
+        )
+    if args.placement is None:
+        raise ConfigError(
+            "`--placement` must be given with --context-text, got none: "
+            "--placement system (a system message) or prefix (before the user prompt)"
+        )
+    return load_train_config(None, {"context_file": hand_file}, base=config)
+
+
+def hand_written(args: argparse.Namespace) -> ExportFile | None:
+    """The in-memory export of ``--context-text``/``--placement``; None without them."""
+    if args.context_text is None:
+        return None
+    return hand_written_export(args.context_text, args.placement)
+
+
+def save_hand_written(export: ExportFile, path: Path) -> None:
+    """Save ``export`` to ``path`` in the run folder, unless it already holds it.
+
+    Raises:
+        ConfigError: ``path`` holds another context (that run was trained on it).
+    """
+    if path.is_file():
+        try:
+            old = read_export(path)
+        except ExportFileError as exc:
+            raise ConfigError(f"`{path}` must be a valid export file, got: {exc}") from exc
+        if old.to_dict() == export.to_dict():
+            return
+        raise ConfigError(
+            f"`--context-text` must match the context of the run in {str(path.parent)!r}, "
+            f"got {export.harmful.text!r} ({export.harmful.placement}), but {str(path)!r} "
+            f"holds {old.harmful.text!r} ({old.harmful.placement}): choose another --out"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_export(path, export)
 
 
 def run(args: argparse.Namespace) -> int:
     from opsa_train.trainer import Trainer, prepare
 
     config = build_config(args)
+    export = hand_written(args)
     if args.dry_run:
-        prepared = prepare(config)
+        prepared = prepare(config, export=export)
         n_harmful = sum(r.type == "harmful" for r in prepared.rows)
         print(config.to_json())
         print(
@@ -100,8 +177,12 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if export is not None:
+        save_hand_written(export, Path(config.context_file))  # type: ignore[arg-type]
     resume = True if args.resume else (False if args.fresh else None)
     result = Trainer(config, resume=resume).run()
+    if result.resumed_from == result.steps:
+        print(f"already at step {result.steps}: nothing to train, {result.final_dir} is current")
     print(
         json.dumps(
             {
