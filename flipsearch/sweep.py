@@ -80,6 +80,7 @@ from flipsearch.trials import (
     mask_storage,
     parse_storage,
     rate_of,
+    storage_identity,
     study_dir,
 )
 
@@ -544,8 +545,8 @@ def _check_config(config: SweepConfig) -> None:
                     f"{config.study!r}, got {new_id[name]!r}: scores on other settings are "
                     "not comparable. Use a new --study."
                 )
-        # The file holds the masked URL (as does the message): compare masked forms.
-        if mask_storage(old.storage) != mask_storage(config.storage):
+        # The file holds the masked URL: compare the URLs without passwords.
+        if storage_identity(old.storage) != storage_identity(config.storage):
             raise ConfigError(
                 f"`storage` must match the study's {path} ({mask_storage(old.storage)!r}), "
                 f"got {mask_storage(config.storage)!r}: the trials live there"

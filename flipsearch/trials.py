@@ -67,6 +67,7 @@ __all__ = [
     "rate_of",
     "read_study_config",
     "redact_storage_password",
+    "storage_identity",
     "study_dir",
     "trials_frame",
     "write_trials_table",
@@ -187,9 +188,17 @@ def redact_storage_password(text: str, spec: str | None) -> str:
     return text
 
 
+def storage_identity(spec: str | None) -> str | None:
+    """``spec`` with any password dropped: one database's URL compares equal whether its
+    password is written in it, masked, or left to ``PGPASSWORD``/``.pgpass``."""
+    return None if spec is None else _connectable(mask_storage(spec))  # type: ignore[arg-type]
+
+
 def _connectable(url: str) -> str:
     # A masked password (a URL read back from config.json) is dropped, so the driver
     # connects without one: libpq then reads PGPASSWORD or ~/.pgpass.
+    if "://" not in url:
+        return url
     m = _USERINFO.match(url)
     if m and m["password"] == MASK:
         url = f"{m['head']}@{url[m.end() :]}"

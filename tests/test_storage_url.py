@@ -16,7 +16,13 @@ import pytest
 
 from flipsearch.errors import ConfigError
 from flipsearch.sweep import SweepConfig, _check_config
-from flipsearch.trials import _connectable, mask_storage, parse_storage, redact_storage_password
+from flipsearch.trials import (
+    _connectable,
+    mask_storage,
+    parse_storage,
+    redact_storage_password,
+    storage_identity,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,14 +99,20 @@ def test_config_json_holds_the_masked_url_and_resume_compares_masked_forms(tmp_p
     assert "s3cret" not in saved and "postgresql://ana:***@db.lab/sweeps" in saved
     assert config.storage == url  # the in-memory value keeps the password
     _check_config(config)  # resuming: the same storage matches its masked record
+    # ... and so does the same URL with the password left to PGPASSWORD or .pgpass.
+    env_pw = SweepConfig(
+        study="s", trials=1, results_dir=str(tmp_path), storage="postgresql://ana@db.lab/sweeps"
+    )
+    _check_config(env_pw)
+    assert storage_identity(url) == storage_identity(env_pw.storage) == env_pw.storage
     other = SweepConfig(
         study="s", trials=1, results_dir=str(tmp_path), storage="postgresql://ana:s3cret@db2/x"
     )
     with pytest.raises(ConfigError) as err:
         _check_config(other)
     assert "s3cret" not in str(err.value)
-    assert "postgresql://ana:***@db.lab/sweeps" in str(err.value)
-    assert "postgresql://ana:***@db2/x" in str(err.value)
+    assert "('postgresql://ana@db.lab/sweeps')" in str(err.value)  # the last run's record
+    assert "got 'postgresql://ana:***@db2/x'" in str(err.value)
 
 
 MARKER = "Zq7mMarkerPw"
