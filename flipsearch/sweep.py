@@ -326,6 +326,11 @@ class SweepConfig:
             d["storage"] = mask_storage(self.storage)
         return d
 
+    def __repr__(self) -> str:
+        # Logs and tracebacks show the storage password masked.
+        items = ", ".join(f"{k}={v!r}" for k, v in self.to_dict(masked=True).items())
+        return f"SweepConfig({items})"
+
     @classmethod
     def from_dict(cls, d: dict) -> SweepConfig:
         """Rebuild from :meth:`to_dict` output (unknown keys raise ConfigError)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ CONFIG_FILE = "config.json"
 JOURNAL_SUFFIXES = (".log", ".jsonl")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+_SCHEMA_RACE = re.compile(r"(?i)duplicate key|already exists")
+_SCHEMA_RACE_RETRIES = 5
 MASK = "***"
 """What a storage URL's password is replaced by (:func:`mask_storage`)."""
 # SQLAlchemy's own URL grammar: `scheme://user:password@host...`, the password running
@@ -126,32 +129,42 @@ class StorageSpec:
             else "failed_trial_callback"
         )
         callback = {key: failed_trial_callback} if heartbeat_interval else {}
-        from sqlalchemy.exc import SQLAlchemyError
+        from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for attempt in range(_SCHEMA_RACE_RETRIES + 1):
             try:
-                return optuna.storages.RDBStorage(
-                    _connectable(self.url),
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period if heartbeat_interval else None,
-                    **callback,
-                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        _connectable(self.url),
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period if heartbeat_interval else None,
+                        **callback,
+                    )
             except ImportError as e:
                 raise ConfigError(
                     f"`storage` {mask_storage(self.url)!r} needs a database driver, got none: "
                     f"{e}. For PostgreSQL: pip install 'flipsearch[postgres]'"
                 ) from None
+            except (IntegrityError, ProgrammingError) as e:
+                # Workers starting together on a new database race to create Optuna's
+                # tables (PostgreSQL: duplicate key in pg_type, relation already exists);
+                # the loser finds them made on its next try.
+                if attempt == _SCHEMA_RACE_RETRIES or not _SCHEMA_RACE.search(str(e)):
+                    raise ConfigError(self._refused(e)) from None
+                time.sleep(0.2 * (attempt + 1))
             except (SQLAlchemyError, ValueError) as e:
                 # `from None`: the driver's exception holds the connection arguments.
-                why = redact_storage_password(
-                    str(e).splitlines()[0] if str(e) else repr(e), self.url
-                )
-                raise ConfigError(
-                    f"`storage` must be a database that accepts the connection, got "
-                    f"{mask_storage(self.url)!r}: {why}. Passwords can come from PGPASSWORD "
-                    "or ~/.pgpass instead of the URL."
-                ) from None
+                raise ConfigError(self._refused(e)) from None
+        raise AssertionError("unreachable")
+
+    def _refused(self, e: Exception) -> str:
+        why = redact_storage_password(str(e).splitlines()[0] if str(e) else repr(e), self.url)
+        return (
+            f"`storage` must be a database that accepts the connection, got "
+            f"{mask_storage(self.url)!r}: {why}. Passwords can come from PGPASSWORD "
+            "or ~/.pgpass instead of the URL."
+        )
 
 
 def mask_storage(spec: str | None) -> str | None:

@@ -98,6 +98,7 @@ def test_config_json_holds_the_masked_url_and_resume_compares_masked_forms(tmp_p
     saved = (tmp_path / "s" / "config.json").read_text()
     assert "s3cret" not in saved and "postgresql://ana:***@db.lab/sweeps" in saved
     assert config.storage == url  # the in-memory value keeps the password
+    assert "s3cret" not in repr(config) and "ana:***@db.lab" in repr(config)
     _check_config(config)  # resuming: the same storage matches its masked record
     # ... and so does the same URL with the password left to PGPASSWORD or .pgpass.
     env_pw = SweepConfig(
