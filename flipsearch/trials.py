@@ -15,6 +15,11 @@ Storage specs (``--storage``):
 ``optuna-dashboard sqlite:///results/S/study.db`` or ``optuna-dashboard results/S/study.log``
 opens either kind.
 
+Passwords: :func:`mask_storage` is the one way a storage URL is shown or saved
+(``postgresql://ana:***@db/sweeps``); the study's ``config.json`` holds that form. A URL
+whose password is ``***`` connects without one, so libpq takes it from ``PGPASSWORD`` or
+``~/.pgpass`` (the way to keep it off the command line in the first place).
+
 Example:
     >>> parse_storage(None, results_dir="results", study="demo").url
     'sqlite:///results/demo/study.db'
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,12 +60,15 @@ __all__ = [
     "default_storage",
     "export_of",
     "failing_prompt_ids",
+    "mask_storage",
     "open_study",
     "pareto_trials",
     "parse_storage",
     "ranked_trials",
     "rate_of",
     "read_study_config",
+    "redact_storage_password",
+    "storage_identity",
     "study_dir",
     "trials_frame",
     "write_trials_table",
@@ -68,6 +78,16 @@ CONFIG_FILE = "config.json"
 JOURNAL_SUFFIXES = (".log", ".jsonl")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
+_SCHEMA_RACE = re.compile(r"(?i)duplicate key|already exists")
+_SCHEMA_RACE_RETRIES = 5
+MASK = "***"
+"""What a storage URL's password is replaced by (:func:`mask_storage`)."""
+# SQLAlchemy's own URL grammar: `scheme://user:password@host...`, the password running
+# to the first '@' (a literal '@' in a password must be written %40).
+_USERINFO = re.compile(r"^(?P<head>[\w+.-]+://[^:/@?]*):(?P<password>[^@]*)@")
+# Query parameters that carry a password to the driver (libpq, MySQL drivers).
+_SECRET_KEYS = ("password", "passwd", "pwd", "sslpassword")
+_SECRET_PARAMS = re.compile(rf"(?i)([?&](?:{'|'.join(_SECRET_KEYS)})=)[^&#]*")
 
 
 # ---------------------------------------------------------------- storage
@@ -109,14 +129,101 @@ class StorageSpec:
             else "failed_trial_callback"
         )
         callback = {key: failed_trial_callback} if heartbeat_interval else {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                self.url,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period if heartbeat_interval else None,
-                **callback,
-            )
+        from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+
+        for attempt in range(_SCHEMA_RACE_RETRIES + 1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        _connectable(self.url),
+                        heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period if heartbeat_interval else None,
+                        **callback,
+                    )
+            except ImportError as e:
+                raise ConfigError(
+                    f"`storage` {mask_storage(self.url)!r} needs a database driver, got none: "
+                    f"{e}. For PostgreSQL: pip install 'flipsearch[postgres]'"
+                ) from None
+            except (IntegrityError, ProgrammingError) as e:
+                # Workers starting together on a new database race to create Optuna's
+                # tables (PostgreSQL: duplicate key in pg_type, relation already exists);
+                # the loser finds them made on its next try.
+                if attempt == _SCHEMA_RACE_RETRIES or not _SCHEMA_RACE.search(str(e)):
+                    raise ConfigError(self._refused(e)) from None
+                time.sleep(0.2 * (attempt + 1))
+            except (SQLAlchemyError, ValueError) as e:
+                # `from None`: the driver's exception holds the connection arguments.
+                raise ConfigError(self._refused(e)) from None
+        raise AssertionError("unreachable")
+
+    def _refused(self, e: Exception) -> str:
+        why = redact_storage_password(str(e).splitlines()[0] if str(e) else repr(e), self.url)
+        return (
+            f"`storage` must be a database that accepts the connection, got "
+            f"{mask_storage(self.url)!r}: {why}. Passwords can come from PGPASSWORD "
+            "or ~/.pgpass instead of the URL."
+        )
+
+
+def mask_storage(spec: str | None) -> str | None:
+    """``spec`` as it may be shown, logged or saved: any password replaced by ``***``.
+
+    The password of an RDB URL's user info and ``password=`` style query parameters
+    are masked; everything else (journal and SQLite paths included) is kept as written.
+    Masking a masked URL changes nothing.
+
+    Example:
+        >>> mask_storage("postgresql://ana:s%40cret@db.lab:5432/sweeps?sslmode=require")
+        'postgresql://ana:***@db.lab:5432/sweeps?sslmode=require'
+        >>> mask_storage("journal:results/s/study.log")
+        'journal:results/s/study.log'
+    """
+    if spec is None or "://" not in spec:
+        return spec
+    out = _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", spec, count=1)
+    return _SECRET_PARAMS.sub(lambda m: f"{m[1]}{MASK}", out)
+
+
+def redact_storage_password(text: str, spec: str | None) -> str:
+    """``text`` (a driver's error message, say) with ``spec``'s passwords replaced by
+    ``***``, as written and URL-decoded."""
+    from urllib.parse import unquote
+
+    if not spec or "://" not in spec:
+        return text
+    found = [m["password"] for m in [_USERINFO.match(spec)] if m]
+    found += [v.split("=", 1)[1] for v in (m[0] for m in _SECRET_PARAMS.finditer(spec))]
+    for secret in sorted({p for s in found for p in (s, unquote(s))}, key=len, reverse=True):
+        if secret and secret != MASK:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def storage_identity(spec: str | None) -> str | None:
+    """``spec`` with any password dropped: one database's URL compares equal whether its
+    password is written in it, masked, or left to ``PGPASSWORD``/``.pgpass``."""
+    return None if spec is None else _connectable(mask_storage(spec))  # type: ignore[arg-type]
+
+
+def _connectable(url: str) -> str:
+    # A masked password (a URL read back from config.json) is dropped, so the driver
+    # connects without one: libpq then reads PGPASSWORD or ~/.pgpass.
+    if "://" not in url:
+        return url
+    m = _USERINFO.match(url)
+    if m and m["password"] == MASK:
+        url = f"{m['head']}@{url[m.end() :]}"
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    kept = [
+        kv
+        for kv in query.split("&")
+        if not (kv.split("=", 1)[0].lower() in _SECRET_KEYS and kv.split("=", 1)[-1] == MASK)
+    ]
+    return f"{base}?{'&'.join(kept)}" if kept else base
 
 
 def study_dir(results_dir: str | Path, study: str) -> Path:
@@ -147,7 +254,7 @@ def parse_storage(spec: str | None, *, results_dir: str | Path, study: str) -> S
         if scheme not in _RDB_SCHEMES:
             raise ConfigError(
                 f"`storage` must be an RDB URL with scheme in {_RDB_SCHEMES}, 'journal:PATH' or "
-                f"a .log/.jsonl/.db path, got {spec!r}"
+                f"a .log/.jsonl/.db path, got {mask_storage(spec)!r}"
             )
         return StorageSpec("rdb", spec)
     suffix = Path(spec).suffix.lower()
@@ -175,7 +282,8 @@ def open_study(
     """Load an existing sweep study (read-only use: export, report).
 
     The storage is ``storage`` if given, else the one recorded in
-    ``<results_dir>/<study>/config.json``, else the default SQLite file.
+    ``<results_dir>/<study>/config.json`` (its password masked: libpq then takes it from
+    ``PGPASSWORD`` or ``~/.pgpass``), else the default SQLite file.
 
     Raises:
         ConfigError: no such study in that storage (the message lists the ones there).
@@ -198,7 +306,9 @@ def open_study(
     built = spec.build()
     names = [s.study_name for s in optuna.get_all_study_summaries(built)]
     if study not in names:
-        raise ConfigError(f"`study` must be one of {names} in {spec.url}, got {study!r}")
+        raise ConfigError(
+            f"`study` must be one of {names} in {mask_storage(spec.url)}, got {study!r}"
+        )
     return optuna.load_study(study_name=study, storage=built)
 
 

@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--storage",
         default=None,
         help="RDB URL, journal:PATH or a .log/.jsonl/.db path "
-        "(default: sqlite:///<results-dir>/<study>/study.db)",
+        "(default: sqlite:///<results-dir>/<study>/study.db); a PostgreSQL password can come "
+        "from PGPASSWORD or ~/.pgpass instead of the URL, and is shown masked",
     )
     o.add_argument("--heartbeat-interval", type=int, default=30, help="seconds")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
