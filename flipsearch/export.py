@@ -74,8 +74,19 @@ class ExportFile:
     @classmethod
     def from_dict(cls, doc: object, *, source: str = "<dict>") -> ExportFile:
         if not isinstance(doc, dict):
-            raise ExportFileError(f"{source}: the export file must be a mapping, got {doc!r}")
+            raise ExportFileError(
+                f"{source}: the export file must be a mapping with `schema_version` and "
+                f"`contexts`, got {_short(doc)}: a plain-text context goes to "
+                "`flipsearch score --context-file`; write an export with `flipsearch export`"
+            )
         version = doc.get("schema_version")
+        if version is None:
+            raise ExportFileError(
+                f"{source}: `schema_version` must be one of {SUPPORTED_VERSIONS}, got it missing "
+                f"(keys {sorted(doc)!r}): a hand-written export file needs "
+                f"`schema_version: {SCHEMA_VERSION}` and "
+                "`contexts: {harmful: {text, placement}}`"
+            )
         if version not in SUPPORTED_VERSIONS:
             raise ExportFileError(
                 f"{source}: `schema_version` must be one of {SUPPORTED_VERSIONS}, got {version!r}: "
@@ -106,6 +117,11 @@ class ExportFile:
             provenance=dict(doc.get("provenance", {})),
             schema_version=int(version),
         )
+
+
+def _short(value: object, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _context_dict(ctx: Context) -> dict[str, str]:
@@ -145,12 +161,30 @@ def read_export(path: str | Path) -> ExportFile:
     """
     path = local_path(path)  # a recorded "~/..." or "$FLIPSEARCH_CACHE/..." path too
     if not path.is_file():
-        raise ExportFileError(f"export file {str(path)!r} does not exist")
+        raise ExportFileError(
+            f"the export file must be an existing file, got {str(path)!r}: no such file. "
+            "Write one with `flipsearch export --study S --out best.json`."
+        )
     text = path.read_text()
+    if not text.strip():
+        raise ExportFileError(
+            f"{path}: the export file must hold a JSON/YAML document, got an empty file: "
+            "write it again with `flipsearch export`"
+        )
     try:
         doc = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ExportFileError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from e
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        hint = (
+            "it looks like plain text: a plain-text context goes to "
+            "`flipsearch score --context-file`; training needs an export file "
+            "(`flipsearch export`)"
+            if text.lstrip()[:1] not in ("{", "[")
+            else "truncated or hand-edited? Write it again with `flipsearch export`"
+        )
+        raise ExportFileError(
+            f"{path}: the export file must be valid {kind}, got {e}: {hint}"
+        ) from e
     return ExportFile.from_dict(doc, source=str(path))
 
 

@@ -370,7 +370,9 @@ def load_checkpoint(
         actual = (path / name).stat().st_size if (path / name).is_file() else None
         if actual != size:
             raise CheckpointError(
-                f"checkpoint file {name!r} in {path} must be {size} bytes, got {actual!r}"
+                f"checkpoint file {name!r} in {path} must be {size} bytes, got {actual!r}: "
+                "truncated or replaced. Delete this step folder to resume from an earlier "
+                "checkpoint, or start a new run with another --out"
             )
 
     param = next(iter(model.parameters()), None)

@@ -22,6 +22,7 @@ import difflib
 import json
 import logging
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -486,9 +487,18 @@ def load_train_config(
                 f"config file {str(path)!r} must hold a mapping of options, "
                 f"got {type(loaded).__name__}"
             )
-        values.update(_coerce_all(loaded))
+        try:
+            values.update(_coerce_all(loaded))
+        except ConfigError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc}") from exc
     values.update(_coerce_all(dict(overrides or {})))
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as exc:
+        field = re.match(r"`(\w+)`", str(exc))
+        if yaml_path is not None and field and field.group(1) in loaded:
+            raise ConfigError(f"config file {str(yaml_path)!r}: {exc}") from exc
+        raise
 
 
 def _build(cls: type[TrainConfig], values: dict[str, object]) -> TrainConfig:

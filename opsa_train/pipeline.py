@@ -208,7 +208,16 @@ def load_pipeline_config(
         else:
             doc[head] = value
     doc.update({k: v for k, v in top.items() if v is not None})
-    return PipelineConfig.from_dict(doc)
+    where = f"pipeline config {str(path)!r}" if path is not None else "pipeline config"
+    try:
+        cfg = PipelineConfig.from_dict(doc)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+    try:  # the `train` section, checked now rather than after the sweep
+        _train_config(cfg, "opsa")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: `train` section: {e}") from e
+    return cfg
 
 
 # --------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ that would otherwise train silently on garbage:
 - `check_conversations`: every prompt conversation ends with a user turn.
 - `check_window`: context + prompt + ``max_new_tokens`` fit the model's window.
 - `check_has_harmful`: at least one harmful prompt when I_h is given.
+- `check_run_folder`: a run folder that already holds a run (``config.json``) was made
+  for the same ``model``; resuming another model's checkpoints would fail late or mix
+  weights, and its config would be overwritten.
 - `check_export_model`: the export file was searched on the model being trained
   (``config.export_model_mismatch``: ``error``, the default, or ``warn``). A context
   found for another model rarely flips this one, so the teacher would not be the safe
@@ -25,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -264,3 +268,36 @@ def check_export_model(
         raise PreflightError(message)
     logger.warning(message)
     return False
+
+
+def check_run_folder(out_dir: str | Path, *, model: str, model_path: Path) -> None:
+    """A run folder's recorded ``model`` (its ``config.json``) must be the model given now.
+
+    Names are compared, then resolved local folders; runs whose folder holds no
+    ``config.json`` (new runs) pass. Reads one small JSON file: no weights.
+
+    Raises:
+        PreflightError: the folder records another model, or its ``config.json`` is not a
+            JSON object (nothing in the folder is touched).
+    """
+    path = Path(out_dir) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PreflightError(
+            f"`out_dir` {str(out_dir)!r} must hold a readable config.json, got {exc}: "
+            "choose another --out, or delete the run folder to start over"
+        ) from exc
+    recorded = old.get("model") if isinstance(old, dict) else None
+    if recorded is None or recorded == model:
+        return
+    recorded_path = Path(str(recorded)).expanduser()
+    if recorded_path.is_dir() and recorded_path.resolve() == model_path.resolve():
+        return
+    raise PreflightError(
+        f"`model` must be the run folder's model {recorded!r} (recorded in {str(path)!r}), "
+        f"got {model!r}: its checkpoints belong to that model. Resume with "
+        f"model={recorded!r}, or choose another --out for a new run"
+    )

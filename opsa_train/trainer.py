@@ -174,6 +174,7 @@ def prepare(config: TrainConfig, *, export: ExportFile | None = None) -> _Prepar
         raise PreflightError(
             f"`model` must resolve to a model folder, got {config.model!r}: {exc}"
         ) from exc
+    preflight.check_run_folder(config.out_dir, model=config.model, model_path=model_path)
     preflight.check_export_model(
         export, model=config.model, model_path=model_path, policy=config.export_model_mismatch
     )

@@ -11,6 +11,7 @@ from flipsearch.models import DEFAULT_MODEL, cache_dir
 
 if TYPE_CHECKING:
     from flipsearch.cache import GenerationCache
+    from flipsearch.contexts import Context
     from flipsearch.engines import Engine, EngineConfig
     from flipsearch.judges import Judge
 
@@ -89,18 +90,54 @@ def open_cache(args: argparse.Namespace) -> GenerationCache:
     return GenerationCache(args.cache or cache_dir() / "generations.sqlite")
 
 
-def read_context_text(text: str | None, file: str | None) -> str:
-    """The context from ``--context`` or ``--context-file`` (text, or an export file)."""
+EXPORT_SUFFIXES = (".json", ".yaml", ".yml")
+"""``--context-file`` names with these suffixes must be export files, not plain text."""
+
+
+def read_context(text: str | None, file: str | None, placement: str | None) -> Context:
+    """The context from ``--context TEXT`` or ``--context-file F`` plus ``--placement``.
+
+    ``F`` is an export file (``flipsearch export``; its I_h is used) when it ends in
+    .json/.yaml/.yml or its text starts with ``{``, else plain text. ``placement`` None
+    takes the export file's placement, or ``system`` for text.
+
+    Raises:
+        ConfigError: both or neither of text and file, a missing or empty file, a bad
+            placement.
+        ExportFileError: ``F`` looks like an export file but is not a valid one.
+    """
+    from flipsearch.contexts import Context
     from flipsearch.errors import ConfigError
+    from flipsearch.export import read_export
 
     if (text is None) == (file is None):
-        raise ConfigError("give exactly one of `--context TEXT` and `--context-file F`")
+        raise ConfigError(
+            "give exactly one of `--context TEXT` and `--context-file F`, got "
+            f"--context={text!r} and --context-file={file!r}"
+        )
     if text is not None:
-        return text
+        return Context(text, placement or "system")  # type: ignore[arg-type]
     path = Path(file)  # type: ignore[arg-type]
     if not path.is_file():
-        raise ConfigError(f"`--context-file` must be an existing file, got {file!r}")
-    return path.read_text().strip()
+        raise ConfigError(
+            f"`--context-file` must be an existing file, got {file!r}: no such file. "
+            "Pass the context text with --context instead, or fix the path."
+        )
+    body = path.read_text(encoding="utf-8").strip()
+    if path.suffix.lower() in EXPORT_SUFFIXES or body.startswith("{"):
+        harmful = read_export(path).harmful
+        return Context(harmful.text, placement or harmful.placement)  # type: ignore[arg-type]
+    if not body:
+        raise ConfigError(
+            f"`--context-file` must hold the context text, got an empty file {file!r}. "
+            "Write the context into it, or pass --context TEXT."
+        )
+    return Context(body, placement or "system")  # type: ignore[arg-type]
+
+
+def read_context_text(text: str | None, file: str | None) -> str:
+    """The context text from ``--context`` or ``--context-file`` (text, or an export file)."""
+    return read_context(text, file, None).text
 
 
 def write_json(path: str | Path, doc: object) -> None:

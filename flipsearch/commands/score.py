@@ -19,10 +19,10 @@ from flipsearch.commands._common import (
     build_engine,
     build_judge,
     open_cache,
-    read_context_text,
+    read_context,
     write_json,
 )
-from flipsearch.contexts import PLACEMENTS, Context
+from flipsearch.contexts import PLACEMENTS
 from flipsearch.flip import FlipScorer, ScoreResult, ScoreSettings
 from flipsearch.prompts import PromptSet, load_prompt_set
 
@@ -35,8 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c = p.add_argument_group("context")
     c.add_argument("--context", help="the context text")
-    c.add_argument("--context-file", help="a file holding the context text")
-    c.add_argument("--placement", default="system", help=f"one of {PLACEMENTS}")
+    c.add_argument(
+        "--context-file",
+        help="a file holding the context text, or an export file (its harmful context I_h)",
+    )
+    c.add_argument(
+        "--placement",
+        default=None,
+        help=f"one of {PLACEMENTS} (default: the export file's, else system)",
+    )
     d = p.add_argument_group("prompts")
     d.add_argument(
         "--harmful",
@@ -58,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    context = Context(read_context_text(args.context, args.context_file), args.placement)
+    context = read_context(args.context, args.context_file, args.placement)
     settings = ScoreSettings(mode=args.mode, k=args.k, max_tokens=args.max_tokens, seed=args.seed)
     harmful = load_prompt_set(args.harmful, limit=args.limit).harmful()
     benign = load_prompt_set(args.benign, limit=args.limit).benign() if args.benign else None

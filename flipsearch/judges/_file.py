@@ -34,6 +34,11 @@ def read_pairs(path: str | Path) -> tuple[list[str], list[str]]:
                 )
         prompts.append(row["prompt"])
         responses.append(row["response"])
+    if not prompts:
+        raise JudgeError(
+            f"`input_path` must hold at least one JSONL row with `prompt` and `response`, got "
+            f"an empty file {str(path)!r}: nothing was judged and no output was written"
+        )
     return prompts, responses
 
 

@@ -129,7 +129,10 @@ def load_prompt_set(
     elif Path(name).suffix.lower() in FILE_SUFFIXES or Path(name).is_file():
         records, columns = read_records(name)
         if not records:
-            raise PromptSetError(f"`{name}` must have at least one row, got 0")
+            raise PromptSetError(
+                f"prompt file `{name}` must have at least one row, got 0: write one row per "
+                "prompt (JSONL: one object with `prompt` and `type` per line)"
+            )
         rows = rows_from_records(
             records,
             columns,
@@ -166,9 +169,11 @@ def _split_suffix(spec: str, split: str | None) -> tuple[str, str | None]:
 
 
 def _default_mapping(mapping: dict[str, str | None], columns: Sequence[str]) -> dict:
-    # Unset prompt/type columns default to "prompt" and a "type" or "label" column.
+    # Unset prompt/type/id columns default to "prompt", a "type" or "label" column, and "id".
     out = {k: v for k, v in mapping.items() if v is not None}
     out.setdefault("prompt_column", "prompt")
+    if "id_column" not in out and "id" in columns:
+        out["id_column"] = "id"  # a file's own ids (must be unique) name its rows
     if "type" not in out and "type_column" not in out:
         col = next((c for c in ("type", "label") if c in columns), None)
         if col is None:

@@ -27,10 +27,20 @@ def read_records(path: str | Path) -> tuple[list[Record], list[str]]:
     if not path.is_file():
         raise PromptSetError(f"`path` must be an existing file, got {str(path)!r}: no such file")
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl", ".json") and not path.read_text(encoding="utf-8").strip():
+        raise PromptSetError(
+            f"prompt file `{path}` must have at least one row, got an empty file: "
+            "write one row per prompt (JSONL: one object with `prompt` and `type` per line)"
+        )
     if suffix == ".jsonl":
         return _read_jsonl(path)
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise PromptSetError(
+                f"prompt file `{path}` must be valid JSON (a list of objects), got {e}"
+            ) from e
         if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
             raise PromptSetError(
                 f"`{path}` must hold a JSON list of objects, got {type(data).__name__}"
@@ -113,8 +123,16 @@ def rows_from_records(
     )
     fixed_type = normalize_type(type, where=where) if type is not None else None
     rows = []
+    first_row: dict[str, int] = {}
     for i, rec in enumerate(records):
         row_id = _text(rec.get(id_column)) if id_column else f"{source}-{i}"
+        if row_id in first_row:
+            raise PromptSetError(
+                f"`{id_column}` must be unique in {where}, got {row_id!r} in rows "
+                f"{first_row[row_id]} and {i}: give each row its own id, or drop the "
+                "column to number the rows"
+            )
+        first_row[row_id] = i
         kind = fixed_type or normalize_type(rec.get(type_column or ""), where=f"{where} row {i}")
         prompt = _text(rec.get(prompt_column))
         context = _text(rec.get(context_column)) if context_column else ""
