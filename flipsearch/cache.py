@@ -20,6 +20,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,19 @@ def _digest(*parts: str) -> str:
     return h.hexdigest()
 
 
+def _enable_wal(db: sqlite3.Connection, attempts: int = 40) -> None:
+    # Switching to WAL takes an exclusive lock that SQLite does not wait for (the busy
+    # timeout does not apply), so processes opening a new cache together retry here.
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * (attempt + 1), 0.5))
+
+
 class GenerationCache:
     """SQLite store of generations and verdicts. Safe to share between processes (WAL)."""
 
@@ -73,7 +87,7 @@ class GenerationCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._db.commit()

@@ -88,3 +88,27 @@ def test_payloads_are_json_not_pickle(tmp_path):
         sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT payload FROM generations").fetchone()
     )
     assert payload.startswith("[{") and '"token_ids"' in payload
+
+
+def test_processes_opening_a_new_cache_together_all_succeed(tmp_path):
+    # Switching a new database to WAL is not covered by SQLite's busy timeout; workers of
+    # one sweep open the same fresh cache at the same moment.
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "cache.sqlite"
+    start = time.time() + 2.0
+    code = (
+        "import sys, time\n"
+        "from flipsearch.cache import GenerationCache\n"
+        f"time.sleep(max(0.0, {start} - time.time()))\n"
+        "for _ in range(20):\n"
+        f"    GenerationCache({str(path)!r})._db.close()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
