@@ -27,10 +27,9 @@ Example::
     opsa-train analyze --context results/demo/best.json \\
         --models base=smollm2-135m opsa=runs/R/final --out results/demo/analysis --limit 8
 
-    >>> import torch
-    >>> fwd, rev = per_token_kl(torch.zeros(1, 2, 5), torch.zeros(1, 2, 5))
-    >>> float(fwd.abs().max()), float(rev.abs().max())
-    (0.0, 0.0)
+    >>> kl_by_position_table([{"model": "m", "position": 0, "kl": 1.0, "kl_fwd": 1.0,
+    ...                        "kl_rev": 1.0}])[0]["n"]
+    1
 """
 
 from __future__ import annotations
@@ -50,15 +49,16 @@ from opsa_train.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
     from flipsearch.cache import GenerationCache
+    from flipsearch.prompts import PromptRow
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AnalysisConfig",
     "kl_by_position_table",
-    "per_token_kl",
     "run_analysis",
     "top_tokens_table",
 ]
@@ -66,27 +66,6 @@ __all__ = [
 ROLLOUTS = ("own", "base")
 SUMMARY_JSON = "kl_summary.json"
 FIRST_N = 8
-
-
-def per_token_kl(
-    p_logits_B_T_V: torch.Tensor, q_logits_B_T_V: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(KL(p || q), KL(q || p))`` per position over the full vocabulary, float32, (B, T).
-
-    Example:
-        >>> import torch
-        >>> p = torch.tensor([[[0.0, 0.0]]]); q = torch.tensor([[[0.0, math.log(3.0)]]])
-        >>> [round(float(x), 4) for x in per_token_kl(p, q)]  # KL(1/2,1/2 || 1/4,3/4)
-        [0.1438, 0.1308]
-    """
-    import torch
-
-    lp = torch.log_softmax(p_logits_B_T_V.float(), dim=-1)
-    lq = torch.log_softmax(q_logits_B_T_V.float(), dim=-1)
-    diff = lp - lq
-    fwd = (lp.exp() * diff).sum(-1)
-    rev = (lq.exp() * -diff).sum(-1)
-    return fwd.clamp(min=0.0), rev.clamp(min=0.0)
 
 
 @dataclass(frozen=True)
@@ -290,8 +269,7 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
 
     from flipsearch.cache import GenerationCache
     from flipsearch.engines._hf import load_hf_model
-    from flipsearch.engines.chat import render_prompt_ids
-    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
     from flipsearch.export import read_export
     from flipsearch.models import cache_dir, model_identity, resolve_model
     from flipsearch.prompts import load_prompt_set
@@ -303,26 +281,13 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
     if cache is None:
         cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
     prompts = [r.prompt for r in rows]
-    shared = None
-    if config.rollouts == "base":
-        shared = greedy_rollouts(
-            config.teacher_model,
-            prompts,
-            max_tokens=config.max_tokens,
-            engine=config.engine,
-            cache=cache,
-        )
-    completions: dict[str, list[list[int]]] = {}
-    for name, model in config.models.items():
-        completions[name] = shared or greedy_rollouts(
-            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
-        )
+    completions = _rollouts_by_model(config, prompts, cache)
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, tokenizer = load_hf_model(str(resolve_model(config.teacher_model)), dtype)
     teacher.to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     student_prompts = [render_prompt_ids(tokenizer, make_conversation(p)) for p in prompts]
     teacher_prompts = [
         render_prompt_ids(tokenizer, export.harmful.apply(make_conversation(p))) for p in prompts
@@ -332,40 +297,94 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
     for name, model in config.models.items():
         identities[name] = model_identity(model, resolve_model(model))
         student = load_hf_model(str(resolve_model(model)), dtype)[0].to(device)
-        comps = completions[name]
         for start in range(0, len(rows), config.batch_size):
             sl = slice(start, start + config.batch_size)
-            if not any(comps[sl]):
+            if not any(completions[name][sl]):
                 continue
-            s_batch = build_completion_batch(student_prompts[sl], comps[sl], pad)
-            t_batch = build_completion_batch(teacher_prompts[sl], comps[sl], pad)
-            with torch.inference_mode():
-                t_logits = completion_logits(teacher, t_batch).float()
-                s_logits = completion_logits(student, s_batch).float()
-                fwd, rev = per_token_kl(t_logits, s_logits)
-                targets = s_batch.targets_B_T.to(s_logits.device)[:, :, None]
-                t_lp = torch.log_softmax(t_logits, -1).gather(-1, targets).squeeze(-1)
-                s_lp = torch.log_softmax(s_logits, -1).gather(-1, targets).squeeze(-1)
-            for b, n_tok in enumerate(s_batch.completion_lens):
-                row = rows[start + b]
-                ids = comps[start + b]
-                for t in range(n_tok):
-                    token_rows.append(
-                        {
-                            "model": name,
-                            "prompt_id": row.id,
-                            "position": t,
-                            "token_id": ids[t],
-                            "token": tokenizer.decode([ids[t]]),
-                            "kl": 0.5 * (float(fwd[b, t]) + float(rev[b, t])),
-                            "kl_fwd": float(fwd[b, t]),
-                            "kl_rev": float(rev[b, t]),
-                            "teacher_lp": float(t_lp[b, t]),
-                            "student_lp": float(s_lp[b, t]),
-                        }
-                    )
+            token_rows += _token_rows(
+                name,
+                rows[sl],
+                completions[name][sl],
+                teacher=teacher,
+                teacher_prompts=teacher_prompts[sl],
+                student=student,
+                student_prompts=student_prompts[sl],
+                pad=pad,
+                tokenizer=tokenizer,
+            )
         del student
     return write_analysis(config, token_rows, identities=identities)
+
+
+def _rollouts_by_model(
+    config: AnalysisConfig, prompts: Sequence[str], cache: GenerationCache
+) -> dict[str, list[list[int]]]:
+    # Display name -> the response ids it is scored on (its own, or the teacher's shared).
+    shared = None
+    if config.rollouts == "base":
+        shared = greedy_rollouts(
+            config.teacher_model,
+            prompts,
+            max_tokens=config.max_tokens,
+            engine=config.engine,
+            cache=cache,
+        )
+    return {
+        name: shared
+        or greedy_rollouts(
+            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
+        )
+        for name, model in config.models.items()
+    }
+
+
+def _token_rows(
+    name: str,
+    rows: Sequence[PromptRow],
+    completions: Sequence[list[int]],
+    *,
+    teacher: torch.nn.Module,
+    teacher_prompts: Sequence[list[int]],
+    student: torch.nn.Module,
+    student_prompts: Sequence[list[int]],
+    pad: int,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[dict[str, object]]:
+    # One batch: the teacher (context prompts) and the student (plain prompts) are
+    # teacher-forced on the same completions; one row per response token.
+    import torch
+
+    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from opsa_train.losses import per_token_kl, token_logprobs
+
+    s_batch = build_completion_batch(list(student_prompts), list(completions), pad)
+    t_batch = build_completion_batch(list(teacher_prompts), list(completions), pad)
+    with torch.inference_mode():
+        t_logits = completion_logits(teacher, t_batch).float()
+        s_logits = completion_logits(student, s_batch).float()
+        fwd, rev = per_token_kl(t_logits, s_logits)
+        targets = s_batch.targets_B_T.to(s_logits.device)
+        t_lp = token_logprobs(t_logits, targets)
+        s_lp = token_logprobs(s_logits, targets)
+    out: list[dict[str, object]] = []
+    for b, n_tok in enumerate(s_batch.completion_lens):
+        ids = completions[b]
+        for t in range(n_tok):
+            out.append(
+                {
+                    "model": name,
+                    "prompt_id": rows[b].id,
+                    "position": t,
+                    "token_id": ids[t],
+                    "token": tokenizer.decode([ids[t]]),
+                    "kl": 0.5 * (float(fwd[b, t]) + float(rev[b, t])),
+                    "kl_fwd": float(fwd[b, t]),
+                    "kl_rev": float(rev[b, t]),
+                    "teacher_lp": float(t_lp[b, t]),
+                    "student_lp": float(s_lp[b, t]),
+                }
+            )
+    return out
 
 
 def write_analysis(

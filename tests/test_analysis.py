@@ -10,30 +10,11 @@ import torch
 from opsa_train.analysis import (
     AnalysisConfig,
     kl_by_position_table,
-    per_token_kl,
     summary_table,
     top_tokens_table,
     write_analysis,
 )
 from opsa_train.errors import ConfigError
-
-
-def test_per_token_kl_matches_a_hand_computed_case():
-    p = torch.tensor([[[0.0, 0.0]]])  # (1/2, 1/2)
-    q = torch.tensor([[[0.0, math.log(3.0)]]])  # (1/4, 3/4)
-    fwd, rev = per_token_kl(p, q)
-    expect_fwd = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    expect_rev = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    assert float(fwd) == pytest.approx(expect_fwd, abs=1e-6)
-    assert float(rev) == pytest.approx(expect_rev, abs=1e-6)
-
-
-def test_per_token_kl_is_zero_for_equal_and_nonnegative():
-    x = torch.randn(2, 5, 11)
-    fwd, rev = per_token_kl(x, x)
-    assert float(fwd.abs().max()) < 1e-6 and float(rev.abs().max()) < 1e-6
-    fwd, rev = per_token_kl(x, torch.randn(2, 5, 11))
-    assert fwd.shape == (2, 5) and bool((fwd >= 0).all()) and bool((rev >= 0).all())
 
 
 def _rows():
@@ -67,6 +48,51 @@ def test_tables_by_hand():
     assert summary["base"]["kl_first1"] == 4.0 and summary["base"]["kl_rest"] == 1.0
     assert summary["base"]["mass_share_first1"] == pytest.approx(8.0 / 14.0)
     assert summary["opsa"]["prompts"] == 2
+
+
+def test_token_rows_of_a_student_equal_to_its_teacher_have_zero_kl():
+    # A tiny random Llama as both models on the same prompts: every KL is 0 and both
+    # log-probs match; one row per completion token, positions counted from 0.
+    import transformers
+
+    from flipsearch.prompts import PromptRow
+    from opsa_train.analysis import _token_rows
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    tokenizer = type("Tok", (), {"decode": staticmethod(lambda ids: f"<{ids[0]}>")})()
+    rows = [PromptRow("p1", "x", "harmful"), PromptRow("p2", "y", "harmful")]
+    prompts, completions = [[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]]
+    out = _token_rows(
+        "base",
+        rows,
+        completions,
+        teacher=model,
+        teacher_prompts=prompts,
+        student=model,
+        student_prompts=prompts,
+        pad=0,
+        tokenizer=tokenizer,
+    )
+    assert [(r["prompt_id"], r["position"], r["token"]) for r in out] == [
+        ("p1", 0, "<6>"),
+        ("p1", 1, "<7>"),
+        ("p2", 0, "<8>"),
+        ("p2", 1, "<9>"),
+        ("p2", 2, "<10>"),
+    ]
+    for r in out:
+        assert r["kl"] == pytest.approx(0.0, abs=1e-6)
+        assert r["teacher_lp"] == pytest.approx(r["student_lp"], abs=1e-6)
+        assert r["student_lp"] < 0
 
 
 def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):
