@@ -83,10 +83,7 @@ class EvalConfig:
     """Generation/verdict cache (SQLite); None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.judge, dict):
-            object.__setattr__(self, "judge", JudgeConfig(**self.judge))
-        elif isinstance(self.judge, str):
-            object.__setattr__(self, "judge", JudgeConfig(self.judge))
+        object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
         for name in ("harmful_sets", "over_refusal_sets", "reasoning_sets"):
             value = getattr(self, name)
             if isinstance(value, str):

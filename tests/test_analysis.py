@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,49 +51,56 @@ def test_tables_by_hand():
     assert summary["opsa"]["prompts"] == 2
 
 
-def test_token_rows_of_a_student_equal_to_its_teacher_have_zero_kl():
-    # A tiny random Llama as both models on the same prompts: every KL is 0 and both
-    # log-probs match; one row per completion token, positions counted from 0.
-    import transformers
+class _Bigram(torch.nn.Module):
+    # The next token's logits depend on the current token only: row `table[token]`.
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table))
 
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def _log_softmax(row: list[float]) -> list[float]:
+    z = math.log(sum(math.exp(x) for x in row))
+    return [x - z for x in row]
+
+
+def _kl(lp: list[float], lq: list[float]) -> float:
+    return sum(math.exp(a) * (a - b) for a, b in zip(lp, lq, strict=True))
+
+
+def test_token_rows_match_a_hand_computed_bigram_case():
     from flipsearch.prompts import PromptRow
     from opsa_train.analysis import _token_rows
 
-    cfg = transformers.LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    tokenizer = type("Tok", (), {"decode": staticmethod(lambda ids: f"<{ids[0]}>")})()
-    rows = [PromptRow("p1", "x", "harmful"), PromptRow("p2", "y", "harmful")]
-    prompts, completions = [[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]]
+    teacher_table = [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    student_table = [[0.0, 0.0, 0.0], [1.0, 0.0, -1.0], [0.0, 2.0, 0.0]]
+    tokenizer = SimpleNamespace(decode=lambda ids: f"<{ids[0]}>")
+    # Completion [1, 2]: the student (prompt [0]) predicts it from tokens 0 then 1, the
+    # teacher (context prompt [2, 1]) from tokens 1 then 1.
     out = _token_rows(
         "base",
-        rows,
-        completions,
-        teacher=model,
-        teacher_prompts=prompts,
-        student=model,
-        student_prompts=prompts,
+        [PromptRow("p1", "x", "harmful")],
+        [[1, 2]],
+        teacher=_Bigram(teacher_table),
+        teacher_prompts=[[2, 1]],
+        student=_Bigram(student_table),
+        student_prompts=[[0]],
         pad=0,
         tokenizer=tokenizer,
     )
     assert [(r["prompt_id"], r["position"], r["token"]) for r in out] == [
-        ("p1", 0, "<6>"),
-        ("p1", 1, "<7>"),
-        ("p2", 0, "<8>"),
-        ("p2", 1, "<9>"),
-        ("p2", 2, "<10>"),
+        ("p1", 0, "<1>"),
+        ("p1", 1, "<2>"),
     ]
-    for r in out:
-        assert r["kl"] == pytest.approx(0.0, abs=1e-6)
-        assert r["teacher_lp"] == pytest.approx(r["student_lp"], abs=1e-6)
-        assert r["student_lp"] < 0
+    for row, (t_prev, s_prev, token) in zip(out, [(1, 0, 1), (1, 1, 2)], strict=True):
+        lt, ls = _log_softmax(teacher_table[t_prev]), _log_softmax(student_table[s_prev])
+        assert row["kl_fwd"] == pytest.approx(_kl(lt, ls), abs=1e-6)
+        assert row["kl_rev"] == pytest.approx(_kl(ls, lt), abs=1e-6)
+        assert row["kl"] == pytest.approx(0.5 * (_kl(lt, ls) + _kl(ls, lt)), abs=1e-6)
+        assert row["teacher_lp"] == pytest.approx(lt[token], abs=1e-6)
+        assert row["student_lp"] == pytest.approx(ls[token], abs=1e-6)
 
 
 def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):
