@@ -20,25 +20,22 @@ prompts nothing is generated again.
 
 Outputs in ``out_dir``: ``token_kl.csv`` (one row per model, prompt and position),
 ``kl_by_position.csv``, ``kl_top_tokens.csv``, ``kl_summary.json``,
-``kl_by_position.png``, ``kl_top_tokens.png``.
+``kl_by_position.png``, ``kl_top_tokens.png`` (tables, plots and files:
+:mod:`opsa_train.analysis_report`; per-token KL: :func:`opsa_train.losses.per_token_kl`).
 
 Example::
 
     opsa-train analyze --context results/demo/best.json \\
         --models base=smollm2-135m opsa=runs/R/final --out results/demo/analysis --limit 8
 
-    >>> import torch
-    >>> fwd, rev = per_token_kl(torch.zeros(1, 2, 5), torch.zeros(1, 2, 5))
-    >>> float(fwd.abs().max()), float(rev.abs().max())
-    (0.0, 0.0)
+    >>> AnalysisConfig("results/demo/best.json", models={"opsa": "runs/R/final"}).teacher
+    'opsa'
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,47 +43,41 @@ from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.paths import recordable
+from opsa_train.analysis_report import (
+    FIRST_N,
+    SUMMARY_JSON,
+    analysis_complete,
+    kl_by_position_table,
+    plot_analysis,
+    summary_table,
+    top_tokens_table,
+    write_csv,
+)
 from opsa_train.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedTokenizerBase
 
     from flipsearch.cache import GenerationCache
+    from flipsearch.prompts import PromptRow
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FIRST_N",
+    "SUMMARY_JSON",
     "AnalysisConfig",
+    "analysis_complete",
     "kl_by_position_table",
-    "per_token_kl",
+    "plot_analysis",
     "run_analysis",
+    "summary_table",
     "top_tokens_table",
+    "write_analysis",
 ]
 
 ROLLOUTS = ("own", "base")
-SUMMARY_JSON = "kl_summary.json"
-FIRST_N = 8
-
-
-def per_token_kl(
-    p_logits_B_T_V: torch.Tensor, q_logits_B_T_V: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(KL(p || q), KL(q || p))`` per position over the full vocabulary, float32, (B, T).
-
-    Example:
-        >>> import torch
-        >>> p = torch.tensor([[[0.0, 0.0]]]); q = torch.tensor([[[0.0, math.log(3.0)]]])
-        >>> [round(float(x), 4) for x in per_token_kl(p, q)]  # KL(1/2,1/2 || 1/4,3/4)
-        [0.1438, 0.1308]
-    """
-    import torch
-
-    lp = torch.log_softmax(p_logits_B_T_V.float(), dim=-1)
-    lq = torch.log_softmax(q_logits_B_T_V.float(), dim=-1)
-    diff = lp - lq
-    fwd = (lp.exp() * diff).sum(-1)
-    rev = (lq.exp() * -diff).sum(-1)
-    return fwd.clamp(min=0.0), rev.clamp(min=0.0)
 
 
 @dataclass(frozen=True)
@@ -143,87 +134,6 @@ class AnalysisConfig:
         d = asdict(self)
         d["models"] = dict(self.models)
         return d
-
-
-# --------------------------------------------------------------------------------------
-# Aggregation (pure)
-
-
-def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """Mean ``kl``/``kl_fwd``/``kl_rev`` per (model, position) with the count of prompts.
-
-    Example:
-        >>> rows = [{"model": "m", "position": 0, "kl": 1.0, "kl_fwd": 1.0, "kl_rev": 1.0},
-        ...         {"model": "m", "position": 0, "kl": 3.0, "kl_fwd": 3.0, "kl_rev": 3.0}]
-        >>> kl_by_position_table(rows)[0]["kl"], kl_by_position_table(rows)[0]["n"]
-        (2.0, 2)
-    """
-    groups: dict[tuple[str, int], list[Mapping[str, object]]] = {}
-    for r in rows:
-        groups.setdefault((str(r["model"]), int(r["position"])), []).append(r)  # type: ignore[arg-type]
-    out = []
-    for (model, pos), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        n = len(rs)
-        out.append(
-            {
-                "model": model,
-                "position": pos,
-                "n": n,
-                **{k: sum(float(r[k]) for r in rs) / n for k in ("kl", "kl_fwd", "kl_rev")},  # type: ignore[arg-type]
-            }
-        )
-    return out
-
-
-def top_tokens_table(
-    rows: Sequence[Mapping[str, object]], *, top: int = 15
-) -> list[dict[str, object]]:
-    """Per model, the ``top`` token strings with the most total ``kl`` (their KL mass).
-
-    ``share`` is the token's fraction of the model's total KL mass.
-    """
-    by_model: dict[str, dict[str, list[float]]] = {}
-    for r in rows:
-        by_model.setdefault(str(r["model"]), {}).setdefault(str(r["token"]), []).append(
-            float(r["kl"])  # type: ignore[arg-type]
-        )
-    out = []
-    for model, tokens in by_model.items():
-        total = sum(sum(v) for v in tokens.values()) or 1.0
-        ranked = sorted(tokens.items(), key=lambda kv: -sum(kv[1]))[:top]
-        for rank, (tok, vals) in enumerate(ranked, 1):
-            out.append(
-                {
-                    "model": model,
-                    "rank": rank,
-                    "token": tok,
-                    "kl_mass": sum(vals),
-                    "share": sum(vals) / total,
-                    "count": len(vals),
-                    "kl_mean": sum(vals) / len(vals),
-                }
-            )
-    return out
-
-
-def summary_table(rows: Sequence[Mapping[str, object]], *, first_n: int = FIRST_N) -> dict:
-    """Per model: mean ``kl`` over all tokens, over the first ``first_n`` and the rest,
-    and the share of KL mass in the first ``first_n`` positions."""
-    out: dict[str, dict[str, float]] = {}
-    for model in dict.fromkeys(str(r["model"]) for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        first = [float(r["kl"]) for r in mine if int(r["position"]) < first_n]  # type: ignore[arg-type]
-        rest = [float(r["kl"]) for r in mine if int(r["position"]) >= first_n]  # type: ignore[arg-type]
-        total = sum(first) + sum(rest)
-        out[model] = {
-            "kl_mean": total / len(mine) if mine else math.nan,
-            f"kl_first{first_n}": sum(first) / len(first) if first else math.nan,
-            "kl_rest": sum(rest) / len(rest) if rest else math.nan,
-            f"mass_share_first{first_n}": sum(first) / total if total else math.nan,
-            "tokens": len(mine),
-            "prompts": len({r["prompt_id"] for r in mine}),
-        }
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +200,7 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
 
     from flipsearch.cache import GenerationCache
     from flipsearch.engines._hf import load_hf_model
-    from flipsearch.engines.chat import render_prompt_ids
-    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
     from flipsearch.export import read_export
     from flipsearch.models import cache_dir, model_identity, resolve_model
     from flipsearch.prompts import load_prompt_set
@@ -303,26 +212,13 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
     if cache is None:
         cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
     prompts = [r.prompt for r in rows]
-    shared = None
-    if config.rollouts == "base":
-        shared = greedy_rollouts(
-            config.teacher_model,
-            prompts,
-            max_tokens=config.max_tokens,
-            engine=config.engine,
-            cache=cache,
-        )
-    completions: dict[str, list[list[int]]] = {}
-    for name, model in config.models.items():
-        completions[name] = shared or greedy_rollouts(
-            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
-        )
+    completions = _rollouts_by_model(config, prompts, cache)
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, tokenizer = load_hf_model(str(resolve_model(config.teacher_model)), dtype)
     teacher.to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     student_prompts = [render_prompt_ids(tokenizer, make_conversation(p)) for p in prompts]
     teacher_prompts = [
         render_prompt_ids(tokenizer, export.harmful.apply(make_conversation(p))) for p in prompts
@@ -332,40 +228,94 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
     for name, model in config.models.items():
         identities[name] = model_identity(model, resolve_model(model))
         student = load_hf_model(str(resolve_model(model)), dtype)[0].to(device)
-        comps = completions[name]
         for start in range(0, len(rows), config.batch_size):
             sl = slice(start, start + config.batch_size)
-            if not any(comps[sl]):
+            if not any(completions[name][sl]):
                 continue
-            s_batch = build_completion_batch(student_prompts[sl], comps[sl], pad)
-            t_batch = build_completion_batch(teacher_prompts[sl], comps[sl], pad)
-            with torch.inference_mode():
-                t_logits = completion_logits(teacher, t_batch).float()
-                s_logits = completion_logits(student, s_batch).float()
-                fwd, rev = per_token_kl(t_logits, s_logits)
-                targets = s_batch.targets_B_T.to(s_logits.device)[:, :, None]
-                t_lp = torch.log_softmax(t_logits, -1).gather(-1, targets).squeeze(-1)
-                s_lp = torch.log_softmax(s_logits, -1).gather(-1, targets).squeeze(-1)
-            for b, n_tok in enumerate(s_batch.completion_lens):
-                row = rows[start + b]
-                ids = comps[start + b]
-                for t in range(n_tok):
-                    token_rows.append(
-                        {
-                            "model": name,
-                            "prompt_id": row.id,
-                            "position": t,
-                            "token_id": ids[t],
-                            "token": tokenizer.decode([ids[t]]),
-                            "kl": 0.5 * (float(fwd[b, t]) + float(rev[b, t])),
-                            "kl_fwd": float(fwd[b, t]),
-                            "kl_rev": float(rev[b, t]),
-                            "teacher_lp": float(t_lp[b, t]),
-                            "student_lp": float(s_lp[b, t]),
-                        }
-                    )
+            token_rows += _token_rows(
+                name,
+                rows[sl],
+                completions[name][sl],
+                teacher=teacher,
+                teacher_prompts=teacher_prompts[sl],
+                student=student,
+                student_prompts=student_prompts[sl],
+                pad=pad,
+                tokenizer=tokenizer,
+            )
         del student
     return write_analysis(config, token_rows, identities=identities)
+
+
+def _rollouts_by_model(
+    config: AnalysisConfig, prompts: Sequence[str], cache: GenerationCache
+) -> dict[str, list[list[int]]]:
+    # Display name -> the response ids it is scored on (its own, or the teacher's shared).
+    shared = None
+    if config.rollouts == "base":
+        shared = greedy_rollouts(
+            config.teacher_model,
+            prompts,
+            max_tokens=config.max_tokens,
+            engine=config.engine,
+            cache=cache,
+        )
+    return {
+        name: shared
+        or greedy_rollouts(
+            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
+        )
+        for name, model in config.models.items()
+    }
+
+
+def _token_rows(
+    name: str,
+    rows: Sequence[PromptRow],
+    completions: Sequence[list[int]],
+    *,
+    teacher: torch.nn.Module,
+    teacher_prompts: Sequence[list[int]],
+    student: torch.nn.Module,
+    student_prompts: Sequence[list[int]],
+    pad: int,
+    tokenizer: PreTrainedTokenizerBase,
+) -> list[dict[str, object]]:
+    # One batch: the teacher (context prompts) and the student (plain prompts) are
+    # teacher-forced on the same completions; one row per response token.
+    import torch
+
+    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from opsa_train.losses import per_token_kl, token_logprobs
+
+    s_batch = build_completion_batch(list(student_prompts), list(completions), pad)
+    t_batch = build_completion_batch(list(teacher_prompts), list(completions), pad)
+    with torch.inference_mode():
+        t_logits = completion_logits(teacher, t_batch).float()
+        s_logits = completion_logits(student, s_batch).float()
+        fwd, rev = per_token_kl(t_logits, s_logits)
+        targets = s_batch.targets_B_T.to(s_logits.device)
+        t_lp = token_logprobs(t_logits, targets)
+        s_lp = token_logprobs(s_logits, targets)
+    out: list[dict[str, object]] = []
+    for b, n_tok in enumerate(s_batch.completion_lens):
+        ids = completions[b]
+        for t in range(n_tok):
+            out.append(
+                {
+                    "model": name,
+                    "prompt_id": rows[b].id,
+                    "position": t,
+                    "token_id": ids[t],
+                    "token": tokenizer.decode([ids[t]]),
+                    "kl": 0.5 * (float(fwd[b, t]) + float(rev[b, t])),
+                    "kl_fwd": float(fwd[b, t]),
+                    "kl_rev": float(rev[b, t]),
+                    "teacher_lp": float(t_lp[b, t]),
+                    "student_lp": float(s_lp[b, t]),
+                }
+            )
+    return out
 
 
 def write_analysis(
@@ -383,9 +333,9 @@ def write_analysis(
     out.mkdir(parents=True, exist_ok=True)
     by_pos = kl_by_position_table(token_rows)
     top = top_tokens_table(token_rows, top=config.top_tokens)
-    _write_csv(out / "token_kl.csv", token_rows)
-    _write_csv(out / "kl_by_position.csv", by_pos)
-    _write_csv(out / "kl_top_tokens.csv", top)
+    write_csv(out / "token_kl.csv", token_rows)
+    write_csv(out / "kl_by_position.csv", by_pos)
+    write_csv(out / "kl_top_tokens.csv", top)
     plot_analysis(by_pos, top, out, models=list(config.models))
     summary = {
         "config": recordable(config.to_dict()),
@@ -395,63 +345,3 @@ def write_analysis(
     }
     atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     return summary
-
-
-def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
-    cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot_analysis(
-    by_pos: Sequence[Mapping[str, object]],
-    top: Sequence[Mapping[str, object]],
-    out: Path,
-    *,
-    models: Sequence[str],
-) -> list[Path]:
-    """``kl_by_position.png`` (mean KL per position, one line per model) and
-    ``kl_top_tokens.png`` (the tokens with the most KL mass, one panel per model)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for model in models:
-        pts = [r for r in by_pos if r["model"] == model]
-        if pts:
-            ax.plot([r["position"] for r in pts], [r["kl"] for r in pts], marker=".", label=model)
-    ax.set_xlabel("response position (token)")
-    ax.set_ylabel("mean KL, 0.5 fwd + 0.5 rev (nats)")
-    ax.set_title("Teacher (initial model + I_h) vs student, per position")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "kl_by_position.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    present = [m for m in models if any(r["model"] == m for r in top)] or list(models)
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 4.5), squeeze=False)
-    for ax, model in zip(axes[0], present, strict=True):
-        rows = [r for r in top if r["model"] == model][::-1]
-        ax.barh([repr(str(r["token"]))[1:-1] or "∅" for r in rows], [r["share"] for r in rows])
-        ax.set_title(model)
-        ax.set_xlabel("share of KL mass")
-    fig.suptitle("Tokens carrying the most teacher-student KL")
-    fig.tight_layout()
-    paths.append(out / "kl_top_tokens.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
-
-
-def analysis_complete(out_dir: str | Path) -> bool:
-    """True when ``out_dir`` holds a finished analysis (summary and both plots)."""
-    out = Path(out_dir)
-    return all(
-        (out / f).is_file() for f in (SUMMARY_JSON, "kl_by_position.png", "kl_top_tokens.png")
-    )

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.engines.chat import pad_token_id
 from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges import JudgeConfig
 from flipsearch.paths import recordable
@@ -252,16 +253,14 @@ def _sft_loss(
     import torch
 
     from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
-    from opsa_train.losses import masked_token_mean
+    from opsa_train.losses import masked_token_mean, token_logprobs
 
     batch = build_completion_batch(
         [e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id
     )
     logits_B_T_V = completion_logits(model, batch).float()
     targets_B_T = batch.targets_B_T.to(logits_B_T_V.device)
-    nll_B_T = torch.logsumexp(logits_B_T_V, -1) - logits_B_T_V.gather(
-        -1, targets_B_T[:, :, None]
-    ).squeeze(-1)
+    nll_B_T = -token_logprobs(logits_B_T_V, targets_B_T)
     mask_B_T = batch.completion_mask_B_T.to(logits_B_T_V.device)
     loss = masked_token_mean(nll_B_T, mask_B_T, num_tokens=num_tokens)
     return loss, float(torch.where(mask_B_T.bool(), nll_B_T, 0.0).sum())
@@ -414,7 +413,7 @@ def train_baseline(
         step = loaded.step
         logger.info("baseline: resumed from %s (step %d of %d)", info.path, step, n_steps)
     tok = prepared.tokenizer
-    pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    pad_id = pad_token_id(tok)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if config.dtype == "bfloat16" and device.type == "cuda"

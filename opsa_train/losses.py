@@ -16,6 +16,9 @@ KL naming, used everywhere in opsa_train (metrics ``train/kl_fwd``, ``train/kl_r
   alpha = 0 pure reverse, the paper uses 0.5. This is a weighted sum of the two KLs,
   not the generalised Jensen-Shannon divergence that TRL's GKD calls ``beta``.
 
+The per-token measures `token_logprobs` and `per_token_kl` (no knobs, no reduction) serve
+the trainer, the baselines, the evaluation's retention score and the KL analysis alike.
+
 All math runs in float32 whatever the logits' dtype (bf16 log-probs are too coarse
 for KL terms of order 1e-3).
 
@@ -325,6 +328,42 @@ def sampled_token_reverse_kl_loss(
     advantage_B_T = (teacher_logprobs_B_T.detach().float() - old_B_T).detach()
     ratio_B_T = torch.exp(student_logprobs_B_T.float() - old_B_T)
     return -(advantage_B_T * ratio_B_T)
+
+
+# --------------------------------------------------------------------------------------
+# Per-token measures (no reduction): log-probs at targets, full-vocabulary KL pair
+
+
+def token_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each target token under the logits, float32, shape (B, T).
+
+    Equals ``log_softmax(logits).gather(targets)`` but gathers first and subtracts the
+    log-normaliser, so no (B, T, V) float32 log-prob tensor is materialised.
+
+    Example:
+        >>> token_logprobs(torch.tensor([[[0.0, math.log(3.0)]]]), torch.tensor([[1]]))
+        tensor([[-0.2877]])
+    """
+    logits = logits_B_T_V.float()
+    picked_B_T = logits.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
+    return picked_B_T - torch.logsumexp(logits, dim=-1)
+
+
+def per_token_kl(
+    p_logits_B_T_V: torch.Tensor, q_logits_B_T_V: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(KL(p || q), KL(q || p))`` per position over the full vocabulary, float32, (B, T).
+
+    Example:
+        >>> p = torch.tensor([[[0.0, 0.0]]]); q = torch.tensor([[[0.0, math.log(3.0)]]])
+        >>> [round(float(x), 4) for x in per_token_kl(p, q)]  # KL(1/2,1/2 || 1/4,3/4)
+        [0.1438, 0.1308]
+    """
+    lp_B_T_V = F.log_softmax(p_logits_B_T_V.float(), dim=-1)
+    lq_B_T_V = F.log_softmax(q_logits_B_T_V.float(), dim=-1)
+    fwd_B_T = _mixed_kl(lq_B_T_V, lp_B_T_V, alpha=1.0)  # "teacher" p: forward = KL(p || q)
+    rev_B_T = _mixed_kl(lq_B_T_V, lp_B_T_V, alpha=0.0)
+    return fwd_B_T.clamp(min=0.0), rev_B_T.clamp(min=0.0)
 
 
 # --------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flipsearch.atomic import atomic_write_text
-from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.chat import pad_token_id, render_prompt_ids
 from flipsearch.engines.teacher_forcing import (
     CompletionBatch,
     build_completion_batch,
@@ -93,6 +93,7 @@ from opsa_train.losses import (
     masked_token_mean,
     sampled_token_reverse_kl_loss,
     teacher_topk,
+    token_logprobs,
     topk_kl_loss,
 )
 from opsa_train.metrics_log import MetricsLogger
@@ -280,13 +281,6 @@ class _MicroBatch:
     token_lp_B_T: torch.Tensor | None = None  # sampled_token only
 
 
-def _token_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
-    # log_softmax at the targets only: gather minus log-normaliser, float32.
-    logits = logits_B_T_V.float()
-    picked = logits.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -341,11 +335,7 @@ class Trainer:
             student_vocab_size=self.model.get_output_embeddings().weight.shape[0],
             teacher_vocab_size=self.teacher.get_output_embeddings().weight.shape[0],
         )
-        self.pad_id = int(
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id
-        )
+        self.pad_id = pad_token_id(self.tokenizer)
         self.optimizer = make_adamw(self.model, config)
         if self.accelerator is not None:
             self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
@@ -500,7 +490,7 @@ class Trainer:
                     mb.logits_B_T_V = logits_B_T_V
                 elif loss == "sampled_token":
                     targets = mb.teacher.targets_B_T.to(self.device)
-                    mb.token_lp_B_T = _token_logprobs(logits_B_T_V, targets)
+                    mb.token_lp_B_T = token_logprobs(logits_B_T_V, targets)
                 else:
                     raise ConfigError(f"`loss` must be one of the known losses, got {loss!r}")
                 del logits_B_T_V
@@ -542,7 +532,7 @@ class Trainer:
         elif cfg.loss == "sampled_token":
             assert mb.token_lp_B_T is not None
             targets = mb.student.targets_B_T.to(student_logits_B_T_V.device)
-            student_lp_B_T = _token_logprobs(student_logits_B_T_V, targets)
+            student_lp_B_T = token_logprobs(student_logits_B_T_V, targets)
             # On-policy: the "old" policy is the current one, so the ratio is exactly 1.
             loss_B_T = sampled_token_reverse_kl_loss(
                 student_lp_B_T, mb.token_lp_B_T, student_lp_B_T.detach()
@@ -636,7 +626,7 @@ class Trainer:
         batch = build_completion_batch([list(prompt_ids)], [list(completion_ids)], self.pad_id)
         with torch.no_grad(), self._autocast():
             logits = completion_logits(self.model, batch)
-            lp_B_T = _token_logprobs(logits, batch.targets_B_T.to(logits.device))
+            lp_B_T = token_logprobs(logits, batch.targets_B_T.to(logits.device))
         return lp_B_T[0, : len(completion_ids)].tolist()
 
     def check_sync(self, rollout: Rollout) -> dict[str, float]:

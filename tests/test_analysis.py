@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,30 +11,11 @@ import torch
 from opsa_train.analysis import (
     AnalysisConfig,
     kl_by_position_table,
-    per_token_kl,
     summary_table,
     top_tokens_table,
     write_analysis,
 )
 from opsa_train.errors import ConfigError
-
-
-def test_per_token_kl_matches_a_hand_computed_case():
-    p = torch.tensor([[[0.0, 0.0]]])  # (1/2, 1/2)
-    q = torch.tensor([[[0.0, math.log(3.0)]]])  # (1/4, 3/4)
-    fwd, rev = per_token_kl(p, q)
-    expect_fwd = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    expect_rev = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
-    assert float(fwd) == pytest.approx(expect_fwd, abs=1e-6)
-    assert float(rev) == pytest.approx(expect_rev, abs=1e-6)
-
-
-def test_per_token_kl_is_zero_for_equal_and_nonnegative():
-    x = torch.randn(2, 5, 11)
-    fwd, rev = per_token_kl(x, x)
-    assert float(fwd.abs().max()) < 1e-6 and float(rev.abs().max()) < 1e-6
-    fwd, rev = per_token_kl(x, torch.randn(2, 5, 11))
-    assert fwd.shape == (2, 5) and bool((fwd >= 0).all()) and bool((rev >= 0).all())
 
 
 def _rows():
@@ -67,6 +49,58 @@ def test_tables_by_hand():
     assert summary["base"]["kl_first1"] == 4.0 and summary["base"]["kl_rest"] == 1.0
     assert summary["base"]["mass_share_first1"] == pytest.approx(8.0 / 14.0)
     assert summary["opsa"]["prompts"] == 2
+
+
+class _Bigram(torch.nn.Module):
+    # The next token's logits depend on the current token only: row `table[token]`.
+    def __init__(self, table: list[list[float]]) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table))
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def _log_softmax(row: list[float]) -> list[float]:
+    z = math.log(sum(math.exp(x) for x in row))
+    return [x - z for x in row]
+
+
+def _kl(lp: list[float], lq: list[float]) -> float:
+    return sum(math.exp(a) * (a - b) for a, b in zip(lp, lq, strict=True))
+
+
+def test_token_rows_match_a_hand_computed_bigram_case():
+    from flipsearch.prompts import PromptRow
+    from opsa_train.analysis import _token_rows
+
+    teacher_table = [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    student_table = [[0.0, 0.0, 0.0], [1.0, 0.0, -1.0], [0.0, 2.0, 0.0]]
+    tokenizer = SimpleNamespace(decode=lambda ids: f"<{ids[0]}>")
+    # Completion [1, 2]: the student (prompt [0]) predicts it from tokens 0 then 1, the
+    # teacher (context prompt [2, 1]) from tokens 1 then 1.
+    out = _token_rows(
+        "base",
+        [PromptRow("p1", "x", "harmful")],
+        [[1, 2]],
+        teacher=_Bigram(teacher_table),
+        teacher_prompts=[[2, 1]],
+        student=_Bigram(student_table),
+        student_prompts=[[0]],
+        pad=0,
+        tokenizer=tokenizer,
+    )
+    assert [(r["prompt_id"], r["position"], r["token"]) for r in out] == [
+        ("p1", 0, "<1>"),
+        ("p1", 1, "<2>"),
+    ]
+    for row, (t_prev, s_prev, token) in zip(out, [(1, 0, 1), (1, 1, 2)], strict=True):
+        lt, ls = _log_softmax(teacher_table[t_prev]), _log_softmax(student_table[s_prev])
+        assert row["kl_fwd"] == pytest.approx(_kl(lt, ls), abs=1e-6)
+        assert row["kl_rev"] == pytest.approx(_kl(ls, lt), abs=1e-6)
+        assert row["kl"] == pytest.approx(0.5 * (_kl(lt, ls) + _kl(ls, lt)), abs=1e-6)
+        assert row["teacher_lp"] == pytest.approx(lt[token], abs=1e-6)
+        assert row["student_lp"] == pytest.approx(ls[token], abs=1e-6)
 
 
 def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):

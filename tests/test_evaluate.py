@@ -271,3 +271,50 @@ def test_cli_builds_the_config_from_flags():
     assert cfg.judge.name == "refusal" and cfg.reference == "base"
     with pytest.raises(ConfigError, match="`--models` entries must be unique"):
         eval_cmd.parse_models(["a=x", "a=y"])
+
+
+def test_retention_metrics_are_per_model_means_by_hand():
+    from opsa_train.retention import retention_metrics
+
+    recs = [
+        {"model": "a", "nll": 1.0, "kl": 0.0},
+        {"model": "b", "nll": 2.0, "kl": 0.5},
+        {"model": "a", "nll": 3.0, "kl": 0.25},
+    ]
+    got = {(m.model, m.metric): m for m in retention_metrics(recs, ["a", "b"], "benign:eval")}
+    assert [k for k in got] == [
+        ("a", "retention_nll"),
+        ("a", "retention_kl"),
+        ("b", "retention_nll"),
+        ("b", "retention_kl"),
+    ]
+    assert got[("a", "retention_nll")].value == 2.0 and got[("a", "retention_nll")].n == 2
+    assert got[("a", "retention_kl")].value == 0.125
+    assert got[("b", "retention_kl")].n == 1 and math.isnan(got[("b", "retention_kl")].ci_low)
+    assert {m.set for m in got.values()} == {"benign:eval"}
+
+
+def test_report_files_are_all_atomic_and_eval_json_comes_last(tmp_path, monkeypatch):
+    from opsa_train import eval_report
+    from opsa_train.evaluate import read_eval, write_report_files
+
+    result, _ = _run(_config(tmp_path, reasoning_sets=()), GenerationCache(":memory:"))
+    written = []
+    real = eval_report.atomic_write_text
+
+    def recording(path, text):
+        written.append(path.name)
+        return real(path, text)
+
+    monkeypatch.setattr(eval_report, "atomic_write_text", recording)
+    out = tmp_path / "again"
+    write_report_files(result, out)
+    assert sorted(written) == sorted(p.name for p in out.iterdir())  # nothing non-atomic
+    assert "eval.csv" in written and written[-1] == "eval.json"
+    with open(out / "eval.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["metric"], r["set"]) for r in rows] == [
+        (m.model, m.metric, m.set) for m in result.metrics
+    ]
+    config_dict, metrics = read_eval(out)
+    assert config_dict["limit"] == 5 and metrics == result.metrics

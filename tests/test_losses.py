@@ -17,8 +17,10 @@ from opsa_train.losses import (
     full_vocab_kl_loss,
     kl_by_position,
     masked_token_mean,
+    per_token_kl,
     sampled_token_reverse_kl_loss,
     teacher_topk,
+    token_logprobs,
     topk_kl_loss,
 )
 
@@ -358,3 +360,60 @@ def test_kl_by_position_counts_from_each_rows_first_response_token():
 def test_kl_by_position_gives_nan_for_an_empty_group():
     first, rest = kl_by_position(torch.ones(1, 3), torch.ones(1, 3), first_n=16)
     assert first == 1.0 and math.isnan(rest)
+
+
+# --------------------------------------------------------------------------------------
+# Per-token measures: token log-probs, the KL pair
+
+
+def test_token_logprobs_matches_hand_value():
+    # Position 0: logits (0, ln 3) -> probabilities (1/4, 3/4); position 1: uniform over 2.
+    logits_B_T_V = torch.tensor([[[0.0, math.log(3.0)], [5.0, 5.0]]])
+    lp_B_T = token_logprobs(logits_B_T_V, torch.tensor([[0, 1]]))
+    assert lp_B_T.shape == (1, 2) and lp_B_T.dtype == torch.float32
+    assert lp_B_T[0].tolist() == pytest.approx([math.log(0.25), math.log(0.5)], abs=1e-6)
+
+
+def test_token_logprobs_equals_log_softmax_gather_and_passes_gradients():
+    torch.manual_seed(0)
+    logits_B_T_V = torch.randn(3, 5, 17, requires_grad=True)
+    targets_B_T = torch.randint(0, 17, (3, 5))
+    lp_B_T = token_logprobs(logits_B_T_V, targets_B_T)
+    want_B_T = torch.log_softmax(logits_B_T_V, -1).gather(-1, targets_B_T[..., None])[..., 0]
+    assert torch.allclose(lp_B_T, want_B_T, atol=1e-6)
+    lp_B_T.sum().backward()
+    assert logits_B_T_V.grad is not None and logits_B_T_V.grad.abs().max() > 0
+
+
+def test_token_logprobs_of_bf16_logits_is_float32():
+    logits_B_T_V = torch.randn(1, 2, 9, dtype=torch.bfloat16)
+    lp_B_T = token_logprobs(logits_B_T_V, torch.tensor([[1, 2]]))
+    want_B_T = token_logprobs(logits_B_T_V.float(), torch.tensor([[1, 2]]))
+    assert lp_B_T.dtype == torch.float32 and torch.equal(lp_B_T, want_B_T)
+
+
+def test_per_token_kl_matches_a_hand_computed_case():
+    p_B_T_V = torch.tensor([[[0.0, 0.0]]])  # (1/2, 1/2)
+    q_B_T_V = torch.tensor([[[0.0, math.log(3.0)]]])  # (1/4, 3/4)
+    fwd_B_T, rev_B_T = per_token_kl(p_B_T_V, q_B_T_V)
+    assert float(fwd_B_T) == pytest.approx(_kl([0.5, 0.5], [0.25, 0.75]), abs=1e-6)
+    assert float(rev_B_T) == pytest.approx(_kl([0.25, 0.75], [0.5, 0.5]), abs=1e-6)
+    # written out: KL(p || q) = 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75)
+    assert float(fwd_B_T) == pytest.approx(0.5 * math.log(2.0) + 0.5 * math.log(2 / 3), abs=1e-6)
+
+
+def test_per_token_kl_is_zero_for_equal_and_nonnegative():
+    x_B_T_V = torch.randn(2, 5, 11)
+    fwd_B_T, rev_B_T = per_token_kl(x_B_T_V, x_B_T_V)
+    assert float(fwd_B_T.abs().max()) < 1e-6 and float(rev_B_T.abs().max()) < 1e-6
+    fwd_B_T, rev_B_T = per_token_kl(x_B_T_V, torch.randn(2, 5, 11))
+    assert fwd_B_T.shape == (2, 5) and bool((fwd_B_T >= 0).all()) and bool((rev_B_T >= 0).all())
+
+
+def test_per_token_kl_pair_equals_the_full_vocab_loss_at_alpha_endpoints():
+    # KL(p || q) is the forward KL with p as teacher and q as student; reverse likewise.
+    torch.manual_seed(1)
+    p_B_T_V, q_B_T_V = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    fwd_B_T, rev_B_T = per_token_kl(p_B_T_V, q_B_T_V)
+    assert torch.allclose(fwd_B_T, full_vocab_kl_loss(q_B_T_V, p_B_T_V, alpha=1.0), atol=1e-6)
+    assert torch.allclose(rev_B_T, full_vocab_kl_loss(q_B_T_V, p_B_T_V, alpha=0.0), atol=1e-6)

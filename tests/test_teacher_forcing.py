@@ -51,3 +51,24 @@ def test_gradients_flow_through_completion_logits(tiny):
     tf.completion_logits(tiny, batch).sum().backward()
     assert tiny.model.embed_tokens.weight.grad is not None
     tiny.zero_grad()
+
+
+@pytest.mark.parametrize(("pad", "eos", "want"), [(3, 7, 3), (None, 7, 7), (0, 7, 0)])
+def test_pad_token_id_prefers_pad_then_eos(tiny, pad, eos, want):
+    from types import SimpleNamespace
+
+    from flipsearch.engines.chat import pad_token_id
+
+    tok = SimpleNamespace(pad_token_id=pad, eos_token_id=eos)
+    assert pad_token_id(tok) == want
+    assert tf.TeacherForcingScorer(tiny, tok).pad_id == want
+
+
+def test_pad_token_id_without_pad_or_eos_names_the_fix():
+    from types import SimpleNamespace
+
+    from flipsearch.engines.chat import pad_token_id
+    from flipsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must have a pad or an EOS token, got neither"):
+        pad_token_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))

@@ -57,3 +57,20 @@ def stop_token_ids(
     elif isinstance(eos, list | tuple):
         ids.update(int(e) for e in eos)
     return sorted(ids)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS token.
+
+    Padded positions are masked wherever it is used, so borrowing EOS changes no result.
+
+    Raises:
+        ConfigError: the tokenizer has neither a pad nor an EOS token.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError(
+            "the model's tokenizer must have a pad or an EOS token, got neither: "
+            "set `pad_token` in its tokenizer_config.json"
+        )
+    return int(pad)

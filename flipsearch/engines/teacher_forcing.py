@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.chat import pad_token_id, render_prompt_ids
 from flipsearch.errors import ConfigError
 from flipsearch.types import Conversation
 
@@ -156,8 +156,7 @@ class TeacherForcingScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
+        self.pad_id = pad_token_id(tokenizer)
 
     @classmethod
     def from_pretrained(

@@ -108,6 +108,21 @@ class JudgeConfig:
                 f"`model` must be None for the offline `refusal` judge, got {self.model!r}"
             )
 
+    @classmethod
+    def coerce(cls, value: JudgeConfig | dict[str, object] | str) -> JudgeConfig:
+        """``value`` as a config: a dict of fields (JSON, YAML) or a judge name is built;
+        a config is returned as it is.
+
+        Example:
+            >>> JudgeConfig.coerce("refusal") == JudgeConfig.coerce({"name": "refusal"})
+            True
+        """
+        if isinstance(value, dict):
+            return cls(**value)  # type: ignore[arg-type]
+        if isinstance(value, str):
+            return cls(value)
+        return value
+
     @property
     def resolved_model(self) -> str | None:
         return self.model or JUDGES[self.name]

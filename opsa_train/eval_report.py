@@ -1,0 +1,138 @@
+"""What an evaluation produces (:class:`EvalResult`) and its files in ``out_dir``.
+
+- ``eval.md``: the side-by-side table with a legend;
+- ``eval.csv``: one metric per row;
+- ``samples.jsonl``: every response with its verdict (every number can be recounted);
+- ``retention.jsonl``: per model and prompt retention NLL / KL;
+- ``eval.json``: config, each model's identity (:func:`flipsearch.models.model_identity`)
+  and metrics; paths portable, no tokens. Written last: its presence marks a complete
+  evaluation (:func:`read_eval`).
+
+Every file is written atomically (temporary file, fsync, rename), so a crash leaves the
+old file or the new one, never half of one.
+
+Example::
+
+    write_report_files(result, "results/eval")
+    config_dict, metrics = read_eval("results/eval")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flipsearch.atomic import atomic_write_text
+from flipsearch.paths import recordable
+from opsa_train.eval_config import EvalConfig
+from opsa_train.eval_metrics import Metric, markdown_table, metrics_by_row
+
+__all__ = ["EVAL_JSON", "EvalResult", "read_eval", "write_report_files"]
+
+EVAL_JSON = "eval.json"
+EVAL_CSV = "eval.csv"
+EVAL_MD = "eval.md"
+SAMPLES_JSONL = "samples.jsonl"
+RETENTION_JSONL = "retention.jsonl"
+CSV_COLUMNS = ("model", "metric", "set", "value", "n", "ci_low", "ci_high", "k")
+
+
+@dataclass
+class EvalResult:
+    """What :func:`opsa_train.evaluate.evaluate` returns (and writes)."""
+
+    config: EvalConfig
+    metrics: list[Metric]
+    records: list[dict[str, object]]
+    retention: list[dict[str, object]]
+    timings: dict[str, float] = field(default_factory=dict)
+    models: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Each model's identity (:func:`flipsearch.models.model_identity`): name, portable
+    folder, content fingerprint."""
+
+    def table(self) -> dict[tuple[str, str], dict[str, Metric]]:
+        """``(metric, set) -> {model: Metric}``, rows in first-seen order."""
+        return metrics_by_row(self.metrics)
+
+
+def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
+    """Write eval.md, eval.csv, samples.jsonl, retention.jsonl, then eval.json (last: its
+    presence marks a complete evaluation). Returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / EVAL_MD, _markdown_report(result))
+    atomic_write_text(out / EVAL_CSV, _csv_text(result.metrics))
+    for name, rows in ((SAMPLES_JSONL, result.records), (RETENTION_JSONL, result.retention)):
+        atomic_write_text(
+            out / name,
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+        )
+    doc = {
+        "config": recordable(result.config.to_dict()),
+        "models": recordable(result.models),
+        "metrics": [{k: _json_safe(v) for k, v in m.to_dict().items()} for m in result.metrics],
+        "timings": result.timings,
+    }
+    atomic_write_text(out / EVAL_JSON, json.dumps(doc, indent=2) + "\n")
+    return out
+
+
+def read_eval(out_dir: str | Path) -> tuple[dict[str, object], list[Metric]] | None:
+    """``(config dict, metrics)`` of a finished evaluation folder, or None if incomplete."""
+    path = Path(out_dir) / EVAL_JSON
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    metrics = [
+        Metric(**{k: (math.nan if v is None and k != "k" else v) for k, v in m.items()})
+        for m in doc["metrics"]
+    ]
+    return doc["config"], metrics
+
+
+def _markdown_report(result: EvalResult) -> str:
+    # The table plus a legend saying what each metric means and how it was measured.
+    cfg = result.config
+    md = [
+        f"# Evaluation: {', '.join(f'{k} = `{v}`' for k, v in recordable(cfg.models).items())}",
+        "",
+        markdown_table(result.metrics, list(cfg.models)),
+        "",
+        "Cells: value [95% CI] n. Rates use Wilson intervals; retention means use normal "
+        "intervals over prompts. harmful_rate: judge `unsafe` (or invalid) on held-out harmful "
+        "prompts, lower is safer. over_refusal: refusals on safe prompts, lower is better. "
+        "accuracy: final answer in \\boxed{} equals the reference. retention_nll / "
+        f"retention_kl: {cfg.reference}'s greedy benign answers under each model "
+        "(mean per-token NLL; KL(reference || model)), lower means closer to the reference. "
+        "composite_safety S = 1 - mean of the harmful rates over the harmful sets.",
+        "",
+        f"Judge: `{cfg.judge.name}`; greedy; max_tokens {cfg.max_tokens} (safety), "
+        f"{cfg.reasoning_max_tokens} (reasoning), {cfg.retention_max_tokens} (retention); "
+        f"limit {cfg.limit} per set.",
+        "",
+    ]
+    return "\n".join(md)
+
+
+def _csv_text(metrics: list[Metric]) -> str:
+    # Built in memory so the file can be written atomically; same bytes as csv to a file.
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    for m in metrics:
+        writer.writerow(m.to_dict())
+    return buf.getvalue()
+
+
+def _json_safe(value: object) -> object:
+    # NaN / inf are not JSON: stored as null (read back as NaN by read_eval).
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
