@@ -37,6 +37,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -395,7 +396,7 @@ class _Parser:
                 f"the document must have exactly one of `slots` (grammar) or `candidates` "
                 f"(list), got {got}"
             )
-        common = {
+        common: dict[str, Any] = {
             "name": name,
             "description": description.strip(),
             "placements": placements,

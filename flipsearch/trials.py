@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flipsearch.errors import ConfigError
 
@@ -94,6 +94,8 @@ class StorageSpec:
 
         if self.kind == "journal":
             Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            import optuna.storages.journal
+
             backend = optuna.storages.journal.JournalFileBackend(self.url)
             return optuna.storages.JournalStorage(backend)
         if self.url.startswith("sqlite:///"):
@@ -108,7 +110,7 @@ class StorageSpec:
             if "heartbeat_stale_trial_callback" in params
             else "failed_trial_callback"
         )
-        callback = {key: failed_trial_callback} if heartbeat_interval else {}
+        callback: dict[str, Any] = {key: failed_trial_callback} if heartbeat_interval else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
@@ -276,9 +278,10 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     pts = [
         (
             t,
-            float(rate_of(t, "tfr")["value"]),
+            # Complete trials are scored: their tfr rate is there.
+            float(rate_of(t, "tfr")["value"]),  # type: ignore[index]
             float((rate_of(t, "over_refusal") or {}).get("value", 0.0)),
-        )  # type: ignore[index]
+        )
         for t in _complete(study)
     ]
     front = [

@@ -42,7 +42,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flipsearch.atomic import atomic_write_text
 from opsa_train.errors import ConfigError
@@ -148,7 +148,7 @@ class AnalysisConfig:
 # Aggregation (pure)
 
 
-def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+def kl_by_position_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean ``kl``/``kl_fwd``/``kl_rev`` per (model, position) with the count of prompts.
 
     Example:
@@ -157,9 +157,9 @@ def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str,
         >>> kl_by_position_table(rows)[0]["kl"], kl_by_position_table(rows)[0]["n"]
         (2.0, 2)
     """
-    groups: dict[tuple[str, int], list[Mapping[str, object]]] = {}
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((str(r["model"]), int(r["position"])), []).append(r)  # type: ignore[arg-type]
+        groups.setdefault((str(r["model"]), int(r["position"])), []).append(r)
     out = []
     for (model, pos), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         n = len(rs)
@@ -168,7 +168,7 @@ def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str,
                 "model": model,
                 "position": pos,
                 "n": n,
-                **{k: sum(float(r[k]) for r in rs) / n for k in ("kl", "kl_fwd", "kl_rev")},  # type: ignore[arg-type]
+                **{k: sum(float(r[k]) for r in rs) / n for k in ("kl", "kl_fwd", "kl_rev")},
             }
         )
     return out
@@ -205,14 +205,14 @@ def top_tokens_table(
     return out
 
 
-def summary_table(rows: Sequence[Mapping[str, object]], *, first_n: int = FIRST_N) -> dict:
+def summary_table(rows: Sequence[Mapping[str, Any]], *, first_n: int = FIRST_N) -> dict:
     """Per model: mean ``kl`` over all tokens, over the first ``first_n`` and the rest,
     and the share of KL mass in the first ``first_n`` positions."""
     out: dict[str, dict[str, float]] = {}
     for model in dict.fromkeys(str(r["model"]) for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        first = [float(r["kl"]) for r in mine if int(r["position"]) < first_n]  # type: ignore[arg-type]
-        rest = [float(r["kl"]) for r in mine if int(r["position"]) >= first_n]  # type: ignore[arg-type]
+        first = [float(r["kl"]) for r in mine if int(r["position"]) < first_n]
+        rest = [float(r["kl"]) for r in mine if int(r["position"]) >= first_n]
         total = sum(first) + sum(rest)
         out[model] = {
             "kl_mean": total / len(mine) if mine else math.nan,
@@ -394,7 +394,7 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
 
 
 def plot_analysis(
-    by_pos: Sequence[Mapping[str, object]],
+    by_pos: Sequence[Mapping[str, Any]],
     top: Sequence[Mapping[str, object]],
     out: Path,
     *,

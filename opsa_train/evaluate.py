@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.cache import GenerationCache, cached_generate, cached_judge
@@ -570,7 +570,7 @@ def evaluate(
     metrics = metrics_from_records(records)
 
     # ---- phase 3: retention
-    ret_records: list[dict[str, object]] = []
+    ret_records: list[dict[str, Any]] = []
     if ret_rows and ret_answers:
         t0 = time.perf_counter()
         ret_records = retention_scores(
@@ -604,7 +604,7 @@ def retention_scores(
     rows: Sequence[PromptRow],
     answers: Sequence[Generation],
     batch_size: int = 16,
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     """Per model and prompt: mean NLL of the reference's answer and mean KL(ref || model).
 
     The reference's answers (its own greedy responses to ``rows``) are teacher-forced
@@ -739,7 +739,8 @@ def read_eval(out_dir: str | Path) -> tuple[dict[str, object], list[Metric]] | N
     except json.JSONDecodeError:
         return None
     metrics = [
-        Metric(**{k: (math.nan if v is None and k != "k" else v) for k, v in m.items()})
+        # JSON as Metric.to_dict wrote it (NaN as null): field types are not known statically.
+        Metric(**{k: (math.nan if v is None and k != "k" else v) for k, v in m.items()})  # type: ignore[arg-type]
         for m in doc["metrics"]
     ]
     return doc["config"], metrics
