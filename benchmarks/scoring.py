@@ -46,7 +46,10 @@ def straightforward(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
     judge = make_judge("refusal")
 
+    n_tokens = 0
+
     def answer(prompts: list[str]) -> list[str]:
+        nonlocal n_tokens
         texts = []
         for i in range(0, len(prompts), batch_size):
             chats = [[{"role": "user", "content": p}] for p in prompts[i : i + batch_size]]
@@ -63,10 +66,9 @@ def straightforward(
                 )
             new = out[:, enc["input_ids"].shape[1] :]
             texts += tok.batch_decode(new, skip_special_tokens=True)
-            answer.tokens += int((new != tok.pad_token_id).sum())
+            n_tokens += int((new != tok.pad_token_id).sum())
         return texts
 
-    answer.tokens = 0
     prompts = [r.prompt for r in rows]
     base = answer(prompts)
     ctx = answer([CONTEXT.text + "\n\n" + p for p in prompts])
@@ -84,7 +86,7 @@ def straightforward(
         )
         for r, b, c in zip(rows, bv, cv, strict=True)
     ]
-    return outcomes, answer.tokens
+    return outcomes, n_tokens
 
 
 def main() -> None:

@@ -214,7 +214,7 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _summary(result: dict[str, object]) -> dict[str, float]:
-    times = list(result["step_s"])  # type: ignore[arg-type]
+    times = list(result["step_s"])  # type: ignore[call-overload]  # a JSON list of floats
     timed = times[1:] if len(times) > 1 else times  # drop the warm-up step
     s_per_step = sum(timed) / len(timed)
     return {

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from flipsearch.types import Conversation, Generation, Sampling, Verdict, conversation_key
 
@@ -129,9 +130,9 @@ class GenerationCache:
             self._db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?)", rows)
             self._db.commit()
 
-    def _payloads(self, table: str, keys: Sequence[str]) -> dict[str, object]:
+    def _payloads(self, table: str, keys: Sequence[str]) -> dict[str, Any]:
         # Parsed JSON payloads of the stored keys; SQLite caps the parameters of a query.
-        found: dict[str, object] = {}
+        found: dict[str, Any] = {}
         with self._lock:
             for start in range(0, len(keys), 500):
                 chunk = list(keys[start : start + 500])

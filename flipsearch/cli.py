@@ -41,7 +41,7 @@ class _VersionAction(argparse.Action):
         help: str | None = None,
     ) -> None:
         super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, help=help)
-        self.version = version
+        self.version = version or None
 
     def __call__(
         self,
@@ -64,7 +64,7 @@ def build_parser(
     parser.add_argument(
         "--version",
         action=_VersionAction,
-        version=version,
+        version=version or "",  # "": the package's own version
         help="print the version (and the git commit in a checkout) and exit",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -32,6 +32,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -52,7 +53,7 @@ class ExportFile:
     """I_h: the context applied to harmful prompts."""
     benign: Context | None = None
     """I_b: the context applied to benign prompts (None: benign prompts get none)."""
-    scores: dict[str, object] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, object] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 

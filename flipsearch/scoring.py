@@ -21,8 +21,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 Z95 = 1.959963984540054
 
@@ -145,14 +146,16 @@ class PromptOutcome:
     @classmethod
     def from_dict(cls, d: dict) -> PromptOutcome:
         keys = {f for f in cls.__dataclass_fields__}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in keys}
+        kw: dict[str, Any] = {
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in keys
+        }
         return cls(**kw)
 
 
-def _share(values: Sequence[object], pred: object) -> float:
+def _share(values: Sequence[object], pred: Callable[[Any], object]) -> float:
     if not values:
         return 0.0
-    return sum(1 for v in values if pred(v)) / len(values)  # type: ignore[operator]
+    return sum(1 for v in values if pred(v)) / len(values)
 
 
 @dataclass(frozen=True)

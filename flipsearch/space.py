@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -48,7 +48,7 @@ from flipsearch.contexts import PLACEMENTS, Context
 from flipsearch.errors import SearchSpaceError
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    from importlib.abc import Traversable  # importlib.resources.abc from Python 3.11
 
 logger = logging.getLogger(__name__)
 
@@ -455,7 +455,7 @@ class _Parser:
                 f"the document must have exactly one of `slots` (grammar) or `candidates` "
                 f"(list), got {got}"
             )
-        common = {
+        common: dict[str, Any] = {
             "name": name,
             "description": description.strip(),
             "placements": placements,

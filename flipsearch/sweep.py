@@ -946,7 +946,8 @@ def _history(
         safe = (t.user_attrs.get("outcomes") or {}).get("h_ctx_safe") or []
         fails = tuple(r.prompt for r, s in zip(rows, safe, strict=False) if s is not None and s < 1)
         ctx = Context(t.user_attrs["context"], t.user_attrs["placement"])
-        out.append(ScoredContext(cid, ctx, tfr - excess, fails))
+        # Every sweep trial records its candidate_id (a str).
+        out.append(ScoredContext(cid, ctx, tfr - excess, fails))  # type: ignore[arg-type]
         if len(out) >= k:
             break
     return out
@@ -1089,7 +1090,7 @@ def run_sweep(
             added = PoolProposer(pool).enqueue(study, ids)
         logger.info("rewrite: enqueued %d new contexts", len(added))
 
-    callbacks = [
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
         progress,
         rewrite,
         optuna.study.MaxTrialsCallback(config.trials, states=finished_states),

@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from flipsearch.errors import ConfigError
 
@@ -114,6 +114,8 @@ class StorageSpec:
 
         if self.kind == "journal":
             Path(self.url).parent.mkdir(parents=True, exist_ok=True)
+            import optuna.storages.journal
+
             backend = optuna.storages.journal.JournalFileBackend(self.url)
             return optuna.storages.JournalStorage(backend)
         if self.url.startswith("sqlite:///"):
@@ -128,7 +130,7 @@ class StorageSpec:
             if "heartbeat_stale_trial_callback" in params
             else "failed_trial_callback"
         )
-        callback = {key: failed_trial_callback} if heartbeat_interval else {}
+        callback: dict[str, Any] = {key: failed_trial_callback} if heartbeat_interval else {}
         from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
         for attempt in range(_SCHEMA_RACE_RETRIES + 1):
@@ -386,9 +388,10 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     pts = [
         (
             t,
-            float(rate_of(t, "tfr")["value"]),
+            # Complete trials are scored: their tfr rate is there.
+            float(rate_of(t, "tfr")["value"]),  # type: ignore[index]
             float((rate_of(t, "over_refusal") or {}).get("value", 0.0)),
-        )  # type: ignore[index]
+        )
         for t in _complete(study)
     ]
     front = [

@@ -16,6 +16,7 @@ import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "FIRST_N",
@@ -36,7 +37,7 @@ FIRST_N = 8
 # Tables (pure)
 
 
-def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+def kl_by_position_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Mean ``kl``/``kl_fwd``/``kl_rev`` per (model, position) with the count of prompts.
 
     Example:
@@ -45,7 +46,7 @@ def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str,
         >>> kl_by_position_table(rows)[0]["kl"], kl_by_position_table(rows)[0]["n"]
         (2.0, 2)
     """
-    groups: dict[tuple[str, int], list[Mapping[str, object]]] = {}
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for r in rows:
         groups.setdefault((str(r["model"]), int(r["position"])), []).append(r)  # type: ignore[arg-type]
     out = []
@@ -62,9 +63,7 @@ def kl_by_position_table(rows: Sequence[Mapping[str, object]]) -> list[dict[str,
     return out
 
 
-def top_tokens_table(
-    rows: Sequence[Mapping[str, object]], *, top: int = 15
-) -> list[dict[str, object]]:
+def top_tokens_table(rows: Sequence[Mapping[str, Any]], *, top: int = 15) -> list[dict[str, Any]]:
     """Per model, the ``top`` token strings with the most total ``kl`` (their KL mass).
 
     ``share`` is the token's fraction of the model's total KL mass.
@@ -93,7 +92,7 @@ def top_tokens_table(
     return out
 
 
-def summary_table(rows: Sequence[Mapping[str, object]], *, first_n: int = FIRST_N) -> dict:
+def summary_table(rows: Sequence[Mapping[str, Any]], *, first_n: int = FIRST_N) -> dict:
     """Per model: mean ``kl`` over all tokens, over the first ``first_n`` and the rest,
     and the share of KL mass in the first ``first_n`` positions."""
     out: dict[str, dict[str, float]] = {}
@@ -117,7 +116,7 @@ def summary_table(rows: Sequence[Mapping[str, object]], *, first_n: int = FIRST_
 # Files
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Rows as CSV with a header (columns: every key, in first-seen order)."""
     cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -127,8 +126,8 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
 
 
 def plot_analysis(
-    by_pos: Sequence[Mapping[str, object]],
-    top: Sequence[Mapping[str, object]],
+    by_pos: Sequence[Mapping[str, Any]],
+    top: Sequence[Mapping[str, Any]],
     out: Path,
     *,
     models: Sequence[str],

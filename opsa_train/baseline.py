@@ -399,7 +399,7 @@ def train_baseline(
         optimizer, lambda s: lr_factor(s, total=n_steps, warmup=warmup, schedule=config.schedule)
     )
     by_obj: dict[int, SFTExample] = {}
-    rows = []
+    rows: list[PromptRow] = []
     for ex in examples:
         row = PromptRow(f"{ex.row_id}#{len(rows)}", ex.prompt, ex.type)
         by_obj[id(row)] = ex

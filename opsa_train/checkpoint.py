@@ -121,7 +121,7 @@ def _encode(obj: object, where: str, tensors: dict[str, torch.Tensor]) -> object
     )
 
 
-def _decode(obj: object, tensors: Mapping[str, torch.Tensor]) -> object:
+def _decode(obj: object, tensors: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(obj, list):
         return [_decode(v, tensors) for v in obj]
     if isinstance(obj, dict):

@@ -28,7 +28,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
@@ -471,7 +471,8 @@ def load_train_config(
         ConfigError: a missing or malformed file, an unknown key (with close matches),
             a value that cannot be coerced, or any `TrainConfig` rule.
     """
-    values: dict[str, object] = base.to_dict() if base is not None else {}
+    values: dict[str, Any] = base.to_dict() if base is not None else {}
+    loaded: Any = {}
     if yaml_path is not None:
         path = Path(yaml_path)
         if not path.is_file():
@@ -501,7 +502,7 @@ def load_train_config(
         raise
 
 
-def _build(cls: type[TrainConfig], values: dict[str, object]) -> TrainConfig:
+def _build(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
     _check_keys(values)
     return cls(**values)
 

@@ -186,7 +186,7 @@ class PromptSampler:
         """The next ``size`` prompts (``size`` >= 1)."""
         if size < 1:
             raise ConfigError(f"`size` must be >= 1, got {size!r}")
-        batch = []
+        batch: list[PromptRow] = []
         while len(batch) < size:
             if self.offset == len(self._order):
                 self.epoch += 1

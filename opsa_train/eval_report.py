@@ -91,7 +91,8 @@ def read_eval(out_dir: str | Path) -> tuple[dict[str, object], list[Metric]] | N
     except json.JSONDecodeError:
         return None
     metrics = [
-        Metric(**{k: (math.nan if v is None and k != "k" else v) for k, v in m.items()})
+        # JSON values of a file we wrote: the field names and types are Metric's own.
+        Metric(**{k: (math.nan if v is None and k != "k" else v) for k, v in m.items()})  # type: ignore[arg-type]
         for m in doc["metrics"]
     ]
     return doc["config"], metrics

@@ -21,16 +21,15 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from flipsearch.jsonl import read_jsonl_log
 
@@ -57,7 +56,7 @@ def _plain(value: object) -> object:
     return value
 
 
-def _drop_torn_tail(f: io.BufferedRandom) -> None:
+def _drop_torn_tail(f: IO[bytes]) -> None:
     # Truncate the file after its last newline: a line without one was torn by a kill.
     end = f.seek(0, os.SEEK_END)
     if end == 0:
@@ -219,7 +218,7 @@ class MetricsLogger:
             raise
 
 
-def _columns(rows: list[Mapping[str, object]]) -> list[str]:
+def _columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
     # "step" first, then keys in first-seen order.
     seen = {"step": None}
     for row in rows:

@@ -329,7 +329,7 @@ def _space_digest(space: str) -> str:
     return stage_key("space", 1, texts=texts)
 
 
-def _engine_facts(engine: str, dtype: str = "auto") -> dict[str, str]:
+def _engine_facts(engine: str, dtype: str = "auto") -> dict[str, object]:
     # The concrete engine and dtype a stage runs with (``auto`` resolved), for the report.
     from flipsearch.engines import EngineConfig, resolve_engine_name
 

@@ -237,7 +237,11 @@ def make_adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     The fused kernel (CPU and CUDA, float32 master weights) is several times faster than
     the per-tensor loop; it falls back where this torch build lacks it.
     """
-    kwargs = {"lr": config.lr, "betas": config.betas, "weight_decay": config.weight_decay}
+    kwargs: dict[str, Any] = {
+        "lr": config.lr,
+        "betas": config.betas,
+        "weight_decay": config.weight_decay,
+    }
     try:
         return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
@@ -613,7 +617,7 @@ class Trainer:
         self.sampler.sync(self._named_weights())
         return {
             "train/grad_norm": float(norm),
-            "train/lr": lr,
+            "train/lr": float(lr),
             "time/sync": time.perf_counter() - start,
         }
 

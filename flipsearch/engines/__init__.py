@@ -26,6 +26,10 @@ from flipsearch.types import Conversation, Generation, Sampling
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    # Loaded lazily at run time by the module __getattr__ below.
+    from flipsearch.engines._hf import HFEngine
+    from flipsearch.engines._vllm import VLLMEngine
+
 __all__ = ["Engine", "EngineConfig", "HFEngine", "VLLMEngine", "resolve_engine_name"]
 
 EngineName = Literal["auto", "vllm", "hf"]
@@ -51,6 +55,10 @@ class Engine(Protocol):
         self, prompts: Sequence[list[int]], sampling: Sampling, *, use_tqdm: bool = False
     ) -> list[list[Generation]]:
         """Already rendered prompt token ids in (judges with their own prompt formats)."""
+        ...
+
+    def close(self) -> None:
+        """Drop the model; the engine is unusable afterwards."""
         ...
 
 
