@@ -1,6 +1,6 @@
 """Storage URLs shown, logged or saved with the password masked (issue #18).
 
-Unit tests of :func:`flipsearch.trials.mask_storage` and its helpers, and one run of
+Unit tests of :func:`flipsearch.storage.mask_storage` and its helpers, and one run of
 ``flipsearch sweep`` whose storage URL carries a marker password: the marker must appear
 in no file the run writes and no line it prints.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from flipsearch.errors import ConfigError
+from flipsearch.storage import _connectable
 from flipsearch.sweep import SweepConfig, _check_config
 from flipsearch.trials import (
-    _connectable,
     mask_storage,
     parse_storage,
     redact_storage_password,

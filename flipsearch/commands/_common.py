@@ -1,4 +1,4 @@
-"""Options shared by several subcommands: model/engine, judge, prompt sets, cache."""
+"""Options shared by several subcommands: study and storage, model/engine, judge, cache."""
 
 from __future__ import annotations
 
@@ -14,6 +14,29 @@ if TYPE_CHECKING:
     from flipsearch.contexts import Context
     from flipsearch.engines import Engine, EngineConfig
     from flipsearch.judges import Judge
+
+
+RECORDED_STORAGE_HELP = "default: the one in results/<study>/config.json"
+"""``--storage`` help of the commands that read an existing study (export, report)."""
+
+
+def add_study_args(
+    parser: argparse.ArgumentParser,
+    *,
+    title: str = "study",
+    study_help: str | None = None,
+    storage_help: str = RECORDED_STORAGE_HELP,
+) -> argparse._ArgumentGroup:
+    """Add ``--study`` (required), ``--results-dir`` and ``--storage`` as one group.
+
+    Returns the group, so a command can add its own options to it (``sweep`` adds its
+    worker options).
+    """
+    g = parser.add_argument_group(title)
+    g.add_argument("--study", required=True, help=study_help)
+    g.add_argument("--results-dir", default="results")
+    g.add_argument("--storage", default=None, help=storage_help)
+    return g
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:

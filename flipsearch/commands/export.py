@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flipsearch.commands._common import add_study_args
 from flipsearch.contexts import PLACEMENTS
 
 if TYPE_CHECKING:
@@ -29,11 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write the best context of a study (and/or its trials table)",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--study", required=True)
-    p.add_argument("--results-dir", default="results")
-    p.add_argument(
-        "--storage", default=None, help="default: the one in results/<study>/config.json"
-    )
+    add_study_args(p)
     p.add_argument("--out", default=None, help="export file, .json or .yaml")
     p.add_argument("--pareto", action="store_true", help="one file per Pareto-front trial")
     p.add_argument("--trial", type=int, default=None, help="export this trial instead of the best")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from flipsearch.commands._common import add_study_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,11 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plots and a markdown summary of a study",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--study", required=True)
-    p.add_argument("--results-dir", default="results")
-    p.add_argument(
-        "--storage", default=None, help="default: the one in results/<study>/config.json"
-    )
+    add_study_args(p)
     p.add_argument("--out-dir", default=None, help="default: results/<study>")
     p.set_defaults(func=run)
 

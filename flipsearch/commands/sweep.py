@@ -18,6 +18,7 @@ from flipsearch.commands._common import (
     add_cache_args,
     add_engine_args,
     add_judge_args,
+    add_study_args,
     engine_config,
 )
 from flipsearch.contexts import PLACEMENTS
@@ -36,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s = p.add_argument_group("search")
     s.add_argument("--space", default="paper_axes", help="search-space YAML or bare name")
-    s.add_argument("--study", required=True, help="study name (folder results/<study>)")
     s.add_argument("--trials", type=int, required=True, help="total trials wanted in the study")
     s.add_argument("--objective", default="constrained", choices=OBJECTIVES)
     s.add_argument("--max-over-refusal", type=float, default=0.1, help="feasibility threshold")
@@ -83,12 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_engine_args(p)
     add_judge_args(p)
     add_cache_args(p)
-    o = p.add_argument_group("storage and workers")
-    o.add_argument("--results-dir", default="results")
-    o.add_argument(
-        "--storage",
-        default=None,
-        help="RDB URL, journal:PATH or a .log/.jsonl/.db path "
+    o = add_study_args(
+        p,
+        title="study, storage and workers",
+        study_help="study name (folder results/<study>)",
+        storage_help="RDB URL, journal:PATH or a .log/.jsonl/.db path "
         "(default: sqlite:///<results-dir>/<study>/study.db); a PostgreSQL password can come "
         "from PGPASSWORD or ~/.pgpass instead of the URL, and is shown masked",
     )
