@@ -41,7 +41,6 @@ from urllib.parse import unquote
 
 import optuna
 import optuna.storages.journal
-from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from flipsearch.errors import ConfigError
 
@@ -108,6 +107,9 @@ class StorageSpec:
             else "failed_trial_callback"
         )
         callback: dict[str, Any] = {key: failed_trial_callback} if heartbeat_interval else {}
+        # Here, not at the top: SQLAlchemy takes ~0.5 s to import and journals never need it.
+        from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
+
         for attempt in range(_SCHEMA_RACE_RETRIES + 1):
             try:
                 with warnings.catch_warnings():
