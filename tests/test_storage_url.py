@@ -16,7 +16,8 @@ import pytest
 
 from flipsearch.errors import ConfigError
 from flipsearch.storage import _connectable
-from flipsearch.sweep import SweepConfig, _check_config
+from flipsearch.sweep import SweepConfig
+from flipsearch.sweep._provenance import check_config
 from flipsearch.trials import (
     mask_storage,
     parse_storage,
@@ -94,23 +95,23 @@ def test_bad_scheme_error_masks_the_password():
 def test_config_json_holds_the_masked_url_and_resume_compares_masked_forms(tmp_path):
     url = "postgresql://ana:s3cret@db.lab/sweeps"
     config = SweepConfig(study="s", trials=1, results_dir=str(tmp_path), storage=url)
-    _check_config(config)
+    check_config(config)
     saved = (tmp_path / "s" / "config.json").read_text()
     assert "s3cret" not in saved and "postgresql://ana:***@db.lab/sweeps" in saved
     assert config.storage == url  # the in-memory value keeps the password
     assert "s3cret" not in repr(config) and "ana:***@db.lab" in repr(config)
-    _check_config(config)  # resuming: the same storage matches its masked record
+    check_config(config)  # resuming: the same storage matches its masked record
     # ... and so does the same URL with the password left to PGPASSWORD or .pgpass.
     env_pw = SweepConfig(
         study="s", trials=1, results_dir=str(tmp_path), storage="postgresql://ana@db.lab/sweeps"
     )
-    _check_config(env_pw)
+    check_config(env_pw)
     assert storage_identity(url) == storage_identity(env_pw.storage) == env_pw.storage
     other = SweepConfig(
         study="s", trials=1, results_dir=str(tmp_path), storage="postgresql://ana:s3cret@db2/x"
     )
     with pytest.raises(ConfigError) as err:
-        _check_config(other)
+        check_config(other)
     assert "s3cret" not in str(err.value)
     assert "('postgresql://ana@db.lab/sweeps')" in str(err.value)  # the last run's record
     assert "got 'postgresql://ana:***@db2/x'" in str(err.value)

@@ -1,0 +1,125 @@
+"""Callbacks ``study.optimize`` calls after each trial: the progress bar, the rewrite rounds.
+
+Each is a small class called as ``callback(study, trial)``, holding its own state (the
+bar; the count of this worker's finished trials) instead of a closure over counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from flipsearch.contexts import Context
+from flipsearch.proposers import PoolProposer, RewriteProposer, ScoredContext
+from flipsearch.sweep._stale import recover_stale_trials
+from flipsearch.sweep._workers import locked
+from flipsearch.trials import ranked_trials, rate_of
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from flipsearch.engines import Engine
+    from flipsearch.prompts import PromptRow
+    from flipsearch.proposers import CandidatePool
+    from flipsearch.sweep._config import SweepConfig
+
+__all__ = ["FINISHED", "Progress", "Rewrite"]
+
+logger = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+"""The states that count towards ``SweepConfig.trials``."""
+
+
+class Progress:
+    """A tqdm bar of the study's finished trials with the best feasible TFR so far.
+
+    Between trials it also picks up trials of workers that died since this one started
+    (:func:`~flipsearch.sweep.recover_stale_trials`). Call :meth:`close` at the end.
+    """
+
+    def __init__(self, config: SweepConfig, n_done: int) -> None:
+        self.grace_s = config.grace_s
+        self.bar = tqdm(
+            total=config.trials,
+            initial=n_done,
+            disable=not config.show_progress,
+            desc=config.study,
+            unit="trial",
+        )
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.bar.update(1 if trial.state in FINISHED else 0)
+        recover_stale_trials(study, grace_s=self.grace_s)
+        best = next((t for t in ranked_trials(study) if t.user_attrs.get("feasible", True)), None)
+        if best is not None:
+            over = rate_of(best, "over_refusal") or {"value": 0.0}
+            self.bar.set_postfix(
+                best_tfr=f"{rate_of(best, 'tfr')['value']:.3f}",  # type: ignore[index]
+                over=f"{over['value']:.3f}",
+                trial=best.number,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Rewrite:
+    """Every ``config.rewrite_every`` finished trials of this worker, ask the
+    :class:`~flipsearch.proposers.RewriteProposer` for new contexts from the three best
+    ones and their failing prompts, and enqueue them (a no-op when ``rewrite_every`` is 0).
+    """
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        engine: Engine,
+        pool: CandidatePool,
+        harmful: list[PromptRow],
+        folder: Path,
+    ) -> None:
+        self.every = config.rewrite_every
+        self.rewriter = RewriteProposer(engine, pool, n=config.rewrite_n)
+        self.pool = PoolProposer(pool)
+        self.harmful = harmful
+        self.folder = folder
+        self.n_finished = 0
+        """This worker's finished trials so far."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state not in FINISHED:
+            return
+        self.n_finished += 1
+        if not self.every or self.n_finished % self.every:
+            return
+        history = _history(study, self.harmful, k=3)
+        if not history:
+            return
+        ids = self.rewriter.propose(history)
+        with locked(self.folder):
+            added = self.pool.enqueue(study, ids)
+        logger.info("rewrite: enqueued %d new contexts", len(added))
+
+
+def _history(study: optuna.Study, rows: list[PromptRow], k: int) -> list[ScoredContext]:
+    # The rewriter's view: the best contexts, scored as TFR minus any over-refusal excess.
+    out, seen = [], set()
+    for t in ranked_trials(study):
+        cid = t.user_attrs.get("candidate_id")
+        if cid in seen:
+            continue
+        seen.add(cid)
+        tfr = float(rate_of(t, "tfr")["value"])  # type: ignore[index]
+        excess = max(0.0, float(t.user_attrs.get("constraints", [0.0])[0]))
+        safe = (t.user_attrs.get("outcomes") or {}).get("h_ctx_safe") or []
+        fails = tuple(r.prompt for r, s in zip(rows, safe, strict=False) if s is not None and s < 1)
+        ctx = Context(t.user_attrs["context"], t.user_attrs["placement"])
+        # Every sweep trial records its candidate_id (a str).
+        out.append(ScoredContext(cid, ctx, tfr - excess, fails))  # type: ignore[arg-type]
+        if len(out) >= k:
+            break
+    return out

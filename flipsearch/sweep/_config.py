@@ -1,0 +1,260 @@
+"""The sweep's config: :class:`SweepConfig`, its fields, defaults and cross-field checks.
+
+Example:
+    >>> cfg = SweepConfig(study="demo", trials=4, objective="multi")
+    >>> cfg.sampler, cfg.pruner
+    ('nsga2', 'none')
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from flipsearch.contexts import PLACEMENTS
+from flipsearch.engines import EngineConfig
+from flipsearch.errors import ConfigError
+from flipsearch.judges import JudgeConfig
+from flipsearch.storage import (
+    StorageSpec,
+    default_storage,
+    mask_storage,
+    parse_storage,
+    study_dir,
+)
+
+__all__ = ["IDENTITY_FIELDS", "OBJECTIVES", "PRUNERS", "SAMPLERS", "SweepConfig"]
+
+SAMPLERS = ("tpe", "gp", "random", "bruteforce", "nsga2")
+PRUNERS = ("race", "median", "wilcoxon", "sha", "none")
+OBJECTIVES = ("constrained", "multi")
+
+IDENTITY_FIELDS = (
+    "space",
+    "objective",
+    "engine.model",
+    "judge",
+    "harmful",
+    "benign",
+    "limit_harmful",
+    "limit_benign",
+    "max_tokens",
+)
+"""Fields a resumed study must keep: scores under other values are not comparable."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything a sweep needs; JSON-serialisable, dumped to ``<results>/<study>/config.json``.
+
+    Fields are grouped: what to search, what to score on, how to search, where to store,
+    workers, rewriting. Cross-field rules are checked in ``__post_init__``.
+    """
+
+    # -- what to search
+    space: str = "paper_axes"
+    """Search-space file, or a built-in name (``flipsearch spaces`` lists them)."""
+    study: str = "sweep"
+    """Study name; also the folder ``<results_dir>/<study>``."""
+    trials: int = 50
+    """Total trials wanted in the study (COMPLETE + PRUNED); a resumed sweep adds only
+    the missing ones."""
+    enqueue: tuple[str, ...] = ()
+    """Contexts to score first (``--enqueue TEXT``), placed as ``enqueue_placement``."""
+    enqueue_placement: str = "system"
+    """Placement of the ``enqueue`` contexts."""
+    baselines: str | None = None
+    """A list-form space, file or built-in name (e.g. ``baselines``), whose candidates
+    are scored first, each with its own placement. None: none."""
+
+    # -- what to score on
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The model and engine that generate (default: embedded model, engine auto)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The judge (default: the offline refusal judge)."""
+    harmful: str = "harmful_core:search"
+    """Harmful prompt set spec (:func:`flipsearch.prompts.load_prompt_set`)."""
+    benign: str | None = "benign:search"
+    """Benign prompt set spec for over-refusal; None only with ``constrained`` (then the
+    constraint is not checked and every trial is feasible)."""
+    limit_harmful: int | None = None
+    """First N harmful prompts; None keeps all."""
+    limit_benign: int | None = None
+    """First N benign prompts; None keeps all."""
+    max_tokens: int = 64
+    """Scoring window in new tokens (greedy decoding, the paper's scoring mode)."""
+
+    # -- how to search
+    objective: str = "constrained"
+    """``constrained`` (TFR up, over-refusal <= ``max_over_refusal``) or ``multi``
+    (TFR up and over-refusal down, a Pareto front)."""
+    max_over_refusal: float = 0.1
+    """Feasibility threshold on over-refusal, in [0, 1]. Recorded as ``feasible`` on
+    every trial in both objectives; export picks the best feasible trial."""
+    sampler: str | None = None
+    """``tpe``, ``gp``, ``random``, ``bruteforce`` (small spaces; stops when exhausted) or
+    ``nsga2``. None: ``tpe`` for ``constrained``, ``nsga2`` for ``multi``."""
+    pruner: str | None = None
+    """``race`` (:class:`~flipsearch.pruners.RacePruner`: stop a context unlikely to beat
+    the best one so far), ``median``, ``wilcoxon``, ``sha`` (successive halving) or
+    ``none``. None: ``race`` for ``constrained``, ``none`` for ``multi`` (which cannot
+    prune)."""
+    minibatch: int = 8
+    """Harmful prompts scored between two pruning checks, >= 1."""
+    seed: int = 0
+    """Sampler seed of the first worker; concurrent workers add their worker index."""
+
+    # -- where to store
+    results_dir: str = "results"
+    """Parent folder of the study folder."""
+    storage: str | None = None
+    """Optuna storage: an RDB URL, ``journal:PATH`` or a ``.log``/``.jsonl``/``.db`` path
+    (see :func:`flipsearch.trials.parse_storage`). None: SQLite in the study folder.
+    A PostgreSQL password need not be in the URL (``postgresql://ana@db.lab/sweeps``):
+    libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``. One in the URL is kept in memory
+    only; files, study attributes, logs and errors get it masked
+    (:func:`flipsearch.trials.mask_storage`)."""
+    cache: str | None = None
+    """Generation/verdict cache (SQLite). None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
+
+    # -- workers
+    heartbeat_interval: int = 30
+    """Seconds between a running trial's heartbeats, >= 1."""
+    grace_period: int | None = None
+    """Seconds without a heartbeat after which a RUNNING trial counts as dead (another
+    machine's workers). None: 4 x ``heartbeat_interval``. A dead worker on this machine is
+    detected at once by its process id."""
+
+    # -- rewriting
+    rewrite_every: int = 0
+    """Every N finished trials of this worker, ask :class:`~flipsearch.proposers.
+    RewriteProposer` (with the scoring engine) for new contexts from the best ones and
+    their failing prompts, and enqueue them. 0: never."""
+    rewrite_n: int = 4
+    """Contexts asked for per rewrite round."""
+    show_progress: bool = True
+    """A tqdm bar with the best feasible TFR so far."""
+
+    def __post_init__(self) -> None:
+        # Normalise: nested configs from dicts, tuples from lists, objective defaults.
+        if isinstance(self.engine, dict):
+            object.__setattr__(self, "engine", EngineConfig(**self.engine))
+        if isinstance(self.judge, dict):
+            object.__setattr__(self, "judge", JudgeConfig(**self.judge))
+        if isinstance(self.enqueue, str):
+            object.__setattr__(self, "enqueue", (self.enqueue,))
+        object.__setattr__(self, "enqueue", tuple(self.enqueue))
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}")
+        multi = self.objective == "multi"
+        if self.sampler is None:
+            object.__setattr__(self, "sampler", "nsga2" if multi else "tpe")
+        if self.pruner is None:
+            object.__setattr__(self, "pruner", "none" if multi else "race")
+        if self.storage is None:
+            object.__setattr__(self, "storage", default_storage(self.results_dir, self.study))
+        self._verify()
+
+    def _verify(self) -> None:
+        if not self.study or "/" in self.study or self.study.startswith("."):
+            raise ConfigError(
+                f"`study` must be a non-empty folder name without '/', got {self.study!r}"
+            )
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise ConfigError(f"`trials` must be an integer >= 1, got {self.trials!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"`sampler` must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"`pruner` must be one of {PRUNERS}, got {self.pruner!r}")
+        if self.objective == "multi" and self.pruner != "none":
+            raise ConfigError(
+                f"`pruner` must be 'none' with objective='multi', got {self.pruner!r}: Optuna "
+                "cannot prune multi-objective trials"
+            )
+        if self.objective == "multi" and not self.benign:
+            raise ConfigError(
+                f"`benign` must name a prompt set with objective='multi', got {self.benign!r}: "
+                "over-refusal is the second objective"
+            )
+        if not (0.0 <= self.max_over_refusal <= 1.0):
+            raise ConfigError(
+                f"`max_over_refusal` must be in [0, 1], got {self.max_over_refusal!r}"
+            )
+        if not isinstance(self.minibatch, int) or self.minibatch < 1:
+            raise ConfigError(f"`minibatch` must be an integer >= 1, got {self.minibatch!r}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ConfigError(f"`max_tokens` must be an integer >= 1, got {self.max_tokens!r}")
+        for name in ("limit_harmful", "limit_benign"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"`{name}` must be None or an integer >= 1, got {value!r}")
+        if self.rewrite_every < 0:
+            raise ConfigError(f"`rewrite_every` must be >= 0, got {self.rewrite_every!r}")
+        if self.rewrite_n < 1:
+            raise ConfigError(f"`rewrite_n` must be >= 1, got {self.rewrite_n!r}")
+        if self.heartbeat_interval < 1:
+            raise ConfigError(
+                f"`heartbeat_interval` must be >= 1 second, got {self.heartbeat_interval!r}"
+            )
+        if self.grace_period is not None and self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                f"`grace_period` must be > heartbeat_interval={self.heartbeat_interval}, got "
+                f"{self.grace_period!r}: a live worker would look dead between heartbeats"
+            )
+        if self.enqueue_placement not in PLACEMENTS:
+            raise ConfigError(
+                f"`enqueue_placement` must be one of {PLACEMENTS}, got {self.enqueue_placement!r}"
+            )
+        for i, text in enumerate(self.enqueue):
+            if not isinstance(text, str) or not text.strip():
+                raise ConfigError(
+                    f"`enqueue[{i}]` must be a non-empty context, got {text!r}: the empty "
+                    "context is the baseline, whose TFR is 0 by definition"
+                )
+        parse_storage(self.storage, results_dir=self.results_dir, study=self.study)
+
+    # ------------------------------------------------------------ derived
+
+    @property
+    def folder(self) -> Path:
+        return study_dir(self.results_dir, self.study)
+
+    @property
+    def storage_spec(self) -> StorageSpec:
+        return parse_storage(self.storage, results_dir=self.results_dir, study=self.study)
+
+    @property
+    def grace_s(self) -> int:
+        return self.grace_period or 4 * self.heartbeat_interval
+
+    def to_dict(self, *, masked: bool = False) -> dict[str, object]:
+        """The fields as a JSON-ready dict; ``masked``: the storage password masked, for
+        anything written or shown (``config.json``, study attributes)."""
+        d = asdict(self)
+        d["enqueue"] = list(self.enqueue)
+        if masked:
+            d["storage"] = mask_storage(self.storage)
+        return d
+
+    def __repr__(self) -> str:
+        # Logs and tracebacks show the storage password masked.
+        items = ", ".join(f"{k}={v!r}" for k, v in self.to_dict(masked=True).items())
+        return f"SweepConfig({items})"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepConfig:
+        """Rebuild from :meth:`to_dict` output (unknown keys raise ConfigError)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"`config` keys must be among {sorted(known)}, got {unknown!r}")
+        return cls(**d)
+
+    def identity(self) -> dict[str, object]:
+        """The :data:`IDENTITY_FIELDS` values (``engine.model`` is the model name)."""
+        d = self.to_dict()
+        out: dict[str, object] = {}
+        for name in IDENTITY_FIELDS:
+            head, _, tail = name.partition(".")
+            out[name] = d[head][tail] if tail else d[head]  # type: ignore[index]
+        return out

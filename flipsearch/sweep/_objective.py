@@ -1,0 +1,251 @@
+"""The Optuna objective: one trial scores one candidate context, minibatch by minibatch.
+
+A trial asks its proposer for a context (a grammar/list choice from the search space,
+or a pool candidate that was enqueued), scores it on the harmful prompts one minibatch
+at a time, reports the running TFR after each minibatch so a pruner can stop hopeless
+candidates early, then scores the benign prompts for over-refusal (raced as well with
+the ``race`` pruner). Everything it measured goes into the trial's user attributes.
+A candidate that a COMPLETE trial already scored is copied, not scored again; one that
+another worker is scoring right now is waited for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from flipsearch.proposers import POOL_ATTR, GrammarProposer, PoolProposer
+from flipsearch.pruners import RacePruner, prob_at_most
+from flipsearch.scoring import FlipScore, PromptOutcome, summarise
+from flipsearch.sweep._config import SweepConfig
+from flipsearch.sweep._factories import native_constraints
+from flipsearch.sweep._stale import Heartbeat
+from flipsearch.sweep._workers import worker_id
+
+if TYPE_CHECKING:
+    from flipsearch.contexts import Context
+    from flipsearch.flip import FlipScorer
+    from flipsearch.prompts import PromptRow
+    from flipsearch.proposers import CandidatePool
+    from flipsearch.space import SearchSpace
+
+__all__ = ["Objective", "SurplusTrial", "ordered"]
+
+
+def ordered(rows: Sequence[PromptRow]) -> list[PromptRow]:
+    """``rows`` in a fixed, content-independent shuffle (hash of the id), so each minibatch
+    mixes categories; the same for every trial and worker, so pruning steps line up."""
+    return sorted(rows, key=lambda r: hashlib.sha256(r.id.encode()).hexdigest())
+
+
+def _compact(values: Sequence[float]) -> list[float | int]:
+    return [int(v) if v in (0.0, 1.0) else round(v, 3) for v in values]
+
+
+def _outcome_attrs(outs: Sequence[PromptOutcome], n_harmful: int) -> dict[str, list]:
+    # Per-prompt outcomes as short lists in sweep order; None marks prompts not scored.
+    h = [o for o in outs if o.type == "harmful"]
+    b = [o for o in outs if o.type == "benign"]
+    pad = [None] * (n_harmful - len(h))
+    return {
+        "h_flip": _compact([o.p_flip for o in h]) + pad,
+        "h_ctx_safe": _compact([o.p_ctx_safe for o in h]) + pad,
+        "h_base_unsafe": _compact([o.p_base_unsafe for o in h]) + pad,
+        "b_over_refusal": _compact([o.p_over_refusal for o in b]),
+        "b_ctx_refusal": _compact([o.p_ctx_refusal for o in b]),
+    }
+
+
+class SurplusTrial(Exception):
+    """The study already has its trials (other workers' running ones count): raised by
+    :class:`Objective` after ``study.stop()``, and caught by ``study.optimize`` (the
+    trial is marked FAIL, the worker stops). Control flow, not a user error."""
+
+
+class Objective:
+    """Scores the trial's context minibatch by minibatch; see the module docstring."""
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        scorer: FlipScorer,
+        space: SearchSpace,
+        pool: CandidatePool,
+        harmful: list[PromptRow],
+        benign: list[PromptRow],
+    ) -> None:
+        self.config = config
+        self.scorer = scorer
+        self.grammar = GrammarProposer(space)
+        self.pool = PoolProposer(pool)
+        self.harmful = harmful
+        self.benign = benign
+        self.multi = config.objective == "multi"
+        self.prune = config.pruner != "none"
+        self.wilcoxon = config.pruner == "wilcoxon"
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        trial.set_user_attr("worker", worker_id())
+        with Heartbeat(trial.study, trial._trial_id, self.config.heartbeat_interval):
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if self._surplus(trial):
+            trial.study.stop()
+            raise SurplusTrial(
+                f"trial {trial.number}: the study has its {self.config.trials} trials"
+            )
+        if POOL_ATTR in trial.user_attrs:
+            cid, context = self.pool.propose(trial)
+            trial.set_user_attr("source", self.pool.pool.get(cid).source)
+        else:
+            cid, context = self.grammar.propose(trial)
+            trial.set_user_attr("source", "space")
+        self._wait_for_running_duplicate(trial.study, cid, trial.number)
+        done = self._finished_duplicate(trial.study, cid, trial.number)
+        if done is not None:
+            return self._copy(trial, done)
+
+        before = self.scorer.generations
+        outs: list[PromptOutcome] = []
+        benign: list[PromptOutcome] = []
+        screen = self._screens_benign(trial)
+        k = self.config.minibatch
+        for start in range(0, len(self.harmful), k):
+            batch = self.harmful[start : start + k]
+            new = self.scorer.outcomes(context, batch)
+            outs += new
+            if not self.prune:
+                continue
+            if self.wilcoxon:
+                for i, o in enumerate(new, start=start):
+                    trial.report(o.p_flip, i)
+            else:
+                trial.report(summarise(outs).tfr.value, len(outs))
+            if start + k < len(self.harmful) and trial.should_prune():
+                self._record(trial, outs + benign, before, pruned=True)
+                raise optuna.TrialPruned(f"TFR {summarise(outs).tfr.value:.3f} after {len(outs)}")
+            if screen and start == 0:
+                # One benign minibatch early: a clear over-refuser stops here instead of
+                # after all its harmful prompts.
+                benign = self._score_benign(trial, context, outs, before, benign, stop=k)
+        if self.benign:
+            benign = self._score_benign(trial, context, outs, before, benign, stop=None)
+        score = self._record(trial, outs + benign, before, pruned=False)
+        tfr, over = score.tfr.value, score.over_refusal.value
+        return (tfr, over) if self.multi else tfr
+
+    def _screens_benign(self, trial: optuna.Trial) -> bool:
+        # With the race pruner, over-refusal is raced too (see flipsearch.pruners).
+        return bool(self.benign) and not self.multi and isinstance(trial.study.pruner, RacePruner)
+
+    def _score_benign(
+        self,
+        trial: optuna.Trial,
+        context: Context,
+        outs: list[PromptOutcome],
+        before: int,
+        done: list[PromptOutcome],
+        *,
+        stop: int | None,
+    ) -> list[PromptOutcome]:
+        """Score benign prompts after the ``done`` ones, up to index ``stop`` (None: all).
+
+        With the race pruner it goes minibatch by minibatch and prunes the trial once it
+        is clearly infeasible: P(over-refusal <= ``max_over_refusal``) < the pruner's
+        threshold (such a context cannot be exported). Returns ``done`` + the new ones.
+        """
+        end = len(self.benign) if stop is None else min(stop, len(self.benign))
+        if not self._screens_benign(trial):
+            return done + self.scorer.outcomes(context, self.benign[len(done) : end])
+        benign = list(done)
+        k = self.config.minibatch
+        limit = self.config.max_over_refusal
+        threshold = trial.study.pruner.threshold  # type: ignore[attr-defined]
+        for start in range(len(done), end, k):
+            benign += self.scorer.outcomes(context, self.benign[start : min(start + k, end)])
+            over = summarise(benign).over_refusal
+            last = len(benign) >= len(self.benign)
+            if not last and prob_at_most(round(over.k), over.n, limit) < threshold:
+                self._record(trial, outs + benign, before, pruned=True)
+                raise optuna.TrialPruned(
+                    f"over-refusal {over.value:.3f} after {over.n} benign prompts (limit {limit})"
+                )
+        return benign
+
+    def _record(
+        self, trial: optuna.Trial, outs: list[PromptOutcome], before: int, *, pruned: bool
+    ) -> FlipScore:
+        score = summarise(outs)
+        trial.set_user_attr("scores", score.to_dict())
+        trial.set_user_attr("outcomes", _outcome_attrs(outs, len(self.harmful)))
+        trial.set_user_attr("n_harmful", sum(o.type == "harmful" for o in outs))
+        trial.set_user_attr("n_benign", sum(o.type == "benign" for o in outs))
+        trial.set_user_attr("generations", self.scorer.generations - before)
+        if not pruned:
+            over = score.over_refusal.value if self.benign else 0.0
+            excess = over - self.config.max_over_refusal
+            trial.set_user_attr("constraints", [excess])
+            trial.set_user_attr("feasible", excess <= 0)
+            if self.benign and native_constraints():
+                trial.set_constraint("over_refusal", excess)
+        return score
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        # Another worker's running trials already complete the budget: stop instead of
+        # overshooting (Optuna's MaxTrialsCallback only checks after a trial). An enqueued
+        # candidate goes back into the queue.
+        trials = trial.study.get_trials(deepcopy=False)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        running = sum(t.state == TrialState.RUNNING and t.number != trial.number for t in trials)
+        if done + running < self.config.trials:
+            return False
+        attrs = {
+            k: v for k, v in trial.user_attrs.items() if k in (POOL_ATTR, "retry_of", "retries")
+        }
+        fixed = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+        if attrs or fixed:
+            trial.study.enqueue_trial(dict(trial.params), user_attrs=attrs, skip_if_exists=False)
+        trial.set_user_attr("surplus", True)
+        return True
+
+    def _wait_for_running_duplicate(self, study: optuna.Study, cid: str, number: int) -> None:
+        # Another worker is scoring this very candidate (a grid handed out twice, TPE
+        # repeating itself): wait for it instead of generating the same answers twice.
+        deadline = time.time() + self.config.grace_s
+        while time.time() < deadline:
+            running = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number != number and t.user_attrs.get("candidate_id") == cid
+            ]
+            if not running:
+                return
+            time.sleep(min(1.0, self.config.heartbeat_interval))
+
+    @staticmethod
+    def _finished_duplicate(study: optuna.Study, cid: str, number: int) -> FrozenTrial | None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if (
+                t.number != number
+                and t.user_attrs.get("candidate_id") == cid
+                and "scores" in t.user_attrs
+            ):
+                return t
+        return None
+
+    def _copy(self, trial: optuna.Trial, done: FrozenTrial) -> float | tuple[float, float]:
+        # The same candidate was already scored (greedy scoring is deterministic): reuse.
+        for key in ("scores", "outcomes", "n_harmful", "n_benign", "constraints", "feasible"):
+            if key in done.user_attrs:
+                trial.set_user_attr(key, done.user_attrs[key])
+        trial.set_user_attr("generations", 0)
+        trial.set_user_attr("duplicate_of", done.number)
+        if self.benign and native_constraints() and "constraints" in done.user_attrs:
+            trial.set_constraint("over_refusal", done.user_attrs["constraints"][0])
+        return tuple(done.values) if self.multi else done.values[0]  # type: ignore[return-value]

@@ -1,0 +1,91 @@
+"""What a study records about itself: its config (``config.json``) and its provenance.
+
+A resumed study must keep the :data:`~flipsearch.sweep.IDENTITY_FIELDS` recorded in
+``<results_dir>/<study>/config.json`` (and its storage): :func:`check_config` compares,
+then writes the file. Both records hold paths portably, no tokens and the storage
+password masked (:func:`flipsearch.paths.recordable`, :func:`flipsearch.storage.mask_storage`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from flipsearch import __version__
+from flipsearch.errors import ConfigError
+from flipsearch.models import model_identity
+from flipsearch.paths import recordable
+from flipsearch.storage import mask_storage, storage_identity
+from flipsearch.sweep._config import IDENTITY_FIELDS, SweepConfig
+from flipsearch.sweep._workers import write_json
+from flipsearch.trials import CONFIG_FILE
+from flipsearch.version import version_info
+
+if TYPE_CHECKING:
+    from flipsearch.flip import FlipScorer
+    from flipsearch.prompts import PromptSet
+    from flipsearch.space import SearchSpace
+
+__all__ = ["check_config", "provenance", "recorded_config"]
+
+
+def check_config(config: SweepConfig) -> None:
+    """Write ``config.json``; if the study has one, first check that ``config`` may resume it.
+
+    A resumed study must keep the :data:`IDENTITY_FIELDS` and its storage; the rest may
+    change between runs. Call it under the study's lock.
+
+    Raises:
+        ConfigError: an identity field or the storage differs from the recorded one.
+    """
+    path = config.folder / CONFIG_FILE
+    if path.is_file():
+        old = SweepConfig.from_dict(json.loads(path.read_text()))
+        old_id, new_id = old.identity(), config.identity()
+        for name in IDENTITY_FIELDS:
+            # config.json records paths portably (recordable): compare in that form.
+            if recordable(old_id[name]) != recordable(new_id[name]):
+                raise ConfigError(
+                    f"`{name}` must match the study's {path} ({old_id[name]!r}) to resume "
+                    f"{config.study!r}, got {new_id[name]!r}: scores on other settings are "
+                    "not comparable. Use a new --study."
+                )
+        # The file holds the masked URL: compare the URLs without passwords.
+        if storage_identity(old.storage) != storage_identity(config.storage):
+            raise ConfigError(
+                f"`storage` must match the study's {path} ({mask_storage(old.storage)!r}), "
+                f"got {mask_storage(config.storage)!r}: the trials live there"
+            )
+    write_json(path, recorded_config(config))
+
+
+def recorded_config(config: SweepConfig) -> dict[str, object]:
+    """``config`` as ``config.json`` and the study's ``sweep_config`` hold it: paths
+    portable, no tokens, the storage URL's password masked (``open_study`` reconnects
+    with PGPASSWORD or .pgpass)."""
+    doc = config.to_dict(masked=True)
+    return {**recordable(doc), "storage": doc["storage"]}
+
+
+def provenance(
+    config: SweepConfig, scorer: FlipScorer, space: SearchSpace, sets: Sequence[PromptSet]
+) -> dict[str, object]:
+    """What the study's scores were measured with, for its export files: the model by
+    identity, engine, judge, prompt sets, scoring, space and code version (paths
+    portable, no tokens)."""
+    return recordable(
+        {
+            **model_identity(config.engine.model, scorer.engine.model_path),
+            "engine": scorer.engine.name,
+            "judge": scorer.judge_id,
+            "prompt_sets": [ps.describe() for ps in sets],
+            "max_tokens": scorer.settings.max_tokens,
+            "scoring": scorer.settings.to_dict(),
+            "space": {"name": space.name, "source": space.source, "digest": space.digest()},
+            "objective": config.objective,
+            "max_over_refusal": config.max_over_refusal,
+            "package_version": __version__,
+            "code": version_info(),  # version + git commit of the code (None if installed)
+        }
+    )

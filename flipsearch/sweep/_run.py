@@ -1,0 +1,225 @@
+"""The sweep run: set up (prompts, config check, storage, scorer, study), then optimize.
+
+:func:`run_sweep` reads as its steps; each step is a small function below it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import optuna
+from optuna.storages import BaseStorage
+
+from flipsearch.cache import GenerationCache
+from flipsearch.contexts import Context
+from flipsearch.engines import Engine
+from flipsearch.errors import ConfigError
+from flipsearch.flip import FlipScorer, ScoreSettings
+from flipsearch.judges import Judge
+from flipsearch.models import cache_dir
+from flipsearch.prompts import PromptRow, PromptSet, load_prompt_set
+from flipsearch.proposers import CandidatePool, PoolProposer, pool_id
+from flipsearch.scoring import summarise
+from flipsearch.space import SearchSpace, load_search_space
+from flipsearch.sweep._callbacks import FINISHED, Progress, Rewrite
+from flipsearch.sweep._config import SweepConfig
+from flipsearch.sweep._factories import make_pruner, make_sampler
+from flipsearch.sweep._objective import Objective, SurplusTrial, ordered
+from flipsearch.sweep._provenance import check_config, provenance, recorded_config
+from flipsearch.sweep._stale import recover_stale_trials, retry_trial
+from flipsearch.sweep._workers import locked, register_worker, unregister_worker
+
+__all__ = ["run_sweep"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    engine: Engine | None = None,
+    judge: Judge | None = None,
+    cache: GenerationCache | None = None,
+) -> optuna.Study:
+    """Run (or resume) a sweep until the study holds ``config.trials`` finished trials.
+
+    Args:
+        config: the sweep.
+        engine, judge, cache: already built objects to use instead of building them from
+            ``config`` (tests, benchmarks, notebooks). The config still names what they are.
+
+    Returns:
+        The Optuna study.
+
+    Raises:
+        ConfigError: a bad setting, or resuming a study with different identity fields
+            (:data:`~flipsearch.sweep.IDENTITY_FIELDS`).
+    """
+    folder = config.folder
+    space = load_search_space(config.space)
+    prompts = _Prompts.load(config)
+    # The config and the storage first: a wrong one fails before a model loads.
+    with locked(folder):
+        check_config(config)
+    storage = _storage(config)
+    scorer = _scorer(config, engine, judge, cache)
+    pool = CandidatePool(folder / "pool.jsonl")
+
+    with locked(folder):
+        worker = register_worker(folder)
+        study = _create_study(config, storage, space, worker)
+        failed = recover_stale_trials(study, grace_s=config.grace_s)
+        if failed:
+            logger.warning("marked stale trials %s FAIL and enqueued them again", failed)
+        PoolProposer(pool).enqueue(study, _seed_pool(config, pool))
+        _baseline(study, config, scorer, space, prompts)
+
+    n_done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if n_done >= config.trials:
+        logger.info("study %r already has %d finished trials; nothing to do", config.study, n_done)
+        unregister_worker(folder)
+        return study
+
+    objective = Objective(config, scorer, space, pool, prompts.harmful, prompts.benign)
+    progress = Progress(config, n_done)
+    rewrite = Rewrite(config, scorer.engine, pool, prompts.harmful, folder)
+    try:
+        study.optimize(
+            objective,
+            n_trials=config.trials - n_done,
+            callbacks=[
+                progress,
+                rewrite,
+                optuna.study.MaxTrialsCallback(config.trials, states=FINISHED),
+            ],
+            # A ConfigError (e.g. a context too long for the window) fails that trial; a
+            # SurplusTrial fails the one trial the budget had no room for.
+            catch=(ConfigError, SurplusTrial),
+            gc_after_trial=False,
+        )
+    finally:
+        progress.close()
+        unregister_worker(folder)
+    return study
+
+
+# ---------------------------------------------------------------- set-up steps
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """The prompt sets (for provenance) and their rows in sweep order (:func:`ordered`)."""
+
+    harmful_set: PromptSet
+    benign_set: PromptSet | None
+    harmful: list[PromptRow]
+    benign: list[PromptRow]
+
+    @classmethod
+    def load(cls, config: SweepConfig) -> _Prompts:
+        harmful = load_prompt_set(config.harmful, limit=config.limit_harmful).harmful()
+        if not len(harmful):
+            raise ConfigError(
+                f"`harmful` must hold harmful prompts, got none in {config.harmful!r}"
+            )
+        benign = None
+        if config.benign:
+            benign = load_prompt_set(config.benign, limit=config.limit_benign).benign()
+            if not len(benign):
+                raise ConfigError(
+                    f"`benign` must hold benign prompts, got none in {config.benign!r}"
+                )
+        return cls(harmful, benign, ordered(list(harmful)), ordered(list(benign or [])))
+
+    @property
+    def sets(self) -> list[PromptSet]:
+        return [self.harmful_set] + ([self.benign_set] if self.benign_set is not None else [])
+
+
+def _storage(config: SweepConfig) -> BaseStorage:
+    # RDB storages also get Optuna's heartbeat, which fails and retries dead trials.
+    return config.storage_spec.build(
+        heartbeat_interval=config.heartbeat_interval,
+        grace_period=config.grace_s,
+        failed_trial_callback=retry_trial,
+    )
+
+
+def _scorer(
+    config: SweepConfig,
+    engine: Engine | None,
+    judge: Judge | None,
+    cache: GenerationCache | None,
+) -> FlipScorer:
+    # Objects given by the caller win; the rest is built from the config.
+    if cache is None:
+        cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
+    judge = judge or config.judge.build()
+    engine = engine or config.engine.build()
+    return FlipScorer(engine, judge, cache, ScoreSettings(max_tokens=config.max_tokens))
+
+
+def _create_study(
+    config: SweepConfig, storage: BaseStorage, space: SearchSpace, worker: int
+) -> optuna.Study:
+    # Create or load the study with this worker's sampler and the pruner.
+    sampler = make_sampler(
+        config.sampler,  # type: ignore[arg-type]
+        # The grid's order comes from the seed: all workers must share it.
+        seed=config.seed if config.sampler == "bruteforce" else config.seed + worker,
+        constrained=config.benign is not None,
+        grid=space.dimensions(),
+    )
+    return optuna.create_study(
+        study_name=config.study,
+        storage=storage,
+        load_if_exists=True,
+        directions=["maximize", "minimize"] if config.objective == "multi" else ["maximize"],
+        sampler=sampler,
+        pruner=make_pruner(config.pruner, minibatch=config.minibatch),  # type: ignore[arg-type]
+    )
+
+
+def _seed_pool(config: SweepConfig, pool: CandidatePool) -> list[str]:
+    # User contexts and baselines become pool entries, so they are enqueued like any
+    # pool candidate and a resumed sweep does not enqueue them twice (ids are hashes).
+    ids: list[str] = []
+    if config.enqueue:
+        pool.add(list(config.enqueue), source="user", placement=config.enqueue_placement)
+        ids += [pool_id(t, config.enqueue_placement) for t in config.enqueue]
+    if config.baselines:
+        for cand in load_search_space(config.baselines).enumerate():
+            name = cand.id.split("@")[0].removeprefix("candidate=")
+            pool.add(
+                [cand.context.text], source=f"baseline:{name}", placement=cand.context.placement
+            )
+            ids.append(pool_id(cand.context.text, cand.context.placement))
+    return list(dict.fromkeys(ids))
+
+
+def _baseline(
+    study: optuna.Study,
+    config: SweepConfig,
+    scorer: FlipScorer,
+    space: SearchSpace,
+    prompts: _Prompts,
+) -> None:
+    # The context-free baseline, once for every prompt; every trial reuses it through the
+    # cache. A new study also records what it is measured with (once, under the lock).
+    before = scorer.generations
+    base = summarise(scorer.outcomes(Context(""), prompts.harmful + prompts.benign))
+    if "provenance" not in study.user_attrs:
+        study.set_user_attr("provenance", provenance(config, scorer, space, prompts.sets))
+        study.set_user_attr("sweep_config", recorded_config(config))
+        study.set_user_attr(
+            "prompt_ids",
+            {"harmful": [r.id for r in prompts.harmful], "benign": [r.id for r in prompts.benign]},
+        )
+        study.set_user_attr("baseline", base.to_dict())
+    logger.info(
+        "study %r: baseline unsafe rate %s (%d new generations)",
+        config.study,
+        base.base_unsafe_rate,
+        scorer.generations - before,
+    )
