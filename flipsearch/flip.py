@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from flipsearch.cache import GenerationCache, cached_generate, cached_judge
+from flipsearch.checks import check_choice, check_int
 from flipsearch.contexts import Context
 from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.errors import ConfigError
@@ -50,12 +51,10 @@ class ScoreSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in ("greedy", "sample"):
-            raise ConfigError(f"`mode` must be 'greedy' or 'sample', got {self.mode!r}")
+        check_choice("mode", self.mode, ("greedy", "sample"))
         if self.mode == "greedy" and self.k != 1:
             raise ConfigError(f"`k` must be 1 in greedy mode, got {self.k!r}. Use mode='sample'.")
-        if self.k < 1:
-            raise ConfigError(f"`k` must be >= 1, got {self.k!r}")
+        check_int("k", self.k)
         self.sampling()  # validates max_tokens, temperature, top_p
 
     def sampling(self) -> Sampling:

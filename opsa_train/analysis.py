@@ -53,6 +53,7 @@ from opsa_train.analysis_report import (
     top_tokens_table,
     write_csv,
 )
+from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -113,14 +114,10 @@ class AnalysisConfig:
         object.__setattr__(self, "models", dict(self.models))
         if not self.models:
             raise ConfigError("`models` must name at least one model, got {}")
-        if self.rollouts not in ROLLOUTS:
-            raise ConfigError(f"`rollouts` must be one of {ROLLOUTS}, got {self.rollouts!r}")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            raise ConfigError(f"`limit` must be None or an integer >= 1, got {self.limit!r}")
+        check_choice("rollouts", self.rollouts, ROLLOUTS)
+        check_int("limit", self.limit, optional=True)
         for name in ("max_tokens", "batch_size", "top_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.teacher is None:
             models = list(self.models)
             object.__setattr__(self, "teacher", "base" if "base" in models else models[0])

@@ -18,45 +18,42 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
-import math
-import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any
 
-import yaml
-
+from flipsearch import coerce
 from flipsearch.contexts import PLACEMENTS
 from flipsearch.models import DEFAULT_MODEL
+from opsa_train.checks import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_number,
+    check_prompt_specs,
+    check_str,
+)
 from opsa_train.errors import ConfigError
+from opsa_train.presets import (
+    CPU_DEMO,
+    DTYPES,
+    ENGINES,
+    LOSSES,
+    MISMATCH_POLICIES,
+    PAPER,
+    SCHEDULES,
+)
 
 logger = logging.getLogger(__name__)
-
-Engine = Literal["auto", "vllm", "hf"]
-Loss = Literal["mixed_topk", "forward_topk", "reverse_topk", "mixed_full", "sampled_token"]
-Schedule = Literal["cosine", "constant"]
-Dtype = Literal["bfloat16", "float32"]
-MismatchPolicy = Literal["warn", "error"]
-
-ENGINES: tuple[str, ...] = get_args(Engine)
-LOSSES: tuple[str, ...] = get_args(Loss)
-SCHEDULES: tuple[str, ...] = get_args(Schedule)
-DTYPES: tuple[str, ...] = get_args(Dtype)
-MISMATCH_POLICIES: tuple[str, ...] = get_args(MismatchPolicy)
 
 # Losses that read `alpha`, and the fixed alpha of the others (forward weight).
 _ALPHA_LOSSES = ("mixed_topk", "mixed_full")
 _FIXED_ALPHA = {"forward_topk": 1.0, "reverse_topk": 0.0, "sampled_token": 0.0}
 _DEFAULT_ALPHA = 0.5  # the paper's 0.5 forward + 0.5 reverse
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
-_NONE = ("none", "null")  # "" stays a string: `benign_context=` means no context
 
 
 @dataclass(frozen=True)
@@ -185,114 +182,101 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Normalise: YAML lists and CLI strings into tuples.
         for name in ("harmful_prompts", "benign_prompts"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(s.strip() for s in value.split(",") if s.strip())
-            elif isinstance(value, list):
-                value = tuple(value)
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, coerce.as_tuple(getattr(self, name)))
         if isinstance(self.betas, list):
             object.__setattr__(self, "betas", tuple(self.betas))
-        self._verify()
+        self._verify_model_and_data()
+        self._verify_rollout_and_loss()
+        self._verify_optimisation()
+        self._verify_schedule()
+        self._verify_runtime()
         self._warn_ignored()
 
-    def _verify(self) -> None:
-        _check_str("model", self.model)
-        _check_optional_str("context_file", self.context_file)
-        _check_optional_str("benign_context", self.benign_context, allow_empty=True)
-        if self.placement is not None:
-            _check_choice("placement", self.placement, PLACEMENTS)
+    def _verify_model_and_data(self) -> None:
+        check_str("model", self.model)
+        check_str("context_file", self.context_file, optional=True)
+        check_str("benign_context", self.benign_context, optional=True, allow_empty=True)
+        check_choice("placement", self.placement, PLACEMENTS, optional=True)
         for name in ("harmful_prompts", "benign_prompts"):
-            _check_prompt_specs(name, getattr(self, name))
+            check_prompt_specs(name, getattr(self, name))
         if not self.harmful_prompts:
             raise ConfigError(
                 "`harmful_prompts` must name at least one prompt set, got (): "
                 "OPSA aligns the student on harmful prompts"
             )
-        _check_int("max_prompts", self.max_prompts, minimum=1, optional=True)
+        check_int("max_prompts", self.max_prompts, optional=True)
 
-        _check_choice("engine", self.engine, ENGINES)
-        _check_int("n_rollouts", self.n_rollouts, minimum=1)
-        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
-        _check_float("temperature", self.temperature)
-        if self.temperature <= 0:
-            raise ConfigError(
-                f"`temperature` must be > 0, got {self.temperature!r}: on-policy training "
-                "samples the student; greedy rollouts would train on one mode only"
+    def _verify_rollout_and_loss(self) -> None:
+        check_choice("engine", self.engine, ENGINES)
+        check_int("n_rollouts", self.n_rollouts)
+        check_int("max_new_tokens", self.max_new_tokens)
+        check_number(
+            "temperature",
+            self.temperature,
+            above=0,
+            why="on-policy training samples the student; "
+            "greedy rollouts would train on one mode only",
+        )
+        check_fraction("top_p", self.top_p, include_0=False)
+        check_choice("loss", self.loss, LOSSES)
+        if self.alpha is not None:  # None: the loss's own alpha (see `kl_alpha`)
+            check_fraction(
+                "alpha", self.alpha, why="1 is pure forward KL(teacher||student), 0 pure reverse"
             )
-        _check_float("top_p", self.top_p)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"`top_p` must be in (0, 1], got {self.top_p!r}")
+        check_int("top_k", self.top_k)
+        check_bool("tail_bucket", self.tail_bucket)
+        check_int("chunk_size", self.chunk_size)
 
-        _check_choice("loss", self.loss, LOSSES)
-        if self.alpha is not None:
-            _check_float("alpha", self.alpha)
-            if not 0.0 <= self.alpha <= 1.0:
-                raise ConfigError(
-                    f"`alpha` must be in [0, 1], got {self.alpha!r}: "
-                    "1 is pure forward KL(teacher||student), 0 pure reverse"
-                )
-        _check_int("top_k", self.top_k, minimum=1)
-        _check_bool("tail_bucket", self.tail_bucket)
-        _check_int("chunk_size", self.chunk_size, minimum=1)
-
-        _check_float("lr", self.lr)
-        if self.lr <= 0:
-            raise ConfigError(f"`lr` must be > 0, got {self.lr!r}")
-        _check_float("weight_decay", self.weight_decay)
-        if self.weight_decay < 0:
-            raise ConfigError(f"`weight_decay` must be >= 0, got {self.weight_decay!r}")
+    def _verify_optimisation(self) -> None:
+        check_number("lr", self.lr, above=0)
+        check_number("weight_decay", self.weight_decay, minimum=0)
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
             raise ConfigError(f"`betas` must be two floats, got {self.betas!r}")
         for beta in self.betas:
-            _check_float("betas", beta)
+            check_number("betas", beta)
             if not 0.0 <= beta < 1.0:
                 raise ConfigError(f"`betas` must each be in [0, 1), got {self.betas!r}")
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        _check_float("warmup_ratio", self.warmup_ratio)
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.warmup_steps and self.warmup_ratio:
-            raise ConfigError(
-                f"`warmup_steps` must be 0 when `warmup_ratio` is set ({self.warmup_ratio!r}), "
-                f"got {self.warmup_steps!r}. Set only one of them."
-            )
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip)
-            if self.grad_clip <= 0:
-                raise ConfigError(
-                    f"`grad_clip` must be > 0 or None (no clipping), got {self.grad_clip!r}"
-                )
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("grad_accumulation", self.grad_accumulation, minimum=1)
+        check_number(
+            "grad_clip", self.grad_clip, above=0, optional=True, why="None disables clipping"
+        )
+        check_int("batch_size", self.batch_size)
+        check_int("grad_accumulation", self.grad_accumulation)
         if self.batch_size % self.grad_accumulation:
             raise ConfigError(
                 f"`batch_size` must be divisible by `grad_accumulation` "
                 f"({self.grad_accumulation}), got {self.batch_size!r}"
             )
-        _check_int("rollout_batch_size", self.rollout_batch_size, minimum=1, optional=True)
-        _check_float("epochs", self.epochs)
-        if self.epochs <= 0:
-            raise ConfigError(f"`epochs` must be > 0, got {self.epochs!r}")
-        _check_int("steps", self.steps, minimum=1, optional=True)
+        check_int("rollout_batch_size", self.rollout_batch_size, optional=True)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_bool("gradient_checkpointing", self.gradient_checkpointing)
+        check_int("seed", self.seed, minimum=0)
+
+    def _verify_schedule(self) -> None:
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_fraction("warmup_ratio", self.warmup_ratio, include_1=False)
+        if self.warmup_steps and self.warmup_ratio:
+            raise ConfigError(
+                f"`warmup_steps` must be 0 when `warmup_ratio` is set ({self.warmup_ratio!r}), "
+                f"got {self.warmup_steps!r}. Set only one of them."
+            )
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_number("epochs", self.epochs, above=0)
+        check_int("steps", self.steps, optional=True)
         if self.steps is not None and self.warmup_steps >= self.steps:
             raise ConfigError(
                 f"`warmup_steps` must be < `steps` ({self.steps}), got {self.warmup_steps!r}"
             )
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_bool("gradient_checkpointing", self.gradient_checkpointing)
-        _check_int("seed", self.seed, minimum=0)
 
-        _check_str("out_dir", self.out_dir)
-        _check_int("checkpoint_every", self.checkpoint_every, minimum=0)
-        _check_int("keep_checkpoints", self.keep_checkpoints, minimum=1, optional=True)
-        _check_int("sync_check_every", self.sync_check_every, minimum=0)
-        _check_int("log_every", self.log_every, minimum=1)
-        _check_bool("tensorboard", self.tensorboard)
-        _check_bool("wandb", self.wandb)
-        _check_optional_str("wandb_project", self.wandb_project)
-        _check_choice("export_model_mismatch", self.export_model_mismatch, MISMATCH_POLICIES)
+    def _verify_runtime(self) -> None:
+        check_str("out_dir", self.out_dir)
+        check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_int("keep_checkpoints", self.keep_checkpoints, optional=True)
+        check_int("sync_check_every", self.sync_check_every, minimum=0)
+        check_int("log_every", self.log_every)
+        check_bool("tensorboard", self.tensorboard)
+        check_bool("wandb", self.wandb)
+        check_str("wandb_project", self.wandb_project, optional=True)
+        check_choice("export_model_mismatch", self.export_model_mismatch, MISMATCH_POLICIES)
 
     def _warn_ignored(self) -> None:
         if self.alpha is not None and self.loss not in _ALPHA_LOSSES:
@@ -340,85 +324,26 @@ class TrainConfig:
     def paper(cls, **overrides: object) -> TrainConfig:
         """The paper's recipe (arXiv 2605.15239): full-parameter AdamW at lr 1e-5, batch 64,
         3 epochs, 0.5 forward + 0.5 reverse KL over the teacher's top-k, token mean,
-        grad clip 1.0, bf16.
-
-        Choices the paper does not pin, made here:
-
-        - ``top_k=64`` with ``tail_bucket=True``: for instruct models sampled at
-          temperature 1 the top 64 ids hold nearly all of the teacher's mass at almost
-          every position, the tail bucket accounts for the rest (so reverse KL still sees
-          student mass leaving the teacher's support), and (B, T, 64) log-probs are
-          negligible next to (B, T, V) logits. Sweep 16..256 if the tail mass is large.
-        - ``max_new_tokens=512``: long enough for a refusal or most helpful answers;
-          raise it for reasoning models. ``n_rollouts=1``, temperature 1, top_p 1
-          (on-policy). Constant lr, no warm-up, weight decay 0 (none stated).
-        - ``alpha=None``, which `kl_alpha` resolves to the paper's 0.5; left unset so that
-          ``paper(loss="forward_topk")`` does not warn about an ignored alpha.
+        grad clip 1.0, bf16; the choices the paper does not pin are explained at
+        :data:`opsa_train.presets.PAPER`.
 
         Example:
             >>> TrainConfig.paper().lr, TrainConfig.paper(lr=2e-5).lr
             (1e-05, 2e-05)
         """
-        values: dict[str, object] = {
-            "loss": "mixed_topk",
-            "alpha": None,  # 0.5 for the mixed losses; None so `loss=` overrides stay quiet
-            "top_k": 64,
-            "tail_bucket": True,
-            "engine": "auto",
-            "n_rollouts": 1,
-            "max_new_tokens": 512,
-            "temperature": 1.0,
-            "top_p": 1.0,
-            "lr": 1e-5,
-            "weight_decay": 0.0,
-            "betas": (0.9, 0.999),
-            "warmup_steps": 0,
-            "warmup_ratio": 0.0,
-            "schedule": "constant",
-            "grad_clip": 1.0,
-            "batch_size": 64,
-            "epochs": 3.0,
-            "steps": None,
-            "dtype": "bfloat16",
-        }
-        return _build(cls, {**values, **overrides})
+        return _build(cls, {**PAPER, **overrides})
 
     @classmethod
     def cpu_default(cls, **overrides: object) -> TrainConfig:
-        """A demo sized for minutes on 2 CPU cores with the embedded 135M model.
-
-        20 steps of 8 prompts, 48 new tokens each, float32, the ``hf`` engine (no vLLM
-        start-up or weight sync). ``lr=5e-5`` rather than the paper's 1e-5: an AdamW step
-        moves each weight by about ``lr``, so 20 steps at 1e-5 barely change the KL,
-        while 5e-5 makes a visible drop and is still a common fine-tuning rate for small
-        models. float32 because CPU bf16 matmuls are slow on many CPUs and bf16 weights
-        would round such updates away.
+        """A demo sized for minutes on 2 CPU cores with the embedded 135M model: 20 steps
+        of 8 prompts, 48 new tokens, float32, lr 5e-5 (why: :data:`opsa_train.presets.CPU_DEMO`).
 
         Example:
             >>> cfg = TrainConfig.cpu_default()
             >>> cfg.model, cfg.steps, cfg.batch_size, cfg.dtype
             ('smollm2-135m', 20, 8, 'float32')
         """
-        values: dict[str, object] = {
-            "model": DEFAULT_MODEL,
-            "engine": "hf",
-            "n_rollouts": 1,
-            "max_new_tokens": 48,
-            "loss": "mixed_topk",
-            "alpha": None,
-            "top_k": 64,
-            "lr": 5e-5,
-            "batch_size": 8,
-            "grad_accumulation": 1,
-            "steps": 20,
-            "dtype": "float32",
-            "out_dir": "runs/cpu-demo",
-            "checkpoint_every": 10,
-            "keep_checkpoints": 2,
-            "sync_check_every": 0,
-            "log_every": 1,
-        }
-        return _build(cls, {**values, **overrides})
+        return _build(cls, {**CPU_DEMO, **overrides})
 
     # ---- serialisation -----------------------------------------------------------------
 
@@ -432,22 +357,13 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Loading: YAML + CLI overrides
+# Loading: YAML + CLI overrides (see :mod:`flipsearch.coerce`)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     """``["lr=1e-5", "steps=10"]`` -> ``{"lr": "1e-5", "steps": "10"}``; later keys win.
-
-    Raises:
-        ConfigError: an item has no ``=`` or an empty key.
-    """
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override must look like `key=value`, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
+    Raises ConfigError for an item without ``=`` or a key."""
+    return coerce.parse_overrides(items, error=ConfigError)
 
 
 def load_train_config(
@@ -471,167 +387,10 @@ def load_train_config(
         ConfigError: a missing or malformed file, an unknown key (with close matches),
             a value that cannot be coerced, or any `TrainConfig` rule.
     """
-    values: dict[str, Any] = base.to_dict() if base is not None else {}
-    loaded: Any = {}
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"`yaml_path` must be an existing file, got {str(path)!r}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"config file {str(path)!r} must hold a mapping of options, "
-                f"got {type(loaded).__name__}"
-            )
-        try:
-            values.update(_coerce_all(loaded))
-        except ConfigError as exc:
-            raise ConfigError(f"config file {str(path)!r}: {exc}") from exc
-    values.update(_coerce_all(dict(overrides or {})))
-    try:
-        return TrainConfig(**values)
-    except ConfigError as exc:
-        field = re.match(r"`(\w+)`", str(exc))
-        if yaml_path is not None and field and field.group(1) in loaded:
-            raise ConfigError(f"config file {str(yaml_path)!r}: {exc}") from exc
-        raise
+    values = base.to_dict() if base is not None else None
+    return coerce.load_config(TrainConfig, yaml_path, overrides, base=values, error=ConfigError)
 
 
 def _build(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
-    _check_keys(values)
+    coerce.check_keys(values, [f.name for f in fields(TrainConfig)], error=ConfigError)
     return cls(**values)
-
-
-def _check_keys(values: Mapping[str, object]) -> None:
-    known = [f.name for f in fields(TrainConfig)]
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
-            raise ConfigError(f"unknown config key `{key}`.{hint} Known keys: {', '.join(known)}")
-
-
-def _coerce_all(values: Mapping[str, object]) -> dict[str, object]:
-    _check_keys(values)
-    hints = typing.get_type_hints(TrainConfig)
-    return {key: _coerce(key, value, hints[key]) for key, value in values.items()}
-
-
-def _coerce(name: str, value: object, tp: object) -> object:
-    # Turn a YAML value or CLI string into `tp`; range rules are left to __post_init__.
-    origin, args = get_origin(tp), get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        is_none = value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
-        if is_none and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner[0]) if len(inner) == 1 else value
-    if origin is Literal:
-        return value  # __post_init__ names the choices
-    if origin is tuple:
-        if isinstance(value, str):
-            items: list[object] = [s.strip() for s in value.split(",") if s.strip()]
-        elif isinstance(value, list | tuple):
-            items = list(value)
-        else:
-            raise ConfigError(f"`{name}` must be a list, got {value!r}")
-        item_type = args[0] if args else str
-        return tuple(_coerce(name, item, item_type) for item in items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"`{name}` must be a boolean (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        number = _to_float(value)
-        if number is None or not number.is_integer():
-            raise ConfigError(f"`{name}` must be an integer, got {value!r}")
-        return int(number)
-    if tp is float:
-        number = _to_float(value)
-        if number is None:
-            raise ConfigError(f"`{name}` must be a number, got {value!r}")
-        return number
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"`{name}` must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _to_float(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-# --------------------------------------------------------------------------------------
-# Field checks, one message form: "`name` must <rule>, got <value!r>"
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"`{name}` must be one of {choices}, got {value!r}")
-
-
-def _check_int(name: str, value: object, *, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        none = " or None" if optional else ""
-        raise ConfigError(f"`{name}` must be an integer >= {minimum}{none}, got {value!r}")
-
-
-def _check_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"`{name}` must be True or False, got {value!r}")
-
-
-def _check_str(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"`{name}` must be a non-empty string, got {value!r}")
-
-
-def _check_optional_str(name: str, value: object, *, allow_empty: bool = False) -> None:
-    if value is None or (allow_empty and value == ""):
-        return
-    if not isinstance(value, str):
-        raise ConfigError(f"`{name}` must be a string or None, got {value!r}")
-    if not allow_empty:
-        _check_str(name, value)
-
-
-def _check_prompt_specs(name: str, specs: object) -> None:
-    if not isinstance(specs, tuple):
-        raise ConfigError(f"`{name}` must be a list of `name[:split]` strings, got {specs!r}")
-    for spec in specs:
-        if (
-            not isinstance(spec, str)
-            or not spec.strip()
-            or spec.count(":") > 1
-            or spec.startswith(":")
-            or spec.endswith(":")
-        ):
-            raise ConfigError(
-                f"`{name}` entries must look like `name` or `name:split`, got {spec!r}"
-            )

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from flipsearch.judges import JudgeConfig
+from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import ConfigError
 
 __all__ = ["REASONING_KINDS", "EvalConfig", "reasoning_kind", "reasoning_prompt"]
@@ -119,17 +120,10 @@ class EvalConfig:
                     f"got {kind_set!r}: answer extraction is written for those formats"
                 )
         for name in ("limit", "reasoning_limit"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"`{name}` must be None or an integer >= 1, got {value!r}")
+            check_int(name, getattr(self, name), optional=True)
         for name in ("max_tokens", "reasoning_max_tokens", "retention_max_tokens", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
-        if self.engine not in ("auto", "vllm", "hf"):
-            raise ConfigError(
-                f"`engine` must be one of ('auto', 'vllm', 'hf'), got {self.engine!r}"
-            )
+            check_int(name, getattr(self, name))
+        check_choice("engine", self.engine, ("auto", "vllm", "hf"))
         if not (self.harmful_sets or self.over_refusal_sets or self.reasoning_sets):
             raise ConfigError(
                 "at least one of the harmful, over-refusal or reasoning sets is needed"

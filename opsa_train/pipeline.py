@@ -60,6 +60,7 @@ from flipsearch.atomic import atomic_write_text
 from flipsearch.machine import PeakRssSampler, machine_facts
 from flipsearch.paths import recordable
 from flipsearch.version import code_commit
+from opsa_train.checks import check_choice
 from opsa_train.errors import ConfigError
 from opsa_train.stage_state import StageState, file_digest, stage_key
 
@@ -130,8 +131,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.run or "/" in self.run or self.run.startswith("."):
             raise ConfigError(f"`run` must be a folder name without '/', got {self.run!r}")
-        if self.preset not in ("cpu", "paper"):
-            raise ConfigError(f"`preset` must be 'cpu' or 'paper', got {self.preset!r}")
+        check_choice("preset", self.preset, ("cpu", "paper"))
         for name in _SECTIONS:
             value = getattr(self, name)
             if value is None:

@@ -124,7 +124,7 @@ def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):
     ("kw", "match"),
     [
         ({"rollouts": "mine"}, "`rollouts` must be one of"),
-        ({"limit": 0}, "`limit` must be None or an integer >= 1"),
+        ({"limit": 0}, "`limit` must be an integer >= 1 or None"),
         ({"models": {}}, "`models` must name at least one"),
     ],
 )

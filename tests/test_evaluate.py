@@ -207,7 +207,7 @@ def test_model_identity_depends_on_weight_content(tmp_path):
         ({"models": {}}, "`models` must name at least one"),
         ({"reference": "nope"}, "`reference` must be one of"),
         ({"reasoning_sets": ("aime",)}, "`reasoning_sets` entries must be"),
-        ({"limit": 0}, "`limit` must be None or an integer >= 1"),
+        ({"limit": 0}, "`limit` must be an integer >= 1 or None"),
         ({"engine": "tgi"}, "`engine` must be one of"),
     ],
 )

@@ -66,7 +66,7 @@ def test_context_placements():
     [
         ({"engine": "tgi"}, "`engine` must be one of"),
         ({"dtype": "int8"}, "`dtype` must be one of"),
-        ({"batch_size": 0}, "`batch_size` must be >= 1"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
     ],
 )
 def test_bad_engine_config_is_rejected(kwargs, match):

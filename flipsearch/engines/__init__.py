@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+from flipsearch.checks import check_choice, check_int
 from flipsearch.errors import ConfigError
 from flipsearch.models import DEFAULT_MODEL, resolve_model
 from flipsearch.types import Conversation, Generation, Sampling
@@ -91,14 +92,10 @@ class EngineConfig:
     """Run model code from the model folder. Off unless you trust the model's source."""
 
     def __post_init__(self) -> None:
-        if self.engine not in _ENGINES:
-            raise ConfigError(f"`engine` must be one of {_ENGINES}, got {self.engine!r}")
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"`dtype` must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"`batch_size` must be >= 1, got {self.batch_size!r}")
-        if self.max_model_len < 16:
-            raise ConfigError(f"`max_model_len` must be >= 16, got {self.max_model_len!r}")
+        check_choice("engine", self.engine, _ENGINES)
+        check_choice("dtype", self.dtype, _DTYPES)
+        check_int("batch_size", self.batch_size)
+        check_int("max_model_len", self.max_model_len, minimum=16)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

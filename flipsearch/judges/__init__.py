@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from flipsearch.checks import check_choice
 from flipsearch.errors import ConfigError, JudgeError
 from flipsearch.judges._base import Judge, check_batch, judge_cache_id
 from flipsearch.judges._file import judge_file, read_pairs
@@ -101,8 +102,7 @@ class JudgeConfig:
     """Prompts per ``generate`` call in the HF engine."""
 
     def __post_init__(self) -> None:
-        if self.name not in JUDGES:
-            raise ConfigError(f"`name` must be one of {sorted(JUDGES)}, got {self.name!r}")
+        check_choice("name", self.name, sorted(JUDGES))
         if self.name == "refusal" and self.model is not None:
             raise ConfigError(
                 f"`model` must be None for the offline `refusal` judge, got {self.model!r}"

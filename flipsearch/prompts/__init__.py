@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flipsearch.errors import ConfigError, PromptSetError
+from flipsearch.checks import check_choice
+from flipsearch.errors import PromptSetError
 from flipsearch.prompts._files import (
     FILE_SUFFIXES,
     load_prompt_file,
@@ -219,8 +220,7 @@ class PromptSetConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fractions", check_fractions(self.fractions))
-        if self.split is not None and self.split not in SPLITS:
-            raise ConfigError(f"`split` must be one of {SPLITS} or None, got {self.split!r}")
+        check_choice("split", self.split, SPLITS, optional=True)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
