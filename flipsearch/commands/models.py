@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+from flipsearch.commands._subcommand import add_command
 from flipsearch.models import DEFAULT_MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "models",
-        help="prepare (convert once) and locate models",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = add_command(sub, "models", "prepare (convert once) and locate models", __doc__)
     p.add_argument("action", choices=["prepare", "path"])
     p.add_argument(
         "--model",

@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flipsearch.commands._subcommand import add_command
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "xstest-eval",
-        help="score the refusal judge on XSTest's human labels",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = add_command(sub, "xstest-eval", "score the refusal judge on XSTest's human labels", __doc__)
     p.add_argument("--out", type=Path, help="write the markdown report here too")
     p.add_argument(
         "--data-dir",

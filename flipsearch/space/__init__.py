@@ -34,20 +34,10 @@ from flipsearch.space._builtin import (
     load_search_space,
 )
 from flipsearch.space._space import DEFAULT_ENUMERATE_LIMIT, SearchSpace
-from flipsearch.space._types import (
-    CANDIDATE_DIM,
-    PLACEMENT_DIM,
-    Candidate,
-    Option,
-    Slot,
-    candidate_id,
-    normalise_whitespace,
-)
+from flipsearch.space._types import Candidate, Option, Slot, candidate_id, normalise_whitespace
 
 __all__ = [
-    "CANDIDATE_DIM",
     "DEFAULT_ENUMERATE_LIMIT",
-    "PLACEMENT_DIM",
     "SEARCH_SPACES_DIR",
     "BuiltinSpace",
     "Candidate",

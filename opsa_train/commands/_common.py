@@ -9,30 +9,25 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from flipsearch.commands._subcommand import add_command
+
+__all__ = [
+    "ENGINES",
+    "PRESETS",
+    "add_command",
+    "add_engine_arg",
+    "add_models_arg",
+    "add_train_config_args",
+    "parse_models",
+    "print_run",
+    "set_given",
+]
+
 ENGINES = ("auto", "vllm", "hf")
 """The ``--engine`` choices of every subcommand."""
 
 PRESETS = ("cpu", "paper")
 """``--preset`` choices: :meth:`TrainConfig.cpu_default` and :meth:`TrainConfig.paper`."""
-
-
-def add_command(
-    subparsers: argparse._SubParsersAction, name: str, help: str, doc: str, *, epilog: str = "all"
-) -> argparse.ArgumentParser:
-    """The subparser of ``name``, described by its module docstring ``doc``.
-
-    The description is the docstring's first line; the epilog is the rest
-    (``epilog="example"``: from its ``Example:`` line on).
-    """
-    lines = doc.splitlines()
-    start = lines.index("Example:") if epilog == "example" else 2
-    return subparsers.add_parser(
-        name,
-        help=help,
-        description=lines[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(lines[start:]),
-    )
 
 
 def add_engine_arg(
