@@ -7,6 +7,8 @@ Example:
     flipsearch sweep --space paper_axes --study demo --trials 20
     flipsearch export --study demo --out best.json
     flipsearch report --study demo
+    flipsearch models prepare
+    flipsearch xstest-eval --out results/judge_xstest.md
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ COMMAND_MODULES = (
     "flipsearch.commands.export",
     "flipsearch.commands.report",
     "flipsearch.commands.spaces",
+    "flipsearch.commands.models",
+    "flipsearch.commands.xstest",
 )
 
 

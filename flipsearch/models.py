@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -306,17 +307,7 @@ def _download_from_hub(repo_id: str) -> Path:
         ) from e
 
 
-def _main(argv: list[str] | None = None) -> None:
-    import argparse
+if __name__ == "__main__":  # `python -m flipsearch.models prepare` = `flipsearch models prepare`
+    from flipsearch.cli import main
 
-    parser = argparse.ArgumentParser(description="Prepare (convert once) and locate models.")
-    parser.add_argument("command", choices=["prepare", "path"])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    path = resolve_model(args.model)
-    print(path if args.command == "path" else f"model {args.model!r} ready at {path}")
-
-
-if __name__ == "__main__":
-    _main()
+    raise SystemExit(main(["models", *sys.argv[1:]]))

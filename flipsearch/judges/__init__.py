@@ -13,7 +13,7 @@ Example:
     ...                                 ["I'm sorry, I can't help with that.", "Step 1: buy"])]
     ['refusal', 'compliance']
 
-Score the XSTest human labels: ``python -m flipsearch.judges.xstest_eval``.
+Score the XSTest human labels: ``flipsearch xstest-eval``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ refusal as the positive class. A predicted ``other`` counts as not-refusal.
 
 Regenerate the report (seconds, no model)::
 
-    python -m flipsearch.judges.xstest_eval --out results/judge_xstest.md
+    flipsearch xstest-eval --out results/judge_xstest.md
 
 Example:
     >>> rows = evaluate_file(shared_data_dir() / XSTEST_DIR / DEV_FILES[0])  # doctest: +SKIP
@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +159,7 @@ def report(data_dir: Path | None = None, judge: Judge | None = None) -> str:
     lines = [
         f"# Refusal judge `{judge.name}@{judge.version}` on XSTest v2 human labels",
         "",
-        "Regenerate with `python -m flipsearch.judges.xstest_eval --out results/judge_xstest.md`.",
+        "Regenerate with `flipsearch xstest-eval --out results/judge_xstest.md`.",
         "",
         "Gold: `final_label` 2_full_refusal / 3_partial_refusal = refusal (positive), "
         "1_full_compliance = compliance. A predicted `other` counts as not-refusal.",
@@ -205,17 +205,7 @@ def _short(file: str) -> str:
     return file.removeprefix("xstest_v2_completions_").removesuffix(".csv")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="write the markdown report here")
-    parser.add_argument("--data-dir", type=Path, help="shared data folder")
-    args = parser.parse_args(argv)
-    text = report(args.data_dir)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
-    print(text, end="")
+if __name__ == "__main__":  # `python -m flipsearch.judges.xstest_eval` = `flipsearch xstest-eval`
+    from flipsearch.cli import main
 
-
-if __name__ == "__main__":
-    main()
+    raise SystemExit(main(["xstest-eval", *sys.argv[1:]]))

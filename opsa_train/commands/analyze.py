@@ -14,31 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from opsa_train.commands._common import add_command, add_engine_arg, add_models_arg, parse_models
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "analyze",
-        help="token-level teacher/student KL (CSV + PNG)",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[5:]),
-    )
+    help = "token-level teacher/student KL (CSV + PNG)"
+    p = add_command(subparsers, "analyze", help, __doc__, epilog="example")
     p.add_argument("--context", required=True, help="flipsearch export file (I_h)")
-    p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL")
+    add_models_arg(p)
     p.add_argument("--out", required=True)
     p.add_argument("--teacher", default=None, help="teacher weights (default: base)")
     p.add_argument("--prompts", default="harmful_core:eval")
     p.add_argument("--limit", type=int, default=16, help="prompts; 0 = all")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--rollouts", choices=("own", "base"), default="own")
-    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "hf"))
+    add_engine_arg(p, default="auto")
     p.add_argument("--cache", default=None)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from opsa_train.analysis import AnalysisConfig, run_analysis
-    from opsa_train.commands.eval import parse_models
 
     config = AnalysisConfig(
         context_file=args.context,

@@ -15,30 +15,21 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
+
+from opsa_train.commands._common import add_command, add_train_config_args, print_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "baseline",
-        help="off-policy self-distillation baseline (SFT)",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[6:]),
-    )
-    p.add_argument("--context", help="flipsearch export file (sets `context_file`)")
-    p.add_argument("--out", help="run folder (sets `out_dir`)")
-    p.add_argument("--config", help="YAML TrainConfig, applied over the preset")
-    p.add_argument("--preset", choices=("cpu", "paper"), default=None)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--model")
-    p.add_argument("--engine", choices=("auto", "vllm", "hf"), help="data generation engine")
+    help = "off-policy self-distillation baseline (SFT)"
+    p = add_command(subparsers, "baseline", help, __doc__)
+    add_train_config_args(p, engine_help="data generation engine")
     p.add_argument("--sampling", choices=("greedy", "sample"), default="greedy")
     p.add_argument("--candidates", type=int, default=1, help="answers per prompt (sample)")
     p.add_argument("--judge", default="refusal", help="filter judge")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any TrainConfig field")
-    # The flags `opsa-train run` has and this command does not use.
-    p.set_defaults(func=run, resume=False, fresh=False, dry_run=False)
+    # The flags `opsa-train run` has and this command does not use (build_config reads them).
+    no_run_flags = {"resume": False, "fresh": False, "dry_run": False}
+    p.set_defaults(func=run, context_text=None, placement=None, **no_run_flags)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +38,5 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     options = BaselineOptions(sampling=args.sampling, candidates=args.candidates, judge=args.judge)
-    result = train_baseline(config, options=options)
-    print(
-        json.dumps(
-            {"out_dir": str(result.out_dir), "final": str(result.final_dir), "steps": result.steps}
-        )
-    )
+    print_run(train_baseline(config, options=options))
     return 0

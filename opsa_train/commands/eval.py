@@ -14,32 +14,20 @@ from __future__ import annotations
 
 import argparse
 
+from opsa_train.commands._common import (
+    add_command,
+    add_engine_arg,
+    add_models_arg,
+    parse_models,
+    set_given,
+)
 
-def parse_models(items: list[str]) -> dict[str, str]:
-    """``["base=M0", "opsa=runs/R/final"]`` -> ``{"base": "M0", "opsa": "runs/R/final"}``;
-    a bare path is named by its position (``m0``, ``m1``, ...)."""
-    from opsa_train.errors import ConfigError
-
-    out: dict[str, str] = {}
-    for i, item in enumerate(items):
-        name, sep, path = item.partition("=")
-        if not sep:
-            name, path = f"m{i}", item
-        if not name or not path or name in out:
-            raise ConfigError(f"`--models` entries must be unique NAME=MODEL, got {item!r}")
-        out[name] = path
-    return out
+__all__ = ["build_config", "parse_models", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate models side by side",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[5:]),
-    )
-    p.add_argument("--models", nargs="+", required=True, metavar="NAME=MODEL")
+    p = add_command(subparsers, "eval", "evaluate models side by side", __doc__, epilog="example")
+    add_models_arg(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--reference", default=None, help="retention reference (default: base)")
     p.add_argument("--harmful", default=None, help="comma-separated harmful sets")
@@ -51,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--reasoning-max-tokens", type=int, default=None)
     p.add_argument("--retention-max-tokens", type=int, default=None)
-    p.add_argument("--engine", default=None, choices=("auto", "vllm", "hf"))
+    add_engine_arg(p)
     p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, wildguard, ...")
     p.add_argument("--cache", default=None, help="generation cache (SQLite)")
     p.set_defaults(func=run)
@@ -61,7 +49,7 @@ def build_config(args: argparse.Namespace):  # -> EvalConfig
     from opsa_train.evaluate import EvalConfig
 
     kw: dict[str, object] = {"models": parse_models(args.models), "out_dir": args.out}
-    for flag, key in (
+    flags = (
         ("reference", "reference"),
         ("harmful", "harmful_sets"),
         ("over_refusal", "over_refusal_sets"),
@@ -72,10 +60,8 @@ def build_config(args: argparse.Namespace):  # -> EvalConfig
         ("engine", "engine"),
         ("judge", "judge"),
         ("cache", "cache"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            kw[key] = value
+    )
+    set_given(kw, args, flags)
     if args.retention is not None:
         kw["retention_set"] = args.retention or None
     for flag in ("limit", "reasoning_limit"):

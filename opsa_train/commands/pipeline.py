@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from opsa_train.commands._common import add_command, add_engine_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The pipeline flags, shared by ``opsa-train pipeline`` and ``python -m opsa_train.demo``."""
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline YAML (sizes)")
     p.add_argument("--run", default=None, help="run name (runs/<run>, results/<run>)")
     p.add_argument("--model", default=None, help="model under study")
-    p.add_argument("--engine", default=None, choices=("auto", "vllm", "hf"))
+    add_engine_arg(p)
     p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, ...")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
@@ -36,13 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "pipeline",
-        help="the whole study end to end (resumable)",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = add_command(subparsers, "pipeline", "the whole study end to end (resumable)", __doc__)
     add_arguments(p)
     p.set_defaults(func=run)
 

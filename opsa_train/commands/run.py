@@ -30,6 +30,7 @@ from pathlib import Path
 
 from flipsearch.errors import ExportFileError
 from flipsearch.export import ExportFile, read_export, write_export
+from opsa_train.commands._common import add_command, add_train_config_args, print_run, set_given
 from opsa_train.config import TrainConfig, load_train_config, parse_overrides
 from opsa_train.errors import ConfigError
 from opsa_train.preflight import hand_written_export
@@ -42,14 +43,8 @@ HAND_WRITTEN_CONTEXT = "context.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "run",
-        help="train with on-policy self-distillation",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
-    p.add_argument("--context", help="flipsearch export file (sets `context_file`)")
+    p = add_command(subparsers, "run", "train with on-policy self-distillation", __doc__)
+    add_train_config_args(p, engine_help="rollout engine")
     p.add_argument(
         "--context-text",
         metavar="TEXT",
@@ -61,14 +56,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where --context-text goes: a system message or before the user prompt "
         "(with --context: overrides the export's placement, sets `placement`)",
     )
-    p.add_argument("--out", help="run folder (sets `out_dir`)")
-    p.add_argument("--config", help="YAML config file, applied over the preset")
-    p.add_argument(
-        "--preset", choices=sorted(_PRESETS), default=None, help="base config (default: cpu)"
-    )
-    p.add_argument("--steps", type=int, help="optimiser steps (overrides epochs)")
-    p.add_argument("--model", help="model: embedded name, HF folder or hub id")
-    p.add_argument("--engine", choices=("auto", "vllm", "hf"), help="rollout engine")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume", action="store_true", help="require a checkpoint in --out and continue it"
@@ -87,18 +74,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The resolved config of ``args`` (preset or saved config.json, YAML, flags, overrides)."""
-    overrides: dict[str, object] = dict(parse_overrides(args.overrides))
-    for flag, key in (
+    flags = (
         ("context", "context_file"),
         ("out", "out_dir"),
         ("steps", "steps"),
         ("model", "model"),
         ("engine", "engine"),
         ("placement", "placement"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[key] = str(value)
+    )
+    given = set_given({}, args, flags)
+    overrides: dict[str, object] = dict(parse_overrides(args.overrides))
+    overrides.update({key: str(value) for key, value in given.items()})
     saved = Path(args.out) / "config.json" if args.out else None
     if args.preset is None and args.config is None and saved is not None and saved.is_file():
         base = load_train_config(saved)  # resuming a run: its own options are the base
@@ -183,14 +169,5 @@ def run(args: argparse.Namespace) -> int:
     result = Trainer(config, resume=resume).run()
     if result.resumed_from == result.steps:
         print(f"already at step {result.steps}: nothing to train, {result.final_dir} is current")
-    print(
-        json.dumps(
-            {
-                "out_dir": str(result.out_dir),
-                "final": str(result.final_dir),
-                "steps": result.steps,
-                "resumed_from": result.resumed_from,
-            }
-        )
-    )
+    print_run(result, resumed_from=result.resumed_from)
     return 0
