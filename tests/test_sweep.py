@@ -609,3 +609,38 @@ def test_real_model_sweep_exports_and_resumes_without_regenerating(tmp_path, hf_
 
 def test_fakes_source_is_valid_python():
     compile(textwrap.dedent(WORKER_SOURCE), "worker", "exec")
+
+
+def test_a_trial_killed_before_choosing_its_candidate_is_not_retried_with_partial_params():
+    # A worker SIGKILLed between two suggest calls leaves a RUNNING trial with some params.
+    # Enqueuing those partial params makes a grid sampler raise in every later worker.
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from flipsearch.sweep._stale import recover_stale_trials
+
+    grid = {"a": [0, 1], "b": [0, 1]}
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    partial = study.ask()
+    partial.suggest_categorical("a", grid["a"])  # killed here, before "b"
+    partial.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid})
+    complete = study.ask()
+    for name, choices in grid.items():
+        complete.suggest_categorical(name, choices)
+    complete.set_user_attr("candidate_id", "a0-b0")
+    complete.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid})
+
+    assert sorted(recover_stale_trials(study, grace_s=60)) == [0, 1]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in waiting] == [1]  # only the chosen candidate
+    study.optimize(
+        lambda t: t.suggest_categorical("a", [0, 1]) + t.suggest_categorical("b", [0, 1])
+    )
+    done = [(t.params["a"], t.params["b"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(done) >= 3 and len(set(done)) == len(done)  # full params, no point twice

@@ -44,6 +44,14 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     if retries > MAX_RETRIES:
         logger.warning("trial %d died %d times; not retrying it", trial.number, retries)
         return
+    chosen = POOL_ATTR in trial.user_attrs or any(
+        key.endswith("candidate_id") for key in trial.user_attrs
+    )
+    if not chosen:
+        # Killed before its proposer chose a candidate: its params may be partial, which a
+        # grid sampler refuses to enqueue, and nothing was scored. The sampler picks anew.
+        logger.warning("trial %d died before choosing a candidate; not retried", trial.number)
+        return
     attrs: dict[str, object] = {"retry_of": trial.number, "retries": retries}
     if POOL_ATTR in trial.user_attrs:
         attrs[POOL_ATTR] = trial.user_attrs[POOL_ATTR]
