@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.export import read_export
 from flipsearch.machine import machine_facts
 from flipsearch.models import model_name
 from flipsearch.version import code_commit
+from opsa_train.evaluate import Metric, markdown_table, read_eval
+from opsa_train.metrics_log import read_metrics
 from opsa_train.stage_state import StageRecord, StageState
 
 if TYPE_CHECKING:
-    from opsa_train.evaluate import Metric
-    from opsa_train.pipeline import PipelineConfig
+    from opsa_train.pipeline_config import PipelineConfig
 
 __all__ = ["PUBLISHED", "compare_runs", "publish", "write_report"]
 
@@ -117,8 +119,6 @@ def compare_runs(metrics: Sequence[Metric], a: str = "opsa", b: str = "baseline"
 
 
 def _search_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, str]) -> list[str]:
-    from flipsearch.export import read_export
-
     out = ["## 1. Context search", ""]
     record = _current(state, keys, "export")
     if record is None or _current(state, keys, "sweep") is None:
@@ -146,8 +146,6 @@ def _search_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, s
 
 
 def _training_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, str]) -> list[str]:
-    from opsa_train.metrics_log import read_metrics
-
     out = ["## 2. Training", ""]
     for kind in ("opsa", "baseline"):
         if _current(state, keys, kind) is None:
@@ -189,8 +187,6 @@ _EVAL_LEGEND = (
 
 
 def _eval_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, str]) -> list[str]:
-    from opsa_train.evaluate import markdown_table, read_eval
-
     out = ["## 3. Evaluation", ""]
     found = read_eval(cfg.work_dir / "eval") if _current(state, keys, "eval") else None
     if found is None:

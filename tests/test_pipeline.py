@@ -40,7 +40,12 @@ TINY = [
 
 def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
     from opsa_train.demo import DEFAULT_CONFIG
-    from opsa_train.pipeline import _analysis_config, _eval_config, _sweep_config, _train_config
+    from opsa_train.pipeline_config import (
+        _analysis_config,
+        _eval_config,
+        _sweep_config,
+        _train_config,
+    )
 
     cfg = load_pipeline_config(DEFAULT_CONFIG, [f"results_dir={tmp_path}"])
     assert cfg.run == "demo" and cfg.model == "smollm2-135m"
