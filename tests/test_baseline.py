@@ -141,7 +141,7 @@ def test_options_reject_bad_values(kw, match):
 # train_baseline: the shared training loop with an SFT step, on a tiny random model
 
 
-def _baseline_run(tiny_model, out, steps: int, engine):
+def _baseline_run(tiny_model, out, steps: int, engine, **extra: object):
     from flipsearch.export import ExportFile, write_export
     from opsa_train.baseline import train_baseline
     from opsa_train.config import load_train_config
@@ -164,6 +164,7 @@ def _baseline_run(tiny_model, out, steps: int, engine):
             "checkpoint_every": 1,
             "keep_checkpoints": "none",
             "seed": 0,
+            **extra,
         }
     )
     return train_baseline(config, engine=engine, cache=GenerationCache(":memory:"))

@@ -26,7 +26,7 @@ import torch
 
 from flipsearch.contexts import Context
 from flipsearch.export import ExportFile, read_export, write_export
-from opsa_train import trainer as trainer_mod
+from opsa_train import loop as loop_mod
 from opsa_train.checkpoint import INDEX_FILE, latest_checkpoint, load_checkpoint
 from opsa_train.cli import main as cli_main
 from opsa_train.config import load_train_config
@@ -178,7 +178,7 @@ class _FakeAccelerator:
 
 def _as_rank(monkeypatch, rank: int) -> _FakeAccelerator:
     fake = _FakeAccelerator(rank)
-    monkeypatch.setattr(trainer_mod, "_make_accelerator", lambda config: fake)
+    monkeypatch.setattr(loop_mod, "_make_accelerator", lambda config: fake)
     return fake
 
 
