@@ -8,7 +8,8 @@
    compliant (non-refusal, non-degenerate) answer on a benign one; for sampled
    candidates the first kept one per prompt is used; prompts with none are dropped;
 3. **SFT**: cross-entropy on the kept response tokens given the *plain* prompt (no
-   context), token mean over the step, with the OPSA run's own optimiser and schedule
+   context), token mean over the step, in the OPSA run's own loop (`SFTTrainer`, a
+   `opsa_train.loop.TrainLoop`), optimiser and schedule
    (``TrainConfig``: AdamW, lr, betas, weight decay, warm-up, schedule, grad clip,
    batch size, grad accumulation, steps/epochs, seed). The number of steps is computed
    from the full prompt count, as OPSA's is, so both runs take the same optimiser
@@ -42,21 +43,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from flipsearch.atomic import atomic_write_text
+from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
 from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges import JudgeConfig
-from flipsearch.paths import recordable
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
 from opsa_train.checkpoint import FINAL_DIR, final_step
 from opsa_train.config import TrainConfig
 from opsa_train.errors import ConfigError, PreflightError
-from opsa_train.loop import CONFIG_JSON, TrainLoop, TrainResult, write_model_record
+from opsa_train.loop import (
+    CONFIG_JSON,
+    TrainLoop,
+    TrainResult,
+    config_record,
+    write_model_record,
+)
 from opsa_train.preflight import Prepared, prepare
+from opsa_train.token_stats import masked_token_mean, token_logprobs
 
 if TYPE_CHECKING:
-    import torch
-
     from flipsearch.cache import GenerationCache
     from flipsearch.engines import Engine
     from flipsearch.judges import Judge
@@ -238,10 +246,6 @@ def generate_sft_data(
     return select_examples(rows, ids, gens, verdicts)
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 # --------------------------------------------------------------------------------------
 # SFT
 
@@ -250,11 +254,6 @@ def _sft_loss(
     model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int, num_tokens: float
 ) -> tuple[torch.Tensor, float]:
     # Token-summed CE of one micro-batch divided by the whole step's token count.
-    import torch
-
-    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
-    from opsa_train.losses import masked_token_mean, token_logprobs
-
     batch = build_completion_batch(
         [e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id
     )
@@ -340,7 +339,7 @@ def train_baseline(
         return TrainResult(out, out / FINAL_DIR, n_steps, None)
     out.mkdir(parents=True, exist_ok=True)
     # Paths portable, no tokens (flipsearch.paths.recordable); the model by identity.
-    record = recordable({**config.to_dict(), "baseline": options.to_dict()})
+    record = config_record(config, baseline=options.to_dict())
     atomic_write_text(out / CONFIG_JSON, json.dumps(record, indent=2) + "\n")
     write_model_record(out, config.model, prepared.model_path)
 
@@ -405,6 +404,7 @@ def _load_or_make_data(
         if own_engine:
             engine.close()  # type: ignore[attr-defined]
     stats = {**counts, "kept": len(examples), "time/generate": time.perf_counter() - t0}
-    _write_jsonl(data_path, [e.to_dict() for e in examples])
+    lines = [json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples]
+    atomic_write_text(data_path, "".join(lines))
     atomic_write_text(out / STATS_JSON, json.dumps(stats, indent=2) + "\n")
     return examples, stats

@@ -45,7 +45,14 @@ from opsa_train.preflight import Prepared
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["CONFIG_JSON", "MODEL_JSON", "TrainLoop", "TrainResult", "write_model_record"]
+__all__ = [
+    "CONFIG_JSON",
+    "MODEL_JSON",
+    "TrainLoop",
+    "TrainResult",
+    "config_record",
+    "write_model_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +86,12 @@ def write_model_record(out_dir: Path, spec: str, path: Path) -> Path:
     )
 
 
+def config_record(config: TrainConfig, **extra: object) -> dict[str, Any]:
+    """What ``config.json`` holds: the config plus ``extra``, paths portable, no tokens
+    (:func:`flipsearch.paths.recordable`)."""
+    return recordable({**config.to_dict(), **extra})
+
+
 def _make_accelerator(config: TrainConfig, *, mixed: bool = True) -> Any | None:
     # accelerate when it imports (it is a dependency); a plain loop otherwise. With
     # mixed=False no bf16 autocast even when config.dtype is bfloat16.
@@ -99,7 +112,7 @@ class TrainLoop:
         prepared: what `opsa_train.preflight.prepare` checked (model folder, prompts, ...);
             the number of steps comes from its prompts.
         rows: what the data sampler deals out, ``batch_size`` per step.
-        record: what ``config.json`` holds; default: the config, paths made portable.
+        record: what ``config.json`` holds; default: `config_record` of ``config``.
     """
 
     progress_desc = "train"
@@ -118,7 +131,7 @@ class TrainLoop:
         self.out_dir = Path(config.out_dir)
         self.prepared = prepared
         self.tokenizer = prepared.tokenizer
-        self.record = recordable(config.to_dict()) if record is None else record
+        self.record = config_record(config) if record is None else record
         if self.autocast_on_cpu or torch.cuda.is_available():
             self.accelerator = _make_accelerator(config)
         else:
