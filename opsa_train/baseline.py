@@ -8,8 +8,8 @@
    compliant (non-refusal, non-degenerate) answer on a benign one; for sampled
    candidates the first kept one per prompt is used; prompts with none are dropped;
 3. **SFT**: cross-entropy on the kept response tokens given the *plain* prompt (no
-   context), token mean over the step, in the OPSA run's own loop (`SFTTrainer`, a
-   `opsa_train.loop.TrainLoop`), optimiser and schedule
+   context), token mean over the step, in the OPSA run's own loop
+   (`opsa_train.baseline_sft.SFTTrainer`, a `opsa_train.loop.TrainLoop`), optimiser and schedule
    (``TrainConfig``: AdamW, lr, betas, weight decay, warm-up, schedule, grad clip,
    batch size, grad accumulation, steps/epochs, seed). The number of steps is computed
    from the full prompt count, as OPSA's is, so both runs take the same optimiser
@@ -43,39 +43,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from flipsearch.atomic import atomic_write_text
-from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
 from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
-from opsa_train.checkpoint import FINAL_DIR, final_step
 from opsa_train.config import TrainConfig
 from opsa_train.errors import ConfigError, PreflightError
-from opsa_train.loop import (
-    CONFIG_JSON,
-    TrainLoop,
-    TrainResult,
-    config_record,
-    write_model_record,
-)
 from opsa_train.preflight import Prepared, prepare
-from opsa_train.token_stats import masked_token_mean, token_logprobs
 
 if TYPE_CHECKING:
     from flipsearch.cache import GenerationCache
     from flipsearch.engines import Engine
     from flipsearch.judges import Judge
     from opsa_train.data import TeacherContexts
+    from opsa_train.loop import TrainResult
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BaselineOptions",
     "SFTExample",
-    "SFTTrainer",
     "generate_sft_data",
     "keep_safe",
     "select_examples",
@@ -246,65 +234,6 @@ def generate_sft_data(
     return select_examples(rows, ids, gens, verdicts)
 
 
-# --------------------------------------------------------------------------------------
-# SFT
-
-
-def _sft_loss(
-    model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int, num_tokens: float
-) -> tuple[torch.Tensor, float]:
-    # Token-summed CE of one micro-batch divided by the whole step's token count.
-    batch = build_completion_batch(
-        [e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id
-    )
-    logits_B_T_V = completion_logits(model, batch).float()
-    targets_B_T = batch.targets_B_T.to(logits_B_T_V.device)
-    nll_B_T = -token_logprobs(logits_B_T_V, targets_B_T)
-    mask_B_T = batch.completion_mask_B_T.to(logits_B_T_V.device)
-    loss = masked_token_mean(nll_B_T, mask_B_T, num_tokens=num_tokens)
-    return loss, float(torch.where(mask_B_T.bool(), nll_B_T, 0.0).sum())
-
-
-class SFTTrainer(TrainLoop):
-    """The shared loop (`opsa_train.loop.TrainLoop`) with an SFT step: cross-entropy on
-    the kept answers given the plain prompt, token mean over the step."""
-
-    progress_desc = "baseline-sft"
-    autocast_on_cpu = False  # as the baseline always did: bf16 autocast on CUDA only
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        prepared: Prepared,
-        examples: Sequence[SFTExample],
-        *,
-        record: dict[str, Any],
-    ) -> None:
-        rows = [PromptRow(f"{ex.row_id}#{i}", ex.prompt, ex.type) for i, ex in enumerate(examples)]
-        self.examples = {row.id: ex for row, ex in zip(rows, examples, strict=True)}
-        super().__init__(config, prepared, rows, record=record)
-        self._resume(None)
-
-    def train_step(self, step: int) -> dict[str, float]:
-        """One SFT step over ``batch_size`` kept answers, micro-batch by micro-batch."""
-        start = time.perf_counter()
-        batch = [self.examples[r.id] for r in self.data.next_batch(self.config.batch_size)]
-        num_tokens = float(self._global_tokens(sum(len(e.completion_ids) for e in batch)))
-        total, size = 0.0, self.config.micro_batch_size
-        for i in range(0, len(batch), size):
-            with self._accumulating(last=i + size >= len(batch)):
-                with self._autocast():
-                    loss, nll_sum = _sft_loss(
-                        self.model, batch[i : i + size], self.pad_id, num_tokens
-                    )
-                self._backward(loss * self.num_processes)  # DDP averages: want the sum
-            total += nll_sum
-        metrics = {"train/loss": total / max(num_tokens, 1.0), "train/tokens": num_tokens}
-        metrics.update(self.optimizer_step())
-        metrics["time/total"] = time.perf_counter() - start
-        return metrics
-
-
 def train_baseline(
     config: TrainConfig,
     *,
@@ -326,7 +255,10 @@ def train_baseline(
     Raises:
         PreflightError: the pre-flight checks of OPSA training fail, or no answer is kept.
     """
+    from opsa_train.baseline_sft import SFTTrainer
+    from opsa_train.checkpoint import FINAL_DIR, final_step
     from opsa_train.data import total_steps
+    from opsa_train.loop import CONFIG_JSON, TrainResult, config_record, write_model_record
 
     options = options or BaselineOptions()
     if context_file is not None:
