@@ -173,7 +173,7 @@ def test_hard_kill_mid_write_leaves_only_an_ignored_temp_folder(tmp_path, monkey
         real_write_json(path, obj)
 
     monkeypatch.setattr(ckpt, "_write_json", _killed_at_marker)
-    monkeypatch.setattr(ckpt.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, step=2, model=model, optimizer=optimizer)
     monkeypatch.undo()
