@@ -49,7 +49,7 @@ from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
 from opsa_train.config import TrainConfig
-from opsa_train.errors import ConfigError, PreflightError
+from opsa_train.errors import OpsaConfigError, PreflightError
 from opsa_train.preflight import Prepared, prepare
 
 if TYPE_CHECKING:
@@ -94,11 +94,11 @@ class BaselineOptions:
         elif isinstance(self.judge, str):
             object.__setattr__(self, "judge", JudgeConfig(self.judge))
         if self.sampling not in ("greedy", "sample"):
-            raise ConfigError(f"`sampling` must be 'greedy' or 'sample', got {self.sampling!r}")
+            raise OpsaConfigError(f"`sampling` must be 'greedy' or 'sample', got {self.sampling!r}")
         if not isinstance(self.candidates, int) or self.candidates < 1:
-            raise ConfigError(f"`candidates` must be an integer >= 1, got {self.candidates!r}")
+            raise OpsaConfigError(f"`candidates` must be an integer >= 1, got {self.candidates!r}")
         if self.sampling == "greedy" and self.candidates != 1:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`candidates` must be 1 with sampling='greedy', got {self.candidates!r}: "
                 "greedy decoding gives one answer. Use sampling='sample'."
             )
@@ -154,7 +154,7 @@ def keep_safe(prompt_type: str, verdict: Verdict) -> bool:
         return verdict.refusal is True
     if prompt_type == "benign":
         return verdict.outcome == "compliance"
-    raise ConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
+    raise OpsaConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
 
 
 def select_examples(

@@ -55,7 +55,7 @@ from opsa_train.checkpoint_index import (
     latest_checkpoint,
     prune_checkpoints,
 )
-from opsa_train.errors import CheckpointError, ConfigError
+from opsa_train.errors import CheckpointError, OpsaConfigError
 from opsa_train.metrics_log import append_jsonl
 from opsa_train.state_codec import (
     capture_rng_state,
@@ -170,7 +170,7 @@ def save_checkpoint(
         CheckpointError: state that is not tensors/JSON (nothing is pickled).
     """
     if not isinstance(step, int) or step < 0:
-        raise ConfigError(f"`step` must be an integer >= 0, got {step!r}")
+        raise OpsaConfigError(f"`step` must be an integer >= 0, got {step!r}")
     run_dir = Path(run_dir)
     final = write_folder_atomically(
         _step_dir(run_dir, step),

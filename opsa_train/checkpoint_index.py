@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opsa_train.atomic_folder import fsync_path
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.metrics_log import read_jsonl
 
 __all__ = ["CheckpointInfo", "latest_checkpoint", "prune_checkpoints"]
@@ -80,7 +80,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
         The deleted folders.
     """
     if not isinstance(keep, int) or keep < 1:
-        raise ConfigError(f"`keep` must be an integer >= 1, got {keep!r}")
+        raise OpsaConfigError(f"`keep` must be an integer >= 1, got {keep!r}")
     run_dir = Path(run_dir)
     root = run_dir / CHECKPOINTS_DIR
     if not root.is_dir():

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.token_stats import kl_by_position, masked_token_mean, per_token_kl, token_logprobs
 
 __all__ = [
@@ -69,7 +69,7 @@ _TAIL_EPS = 1e-7
 
 def _check_alpha(alpha: float) -> None:
     if not (0.0 <= alpha <= 1.0):
-        raise ConfigError(
+        raise OpsaConfigError(
             f"`alpha` must be in [0, 1], got {alpha!r}: 1 is pure forward KL, 0 pure reverse KL"
         )
 
@@ -120,11 +120,13 @@ def teacher_topk(teacher_logits_B_T_V: torch.Tensor, k: int) -> tuple[torch.Tens
         ([[[2, 1]]], 0.91)
 
     Raises:
-        ConfigError: ``k`` is not in [1, vocabulary size].
+        OpsaConfigError: ``k`` is not in [1, vocabulary size].
     """
     vocab = teacher_logits_B_T_V.shape[-1]
     if not (isinstance(k, int) and 1 <= k <= vocab):
-        raise ConfigError(f"`top_k` must be an integer in [1, {vocab}] (the vocabulary), got {k!r}")
+        raise OpsaConfigError(
+            f"`top_k` must be an integer in [1, {vocab}] (the vocabulary), got {k!r}"
+        )
     with torch.no_grad():
         # top-k of the logits = top-k of the log-probs (log_softmax is a monotone shift);
         # this avoids materialising a full float32 log_softmax.
@@ -172,7 +174,7 @@ def topk_kl_loss(
         the teacher's tail is tiny. It is clamped to >= ~1e-7 (SDPO does the same).
 
     Raises:
-        ConfigError: ``alpha`` is outside [0, 1].
+        OpsaConfigError: ``alpha`` is outside [0, 1].
         ValueError: the shapes do not line up.
     """
     _check_alpha(alpha)
@@ -282,7 +284,7 @@ def full_vocab_kl_loss(
         ``torch.no_grad()``.
 
     Raises:
-        ConfigError: ``alpha`` is outside [0, 1] or ``chunk_size`` < 1.
+        OpsaConfigError: ``alpha`` is outside [0, 1] or ``chunk_size`` < 1.
         ValueError: the two logits tensors differ in shape.
     """
     _check_alpha(alpha)
@@ -292,7 +294,7 @@ def full_vocab_kl_loss(
             f"{tuple(student_logits_B_T_V.shape)} and {tuple(teacher_logits_B_T_V.shape)}"
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"`chunk_size` must be an integer >= 1 or None, got {chunk_size!r}")
+        raise OpsaConfigError(f"`chunk_size` must be an integer >= 1 or None, got {chunk_size!r}")
     teacher_B_T_V = teacher_logits_B_T_V.detach()
     length = student_logits_B_T_V.shape[1]
     if chunk_size is None:
@@ -366,7 +368,7 @@ class DistillLoss(NamedTuple):
 def make_loss(
     name: str, *, alpha: float, top_k: int, tail_bucket: bool, chunk_size: int | None
 ) -> DistillLoss:
-    """The two sides of loss ``name`` (``TrainConfig.loss``); raises `ConfigError` if unknown."""
+    """The two sides of loss ``name`` (``TrainConfig.loss``); unknown: `OpsaConfigError`."""
 
     def topk(s: _T, kept: tuple[_T, ...], _: _T) -> tuple[_T, dict[str, _T]]:
         loss = topk_kl_loss(s, *kept, alpha=alpha, tail_bucket=tail_bucket)
@@ -389,4 +391,4 @@ def make_loss(
     elif name == "sampled_token":
         return DistillLoss(lambda t, targets: (token_logprobs(t, targets),), sampled)
     else:
-        raise ConfigError(f"`loss` must be one of the known losses, got {name!r}")
+        raise OpsaConfigError(f"`loss` must be one of the known losses, got {name!r}")

@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from opsa_train.config import TrainConfig
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,7 +66,7 @@ def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
     if schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ConfigError(f"`schedule` must be 'cosine' or 'constant', got {schedule!r}")
+    raise OpsaConfigError(f"`schedule` must be 'cosine' or 'constant', got {schedule!r}")
 
 
 def make_scheduler(

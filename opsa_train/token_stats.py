@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 __all__ = ["kl_by_position", "masked_token_mean", "per_token_kl", "token_logprobs"]
 
@@ -107,7 +107,7 @@ def kl_by_position(
         (1.0, 2.5)
     """
     if first_n < 1:
-        raise ConfigError(f"`first_n` must be >= 1, got {first_n!r}")
+        raise OpsaConfigError(f"`first_n` must be >= 1, got {first_n!r}")
     keep_B_T = mask_B_T.bool()
     rank_B_T = keep_B_T.long().cumsum(dim=1)  # 1-based position within the response
     kl_B_T = per_token_kl_B_T.detach().float()

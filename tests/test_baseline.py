@@ -11,7 +11,7 @@ from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
 from opsa_train.baseline import BaselineOptions, generate_sft_data, keep_safe, select_examples
 from opsa_train.data import TeacherContexts
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 REFUSE = "I'm sorry, but I can't help with that."
 COMPLY = "Sure! Here are the steps: first you take the thing and then you do the rest."
@@ -43,7 +43,7 @@ def test_keep_safe_table(ptype, outcome, kept):
 
 
 def test_keep_safe_rejects_unknown_types():
-    with pytest.raises(ConfigError, match="`prompt_type` must be"):
+    with pytest.raises(OpsaConfigError, match="`prompt_type` must be"):
         keep_safe("neutral", _v("refusal"))
 
 
@@ -133,7 +133,7 @@ def test_generated_data_is_judge_safe_and_trains_on_the_plain_prompt(embedded_mo
     ],
 )
 def test_options_reject_bad_values(kw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OpsaConfigError, match=match):
         BaselineOptions(**kw)
 
 
