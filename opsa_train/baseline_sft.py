@@ -36,7 +36,7 @@ def _sft_loss(
     nll_B_T = -token_logprobs(logits_B_T_V, targets_B_T)
     mask_B_T = batch.completion_mask_B_T.to(logits_B_T_V.device)
     loss = masked_token_mean(nll_B_T, mask_B_T, num_tokens=num_tokens)
-    return loss, float(torch.where(mask_B_T.bool(), nll_B_T, 0.0).sum())
+    return loss, float(torch.where(mask_B_T.bool(), nll_B_T.detach(), 0.0).sum())
 
 
 class SFTTrainer(TrainLoop):
