@@ -164,3 +164,14 @@ def test_quiet_vllm_logging_respects_the_user_and_lets_the_thread_warning_once(m
     finally:
         worker.removeHandler(handler)
     assert seen == [msg, "another warning"]
+
+
+@pytest.mark.parametrize(("argv", "level"), [(["spaces"], "WARNING"), (["-v", "spaces"], "INFO")])
+def test_cli_quiets_vllm_unless_verbose(argv, level, monkeypatch, capsys):
+    import os
+
+    from flipsearch.cli import main
+
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)
+    assert main(argv) == 0
+    assert os.environ["VLLM_LOGGING_LEVEL"] == level

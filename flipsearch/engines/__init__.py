@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from flipsearch.checks import check_choice, check_int
 from flipsearch.engines._choice import DTYPES, ENGINES, EngineChoice, choose_engine
+from flipsearch.engines._vllm import quiet_vllm_logging
 from flipsearch.models import DEFAULT_MODEL, resolve_model
 from flipsearch.types import Conversation, Generation, Sampling
 
@@ -42,6 +43,7 @@ __all__ = [
     "VLLMEngine",
     "choose_engine",
     "engine_choice_record",
+    "quiet_vllm_logging",
 ]
 
 EngineName = Literal["auto", "vllm", "hf"]
