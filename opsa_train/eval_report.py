@@ -5,8 +5,8 @@
 - ``samples.jsonl``: every response with its verdict (every number can be recounted);
 - ``retention.jsonl``: per model and prompt retention NLL / KL;
 - ``eval.json``: config, each model's identity (:func:`flipsearch.models.model_identity`),
-  engine/dtype decision with the machine facts, and metrics; paths portable, no tokens. Written last: its presence marks a complete
-  evaluation (:func:`read_eval`).
+  engine/dtype decision with the machine facts, and metrics; paths portable, no tokens.
+  Written last: its presence marks a complete evaluation (:func:`read_eval`).
 
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves the
 old file or the new one, never half of one.

@@ -116,8 +116,8 @@ def result_document(
     benign: PromptSet | None,
     stats: dict[str, int],
 ) -> dict[str, object]:
-    from flipsearch.export import now_iso
     from flipsearch.engines import engine_choice_record
+    from flipsearch.export import now_iso
     from flipsearch.models import model_identity
     from flipsearch.paths import recordable
 
