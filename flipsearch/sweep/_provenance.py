@@ -4,7 +4,8 @@ A resumed study must keep the :data:`~flipsearch.sweep.IDENTITY_FIELDS` recorded
 ``<results_dir>/<study>/config.json`` (and its storage), and the resolved engine and dtype
 recorded in ``engine.json`` (with the machine facts they were chosen on: ``auto`` resolves
 differently on another machine): :func:`check_config` compares, then writes the files.
-Both records hold paths portably, no tokens and the storage password masked (:func:`flipsearch.paths.recordable`, :func:`flipsearch.storage.mask_storage`).
+Both records hold paths portably, no tokens and the storage password masked
+(:func:`flipsearch.paths.recordable`, :func:`flipsearch.storage.mask_storage`).
 """
 
 from __future__ import annotations
