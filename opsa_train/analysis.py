@@ -54,7 +54,7 @@ from opsa_train.analysis_report import (
     write_csv,
 )
 from opsa_train.checks import check_choice, check_int
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +113,7 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", dict(self.models))
         if not self.models:
-            raise ConfigError("`models` must name at least one model, got {}")
+            raise OpsaConfigError("`models` must name at least one model, got {}")
         check_choice("rollouts", self.rollouts, ROLLOUTS)
         check_int("limit", self.limit, optional=True)
         for name in ("max_tokens", "batch_size", "top_tokens"):
@@ -191,7 +191,7 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
 
     Raises:
         ExportFileError: the context file cannot be read.
-        ConfigError: bad config or prompt set.
+        OpsaConfigError: bad config or prompt set.
     """
     import torch
 

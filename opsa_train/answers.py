@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 __all__ = [
     "KINDS",
@@ -141,13 +141,13 @@ def extract_answer(text: str, kind: str) -> str | None:
     """Dispatch on the benchmark: ``gsm8k`` or ``math500``.
 
     Raises:
-        ConfigError: unknown ``kind``.
+        OpsaConfigError: unknown ``kind``.
     """
     if kind == "gsm8k":
         return extract_gsm8k(text)
     if kind == "math500":
         return extract_math(text)
-    raise ConfigError(f"`kind` must be one of {KINDS}, got {kind!r}")
+    raise OpsaConfigError(f"`kind` must be one of {KINDS}, got {kind!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ def is_correct(response: str, reference: str, *, kind: str) -> bool:
     when both sides parse as numbers.
 
     Raises:
-        ConfigError: unknown ``kind``.
+        OpsaConfigError: unknown ``kind``.
     """
     pred = extract_answer(response, kind)
     if pred is None:
@@ -251,7 +251,7 @@ def answers_equal(pred: str, reference: str, *, kind: str) -> bool:
         True
     """
     if kind not in KINDS:
-        raise ConfigError(f"`kind` must be one of {KINDS}, got {kind!r}")
+        raise OpsaConfigError(f"`kind` must be one of {KINDS}, got {kind!r}")
     if kind == "gsm8k":
         a, b = parse_number(_clean_number(pred)), parse_number(_clean_number(reference))
         return a is not None and a == b

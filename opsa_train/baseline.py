@@ -8,7 +8,8 @@
    compliant (non-refusal, non-degenerate) answer on a benign one; for sampled
    candidates the first kept one per prompt is used; prompts with none are dropped;
 3. **SFT**: cross-entropy on the kept response tokens given the *plain* prompt (no
-   context), token mean over the step, with the OPSA run's own optimiser and schedule
+   context), token mean over the step, in the OPSA run's own loop
+   (`opsa_train.baseline_sft.SFTTrainer`, a `opsa_train.loop.TrainLoop`), optimiser and schedule
    (``TrainConfig``: AdamW, lr, betas, weight decay, warm-up, schedule, grad clip,
    batch size, grad accumulation, steps/epochs, seed). The number of steps is computed
    from the full prompt count, as OPSA's is, so both runs take the same optimiser
@@ -33,11 +34,9 @@ Example (CPU smoke run)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,23 +44,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flipsearch.atomic import atomic_write_text
-from flipsearch.engines.chat import pad_token_id
 from flipsearch.jsonl import iter_jsonl_objects
 from flipsearch.judges import JudgeConfig
-from flipsearch.paths import recordable
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
 from opsa_train.config import TrainConfig
-from opsa_train.errors import ConfigError, PreflightError
+from opsa_train.errors import OpsaConfigError, PreflightError
+from opsa_train.preflight import Prepared, prepare
 
 if TYPE_CHECKING:
-    import torch
-
     from flipsearch.cache import GenerationCache
     from flipsearch.engines import Engine
     from flipsearch.judges import Judge
     from opsa_train.data import TeacherContexts
-    from opsa_train.trainer import TrainResult
+    from opsa_train.loop import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +94,11 @@ class BaselineOptions:
         elif isinstance(self.judge, str):
             object.__setattr__(self, "judge", JudgeConfig(self.judge))
         if self.sampling not in ("greedy", "sample"):
-            raise ConfigError(f"`sampling` must be 'greedy' or 'sample', got {self.sampling!r}")
+            raise OpsaConfigError(f"`sampling` must be 'greedy' or 'sample', got {self.sampling!r}")
         if not isinstance(self.candidates, int) or self.candidates < 1:
-            raise ConfigError(f"`candidates` must be an integer >= 1, got {self.candidates!r}")
+            raise OpsaConfigError(f"`candidates` must be an integer >= 1, got {self.candidates!r}")
         if self.sampling == "greedy" and self.candidates != 1:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`candidates` must be 1 with sampling='greedy', got {self.candidates!r}: "
                 "greedy decoding gives one answer. Use sampling='sample'."
             )
@@ -158,7 +154,7 @@ def keep_safe(prompt_type: str, verdict: Verdict) -> bool:
         return verdict.refusal is True
     if prompt_type == "benign":
         return verdict.outcome == "compliance"
-    raise ConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
+    raise OpsaConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
 
 
 def select_examples(
@@ -238,34 +234,6 @@ def generate_sft_data(
     return select_examples(rows, ids, gens, verdicts)
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-# --------------------------------------------------------------------------------------
-# SFT
-
-
-def _sft_loss(
-    model: torch.nn.Module, examples: Sequence[SFTExample], pad_id: int, num_tokens: float
-) -> tuple[torch.Tensor, float]:
-    # Token-summed CE of one micro-batch divided by the whole step's token count.
-    import torch
-
-    from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
-    from opsa_train.losses import masked_token_mean, token_logprobs
-
-    batch = build_completion_batch(
-        [e.prompt_ids for e in examples], [e.completion_ids for e in examples], pad_id
-    )
-    logits_B_T_V = completion_logits(model, batch).float()
-    targets_B_T = batch.targets_B_T.to(logits_B_T_V.device)
-    nll_B_T = -token_logprobs(logits_B_T_V, targets_B_T)
-    mask_B_T = batch.completion_mask_B_T.to(logits_B_T_V.device)
-    loss = masked_token_mean(nll_B_T, mask_B_T, num_tokens=num_tokens)
-    return loss, float(torch.where(mask_B_T.bool(), nll_B_T, 0.0).sum())
-
-
 def train_baseline(
     config: TrainConfig,
     *,
@@ -287,93 +255,27 @@ def train_baseline(
     Raises:
         PreflightError: the pre-flight checks of OPSA training fail, or no answer is kept.
     """
-    import torch
-
-    from flipsearch.cache import GenerationCache
-    from flipsearch.models import cache_dir
-    from opsa_train.checkpoint import (
-        capture_rng_state,
-        latest_checkpoint,
-        load_checkpoint,
-        prune_checkpoints,
-        save_checkpoint,
-    )
-    from opsa_train.data import PromptSampler, total_steps
-    from opsa_train.metrics_log import MetricsLogger
-    from opsa_train.trainer import (
-        FINAL_DIR,
-        FINAL_MARKER,
-        TrainResult,
-        load_model,
-        lr_factor,
-        make_adamw,
-        prepare,
-        save_final,
-        write_model_record,
-    )
+    from opsa_train.baseline_sft import SFTTrainer
+    from opsa_train.checkpoint import FINAL_DIR, final_step
+    from opsa_train.data import total_steps
+    from opsa_train.loop import CONFIG_JSON, TrainResult, config_record, write_model_record
 
     options = options or BaselineOptions()
     if context_file is not None:
         config = dataclasses.replace(config, context_file=str(context_file))
     out = Path(config.out_dir)
-    final = out / FINAL_DIR
     prepared = prepare(config)
     n_steps = total_steps(config, len(prepared.rows))
-    if (final / FINAL_MARKER).is_file():
-        meta = json.loads((final / FINAL_MARKER).read_text(encoding="utf-8"))
-        if meta.get("step") == n_steps:
-            logger.info("baseline: %s is complete (step %d)", final, n_steps)
-            return TrainResult(out, final, n_steps, None)
+    if final_step(out / FINAL_DIR) == n_steps:
+        logger.info("baseline: %s is complete (step %d)", out / FINAL_DIR, n_steps)
+        return TrainResult(out, out / FINAL_DIR, n_steps, None)
     out.mkdir(parents=True, exist_ok=True)
     # Paths portable, no tokens (flipsearch.paths.recordable); the model by identity.
-    atomic_write_text(
-        out / "config.json",
-        json.dumps(recordable({**config.to_dict(), "baseline": options.to_dict()}), indent=2)
-        + "\n",
-    )
+    record = config_record(config, baseline=options.to_dict())
+    atomic_write_text(out / CONFIG_JSON, json.dumps(record, indent=2) + "\n")
     write_model_record(out, config.model, prepared.model_path)
 
-    # ---- data
-    data_path = out / SFT_DATA
-    if (out / STATS_JSON).is_file() and data_path.is_file():
-        examples = [
-            SFTExample.from_dict(d) for _, d in iter_jsonl_objects(data_path, PreflightError)
-        ]
-        stats = json.loads((out / STATS_JSON).read_text(encoding="utf-8"))
-    else:
-        t0 = time.perf_counter()
-        if cache is None:
-            cache = GenerationCache(options.cache or cache_dir() / "generations.sqlite")
-        own_engine = engine is None
-        if engine is None:
-            from flipsearch.engines import EngineConfig
-
-            engine = EngineConfig(model=str(prepared.model_path), engine=config.engine).build()
-        if options.sampling == "greedy":
-            sampling = Sampling(greedy=True, max_tokens=config.max_new_tokens)
-        else:
-            sampling = Sampling(
-                n=options.candidates,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                max_tokens=config.max_new_tokens,
-                seed=config.seed,
-            )
-        try:
-            examples, stats = generate_sft_data(
-                prepared.rows,
-                prepared.contexts,
-                engine,
-                options.judge.build(),
-                cache,
-                sampling,
-            )
-        finally:
-            if own_engine:
-                engine.close()  # type: ignore[attr-defined]
-        stats = {**stats, "kept": len(examples), "time/generate": time.perf_counter() - t0}
-        _write_jsonl(data_path, [e.to_dict() for e in examples])
-        atomic_write_text(out / STATS_JSON, json.dumps(stats, indent=2) + "\n")
+    examples, stats = _load_or_make_data(out, config, options, prepared, engine, cache)
     logger.info(
         "baseline data: kept %d/%d harmful (refusals), %d/%d benign (answers)",
         stats["harmful_kept"],
@@ -387,87 +289,54 @@ def train_baseline(
             f"{len(prepared.rows)}: the context made no refusal on harmful prompts and no "
             "answer on benign ones. Check the context file or raise `max_new_tokens`."
         )
+    return SFTTrainer(config, prepared, examples, record=record).run()
 
-    # ---- model, optimiser, schedule: the same helpers as the OPSA trainer
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(prepared.model_path, torch.float32).to(device)
-    model.config.use_cache = False
-    model.train()
-    optimizer = make_adamw(model, config)
-    warmup = config.warmup_steps or int(config.warmup_ratio * n_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total=n_steps, warmup=warmup, schedule=config.schedule)
-    )
-    by_obj: dict[int, SFTExample] = {}
-    rows: list[PromptRow] = []
-    for ex in examples:
-        row = PromptRow(f"{ex.row_id}#{len(rows)}", ex.prompt, ex.type)
-        by_obj[id(row)] = ex
-        rows.append(row)
-    data = PromptSampler(rows, seed=config.seed)
-    step = 0
-    info = latest_checkpoint(out)
-    if info is not None:
-        loaded = load_checkpoint(info.path, model=model, optimizer=optimizer, scheduler=scheduler)
-        data.load_state_dict(loaded.data_state)
-        step = loaded.step
-        logger.info("baseline: resumed from %s (step %d of %d)", info.path, step, n_steps)
-    tok = prepared.tokenizer
-    pad_id = pad_token_id(tok)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if config.dtype == "bfloat16" and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    from tqdm.auto import tqdm
 
-    last: dict[str, Any] = {}
-    with (
-        MetricsLogger(out, config=config.to_dict()) as log,
-        tqdm(total=n_steps, initial=step, desc="baseline-sft") as bar,
-    ):
-        while step < n_steps:
-            t0 = time.perf_counter()
-            batch = [by_obj[id(r)] for r in data.next_batch(config.batch_size)]
-            num_tokens = float(sum(len(e.completion_ids) for e in batch))
-            total = 0.0
-            mb = config.micro_batch_size
-            for start in range(0, len(batch), mb):
-                with autocast:
-                    loss, nll_sum = _sft_loss(model, batch[start : start + mb], pad_id, num_tokens)
-                loss.backward()
-                total += nll_sum
-            clip = config.grad_clip if config.grad_clip is not None else math.inf
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            metrics = {
-                "train/loss": total / max(num_tokens, 1.0),
-                "train/tokens": num_tokens,
-                "train/grad_norm": float(norm),
-                "train/lr": lr,
-                "time/total": time.perf_counter() - t0,
-            }
-            if step % config.log_every == 0 or step == n_steps:
-                log.log(step, metrics)
-                last = {"step": step, **metrics}
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            every = config.checkpoint_every
-            if (every and step % every == 0) or step == n_steps:
-                save_checkpoint(
-                    out,
-                    step=step,
-                    model=model,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    rng_state=capture_rng_state(),
-                    data_state=data.state_dict(),
-                )
-                if config.keep_checkpoints is not None:
-                    prune_checkpoints(out, config.keep_checkpoints)
-    save_final(model, tok, final, dtype=config.dtype, step=step)
-    return TrainResult(out, final, step, info.step if info else None, last)
+def _load_or_make_data(
+    out: Path,
+    config: TrainConfig,
+    options: BaselineOptions,
+    prepared: Prepared,
+    engine: Engine | None,
+    cache: GenerationCache | None,
+) -> tuple[list[SFTExample], dict[str, Any]]:
+    # sft_data.jsonl + baseline.json from an earlier call, else generate, filter, write.
+    data_path = out / SFT_DATA
+    if (out / STATS_JSON).is_file() and data_path.is_file():
+        examples = [
+            SFTExample.from_dict(d) for _, d in iter_jsonl_objects(data_path, PreflightError)
+        ]
+        return examples, json.loads((out / STATS_JSON).read_text(encoding="utf-8"))
+    from flipsearch.cache import GenerationCache
+    from flipsearch.models import cache_dir
+
+    t0 = time.perf_counter()
+    if cache is None:
+        cache = GenerationCache(options.cache or cache_dir() / "generations.sqlite")
+    own_engine = engine is None
+    if engine is None:
+        from flipsearch.engines import EngineConfig
+
+        engine = EngineConfig(model=str(prepared.model_path), engine=config.engine).build()
+    if options.sampling == "greedy":
+        sampling = Sampling(greedy=True, max_tokens=config.max_new_tokens)
+    else:
+        sampling = Sampling(
+            n=options.candidates,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_new_tokens,
+            seed=config.seed,
+        )
+    try:
+        examples, counts = generate_sft_data(
+            prepared.rows, prepared.contexts, engine, options.judge.build(), cache, sampling
+        )
+    finally:
+        if own_engine:
+            engine.close()  # type: ignore[attr-defined]
+    stats = {**counts, "kept": len(examples), "time/generate": time.perf_counter() - t0}
+    lines = [json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in examples]
+    atomic_write_text(data_path, "".join(lines))
+    atomic_write_text(out / STATS_JSON, json.dumps(stats, indent=2) + "\n")
+    return examples, stats

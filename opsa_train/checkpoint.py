@@ -13,8 +13,9 @@ A checkpoint is a folder ``run_dir/checkpoints/step-N/``:
 Security rule: nothing is ever pickled or unpickled (no ``torch.save``/``torch.load``),
 so a checkpoint from elsewhere cannot run code. Non-tensor state must be JSON.
 
-Crash safety: files go to ``step-N.tmp-XXXX/``, each fsynced, then the folder is
-``os.replace``d to ``step-N/`` and the parent fsynced; only then is a row appended to
+Crash safety: files go to ``step-N.tmp-XXXX/``, all fsynced, then the folder is
+``os.replace``d to ``step-N/`` and the parent fsynced (`write_folder_atomically`, which
+also writes ``final/``: `save_final`); only then is a row appended to
 ``checkpoints.jsonl`` (fsynced). `latest_checkpoint` walks that index from the end,
 ignores a torn last line and skips rows whose folder is missing or lacks
 ``complete.json``, so a kill at any point resumes from the last whole checkpoint.
@@ -36,10 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,18 +46,49 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from opsa_train.errors import CheckpointError, ConfigError
-from opsa_train.metrics_log import append_jsonl, read_jsonl
+from opsa_train.atomic_folder import write_folder_atomically
+from opsa_train.checkpoint_index import (
+    CHECKPOINTS_DIR,
+    COMPLETE_MARKER,
+    INDEX_FILE,
+    CheckpointInfo,
+    latest_checkpoint,
+    prune_checkpoints,
+)
+from opsa_train.errors import CheckpointError, OpsaConfigError
+from opsa_train.metrics_log import append_jsonl
+from opsa_train.state_codec import (
+    capture_rng_state,
+    decode_state,
+    encode_state,
+    restore_rng_state,
+)
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "FINAL_DIR",
+    "FINAL_MARKER",
+    "INDEX_FILE",
+    "CheckpointInfo",
+    "LoadedCheckpoint",
+    "capture_rng_state",
+    "final_step",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_final",
+]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CHECKPOINTS_DIR = "checkpoints"
-INDEX_FILE = "checkpoints.jsonl"
-COMPLETE_MARKER = "complete.json"
+FINAL_DIR = "final"
+FINAL_MARKER = "opsa_final.json"
 _MODEL = "model.safetensors"
 _OPTIMIZER_TENSORS = "optimizer.safetensors"
 _OPTIMIZER_JSON = "optimizer.json"
@@ -68,14 +96,6 @@ _SCHEDULER_JSON = "scheduler.json"
 _DATA_JSON = "data.json"
 _RNG_JSON = "rng.json"
 _RNG_TENSORS = "rng.safetensors"
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """A complete checkpoint found through the index."""
-
-    step: int
-    path: Path
 
 
 @dataclass(frozen=True)
@@ -89,121 +109,16 @@ class LoadedCheckpoint:
 
 
 # --------------------------------------------------------------------------------------
-# JSON + safetensors encoding of nested state (no pickle)
-
-
-def _encode(obj: object, where: str, tensors: dict[str, torch.Tensor]) -> object:
-    # Nested state -> JSON, moving each tensor into `tensors` under a dotted name.
-    # Tuples and non-string dict keys are tagged so decoding restores them exactly.
-    if isinstance(obj, torch.Tensor):
-        if where in tensors:
-            raise CheckpointError(f"`{where}` names two tensors (keys 1 and '1'?)")
-        tensors[where] = obj.detach().to("cpu").contiguous()
-        return {"__tensor__": where}
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, f"{where}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{where}.{i}", tensors) for i, v in enumerate(obj)]
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: _encode(v, f"{where}.{k}", tensors) for k, v in obj.items()}
-        items = []
-        for k, v in obj.items():
-            if not isinstance(k, bool | int | float | str) and k is not None:
-                raise CheckpointError(f"`{where}` has a key of type {type(k).__name__}: {k!r}")
-            items.append([k, _encode(v, f"{where}.{k}", tensors)])
-        return {"__items__": items}
-    raise CheckpointError(
-        f"`{where}` must hold tensors, numbers, strings, lists or dicts, got "
-        f"{type(obj).__name__}: checkpoints store no pickled objects"
-    )
-
-
-def _decode(obj: object, tensors: Mapping[str, torch.Tensor]) -> Any:
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__tuple__" in obj:
-            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-        if "__items__" in obj:
-            return {k: _decode(v, tensors) for k, v in obj["__items__"]}
-        return {k: _decode(v, tensors) for k, v in obj.items()}
-    return obj
-
-
-# --------------------------------------------------------------------------------------
-# RNG state
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The Python, NumPy (if installed), torch CPU and CUDA generator states."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "torch_cpu": torch.get_rng_state(),
-    }
-    try:
-        import numpy as np
-    except ImportError:
-        pass
-    else:
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state["numpy"] = (kind, [int(k) for k in keys], int(pos), int(has_gauss), float(gauss))
-    if torch.cuda.is_available():
-        state["torch_cuda"] = tuple(torch.cuda.get_rng_state_all())
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what `capture_rng_state` returned (missing parts are left alone)."""
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "torch_cpu" in state:
-        torch.set_rng_state(state["torch_cpu"].to(torch.uint8))
-    if "numpy" in state:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    if "torch_cuda" in state and torch.cuda.is_available():
-        cuda_states = list(state["torch_cuda"])
-        if len(cuda_states) != torch.cuda.device_count():
-            logger.warning(
-                "checkpoint has CUDA RNG states for %d devices, this machine has %d; "
-                "CUDA RNG not restored",
-                len(cuda_states),
-                torch.cuda.device_count(),
-            )
-        else:
-            torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda_states])
-
-
-# --------------------------------------------------------------------------------------
 # Files
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj: object) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    # No fsync here: write_folder_atomically fsyncs every file before the swap.
+    path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file(tensors, str(path))
-    _fsync_path(path)
 
 
 def _read_json(path: Path) -> Any:
@@ -215,17 +130,6 @@ def _read_json(path: Path) -> Any:
 
 def _step_dir(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINTS_DIR / f"step-{step}"
-
-
-def _is_complete(path: Path, step: int | None = None) -> bool:
-    marker = path / COMPLETE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        meta = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(meta, dict) and (step is None or meta.get("step") == step)
 
 
 # --------------------------------------------------------------------------------------
@@ -266,28 +170,13 @@ def save_checkpoint(
         CheckpointError: state that is not tensors/JSON (nothing is pickled).
     """
     if not isinstance(step, int) or step < 0:
-        raise ConfigError(f"`step` must be an integer >= 0, got {step!r}")
+        raise OpsaConfigError(f"`step` must be an integer >= 0, got {step!r}")
     run_dir = Path(run_dir)
-    root = run_dir / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = _step_dir(run_dir, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f"step-{step}.tmp-", dir=root))
-    try:
-        _write_contents(tmp, step, model, optimizer, scheduler, rng_state, data_state)
-        _fsync_path(tmp)
-        if final.exists():
-            # os.replace cannot overwrite a non-empty folder: move the old one aside first.
-            old = final.with_name(f"{final.name}.old-{os.getpid()}-{time.time_ns()}")
-            (final / COMPLETE_MARKER).unlink(missing_ok=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_path(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    final = write_folder_atomically(
+        _step_dir(run_dir, step),
+        lambda tmp: _write_contents(tmp, step, model, optimizer, scheduler, rng_state, data_state),
+        marker=COMPLETE_MARKER,
+    )
     append_jsonl(
         run_dir / INDEX_FILE,
         {"step": step, "path": f"{CHECKPOINTS_DIR}/{final.name}", "time": time.time()},
@@ -306,26 +195,25 @@ def _write_contents(
     data_state: Mapping[str, Any] | None,
 ) -> None:
     save_model(model, str(folder / _MODEL), force_contiguous=True)
-    _fsync_path(folder / _MODEL)
     if optimizer is not None:
         tensors: dict[str, torch.Tensor] = {}
-        meta = _encode(optimizer.state_dict(), "optimizer", tensors)
+        meta = encode_state(optimizer.state_dict(), "optimizer", tensors)
         _write_tensors(folder / _OPTIMIZER_TENSORS, tensors)
         _write_json(folder / _OPTIMIZER_JSON, meta)
     if scheduler is not None:
         tensors = {}
-        meta = _encode(scheduler.state_dict(), "scheduler", tensors)
+        meta = encode_state(scheduler.state_dict(), "scheduler", tensors)
         if tensors:
             raise CheckpointError(
                 f"`scheduler.state_dict()` must hold no tensors, got {sorted(tensors)!r}"
             )
         _write_json(folder / _SCHEDULER_JSON, meta)
     tensors = {}
-    rng_meta = _encode(dict(rng_state or capture_rng_state()), "rng", tensors)
+    rng_meta = encode_state(dict(rng_state or capture_rng_state()), "rng", tensors)
     _write_tensors(folder / _RNG_TENSORS, tensors)
     _write_json(folder / _RNG_JSON, rng_meta)
     data_tensors: dict[str, torch.Tensor] = {}
-    data_meta = _encode(dict(data_state or {}), "data", data_tensors)
+    data_meta = encode_state(dict(data_state or {}), "data", data_tensors)
     if data_tensors:
         raise CheckpointError(
             f"`data_state` must be JSON-able, got tensors {sorted(data_tensors)!r}"
@@ -385,74 +273,59 @@ def load_checkpoint(
         if not (path / _OPTIMIZER_JSON).is_file():
             raise CheckpointError(f"checkpoint {path} holds no optimizer state")
         tensors = load_file(str(path / _OPTIMIZER_TENSORS))
-        optimizer.load_state_dict(_decode(_read_json(path / _OPTIMIZER_JSON), tensors))
+        optimizer.load_state_dict(decode_state(_read_json(path / _OPTIMIZER_JSON), tensors))
     if scheduler is not None:
         if not (path / _SCHEDULER_JSON).is_file():
             raise CheckpointError(f"checkpoint {path} holds no scheduler state")
-        scheduler.load_state_dict(_decode(_read_json(path / _SCHEDULER_JSON), {}))
+        scheduler.load_state_dict(decode_state(_read_json(path / _SCHEDULER_JSON), {}))
     if restore_rng:
-        rng = _decode(_read_json(path / _RNG_JSON), load_file(str(path / _RNG_TENSORS)))
+        rng = decode_state(_read_json(path / _RNG_JSON), load_file(str(path / _RNG_TENSORS)))
         restore_rng_state(rng)  # type: ignore[arg-type]
-    data_state = _decode(_read_json(path / _DATA_JSON), {})
+    data_state = decode_state(_read_json(path / _DATA_JSON), {})
     return LoadedCheckpoint(step=int(meta["step"]), path=path, data_state=data_state)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------
-# Index
+# final/: the trained model as an HF folder
 
 
-def _indexed(run_dir: Path) -> list[CheckpointInfo]:
-    # Index rows, oldest first, whose folder exists and is complete; a path saved more
-    # than once keeps its last position.
-    found: dict[Path, CheckpointInfo] = {}
-    for row in read_jsonl(run_dir / INDEX_FILE):
-        step, rel = row.get("step"), row.get("path")
-        if not isinstance(step, int) or not isinstance(rel, str):
-            continue
-        path = run_dir / rel
-        found.pop(path, None)
-        if _is_complete(path, step):
-            found[path] = CheckpointInfo(step=step, path=path)
-    return list(found.values())
+def save_final(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    *,
+    dtype: str,
+    step: int,
+) -> Path:
+    """Write an HF folder (model in ``dtype``, tokenizer, generation config) atomically.
 
-
-def latest_checkpoint(run_dir: str | Path) -> CheckpointInfo | None:
-    """The last complete checkpoint listed in ``run_dir/checkpoints.jsonl``, or None.
-
-    "Last" is the index order (the most recent save), not the highest step, so a run
-    restarted from an older checkpoint resumes from what it saved since.
+    Through `write_folder_atomically`, with ``opsa_final.json`` (the step) written last
+    as its marker. So ``final/`` is always whole; a kill between the two renames leaves
+    none, and the next run rewrites it from the last checkpoint (always saved first).
     """
-    rows = _indexed(Path(run_dir))
-    return rows[-1] if rows else None
+
+    def fill(tmp: Path) -> None:
+        target = getattr(torch, dtype)
+        state = {k: v.detach().to(target) for k, v in model.state_dict().items()}
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # config.json says the weights' dtype, so loaders default to it.
+        cfg = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        cfg["torch_dtype"] = cfg["dtype"] = dtype
+        cfg["use_cache"] = True
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+        (tmp / FINAL_MARKER).write_text(json.dumps({"step": step, "dtype": dtype}) + "\n")
+
+    return write_folder_atomically(Path(path), fill, marker=FINAL_MARKER)
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` most recent complete checkpoints, plus leftovers.
-
-    Leftovers are ``step-*`` folders that are not among the kept ones: interrupted
-    ``.tmp-`` writes, incomplete or unindexed folders. Each folder loses its
-    ``complete.json`` before the rest, so a kill mid-delete never leaves a folder that
-    looks complete. Call it from the single process that saves.
-
-    Returns:
-        The deleted folders.
-    """
-    if not isinstance(keep, int) or keep < 1:
-        raise ConfigError(f"`keep` must be an integer >= 1, got {keep!r}")
-    run_dir = Path(run_dir)
-    root = run_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    kept = {info.path.resolve() for info in _indexed(run_dir)[-keep:]}
-    removed = []
-    for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or not folder.name.startswith("step-"):
-            continue
-        if folder.resolve() in kept:
-            continue
-        (folder / COMPLETE_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        removed.append(folder)
-    if removed:
-        _fsync_path(root)
-    return removed
+def final_step(path: str | Path) -> int | None:
+    """The step whose weights the ``final/`` folder ``path`` holds; None if none is whole."""
+    try:
+        meta = json.loads((Path(path) / FINAL_MARKER).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    step = meta.get("step") if isinstance(meta, dict) else None
+    return step if isinstance(step, int) else None

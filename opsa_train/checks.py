@@ -1,11 +1,11 @@
-"""The shared field checks of :mod:`flipsearch.checks`, raising opsa_train's ConfigError,
+"""The shared field checks of :mod:`flipsearch.checks`, raising opsa_train's OpsaConfigError,
 and the check of its prompt-set specs.
 
 Example:
     >>> check_int("steps", 0)
     Traceback (most recent call last):
     ...
-    opsa_train.errors.ConfigError: `steps` must be an integer >= 1, got 0
+    opsa_train.errors.OpsaConfigError: `steps` must be an integer >= 1, got 0
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import partial
 
 from flipsearch import checks
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 __all__ = [
     "check_bool",
@@ -25,18 +25,18 @@ __all__ = [
     "check_str",
 ]
 
-check_bool = partial(checks.check_bool, error=ConfigError)
-check_choice = partial(checks.check_choice, error=ConfigError)
-check_fraction = partial(checks.check_fraction, error=ConfigError)
-check_int = partial(checks.check_int, error=ConfigError)
-check_number = partial(checks.check_number, error=ConfigError)
-check_str = partial(checks.check_str, error=ConfigError)
+check_bool = partial(checks.check_bool, error=OpsaConfigError)
+check_choice = partial(checks.check_choice, error=OpsaConfigError)
+check_fraction = partial(checks.check_fraction, error=OpsaConfigError)
+check_int = partial(checks.check_int, error=OpsaConfigError)
+check_number = partial(checks.check_number, error=OpsaConfigError)
+check_str = partial(checks.check_str, error=OpsaConfigError)
 
 
 def check_prompt_specs(name: str, specs: object) -> None:
     """A tuple of ``name`` or ``name:split`` strings (``harmful_core:train``)."""
     if not isinstance(specs, tuple):
-        raise ConfigError(f"`{name}` must be a list of `name[:split]` strings, got {specs!r}")
+        raise OpsaConfigError(f"`{name}` must be a list of `name[:split]` strings, got {specs!r}")
     for spec in specs:
         if (
             not isinstance(spec, str)
@@ -45,6 +45,6 @@ def check_prompt_specs(name: str, specs: object) -> None:
             or spec.startswith(":")
             or spec.endswith(":")
         ):
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`{name}` entries must look like `name` or `name:split`, got {spec!r}"
             )

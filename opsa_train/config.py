@@ -10,10 +10,10 @@ Example:
     >>> cfg = load_train_config(None, {"lr": "2e-5", "steps": "10"}, base=TrainConfig.cpu_default())
     >>> cfg.lr, cfg.steps, cfg.micro_batch_size, cfg.kl_alpha
     (2e-05, 10, 8, 0.5)
-    >>> TrainConfig(batch_size=64, grad_accumulation=5)
+    >>> TrainConfig(batch_size=64, grad_accumulation=5)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    opsa_train.errors.ConfigError: `batch_size` must be divisible by `grad_accumulation` (5), got 64
+    opsa_train.errors.OpsaConfigError: `batch_size` must be divisible by ...
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from opsa_train.checks import (
     check_prompt_specs,
     check_str,
 )
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.presets import (
     CPU_DEMO,
     DTYPES,
@@ -200,7 +200,7 @@ class TrainConfig:
         for name in ("harmful_prompts", "benign_prompts"):
             check_prompt_specs(name, getattr(self, name))
         if not self.harmful_prompts:
-            raise ConfigError(
+            raise OpsaConfigError(
                 "`harmful_prompts` must name at least one prompt set, got (): "
                 "OPSA aligns the student on harmful prompts"
             )
@@ -231,18 +231,18 @@ class TrainConfig:
         check_number("lr", self.lr, above=0)
         check_number("weight_decay", self.weight_decay, minimum=0)
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2):
-            raise ConfigError(f"`betas` must be two floats, got {self.betas!r}")
+            raise OpsaConfigError(f"`betas` must be two floats, got {self.betas!r}")
         for beta in self.betas:
             check_number("betas", beta)
             if not 0.0 <= beta < 1.0:
-                raise ConfigError(f"`betas` must each be in [0, 1), got {self.betas!r}")
+                raise OpsaConfigError(f"`betas` must each be in [0, 1), got {self.betas!r}")
         check_number(
             "grad_clip", self.grad_clip, above=0, optional=True, why="None disables clipping"
         )
         check_int("batch_size", self.batch_size)
         check_int("grad_accumulation", self.grad_accumulation)
         if self.batch_size % self.grad_accumulation:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`batch_size` must be divisible by `grad_accumulation` "
                 f"({self.grad_accumulation}), got {self.batch_size!r}"
             )
@@ -255,7 +255,7 @@ class TrainConfig:
         check_int("warmup_steps", self.warmup_steps, minimum=0)
         check_fraction("warmup_ratio", self.warmup_ratio, include_1=False)
         if self.warmup_steps and self.warmup_ratio:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`warmup_steps` must be 0 when `warmup_ratio` is set ({self.warmup_ratio!r}), "
                 f"got {self.warmup_steps!r}. Set only one of them."
             )
@@ -263,7 +263,7 @@ class TrainConfig:
         check_number("epochs", self.epochs, above=0)
         check_int("steps", self.steps, optional=True)
         if self.steps is not None and self.warmup_steps >= self.steps:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`warmup_steps` must be < `steps` ({self.steps}), got {self.warmup_steps!r}"
             )
 
@@ -362,8 +362,8 @@ class TrainConfig:
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     """``["lr=1e-5", "steps=10"]`` -> ``{"lr": "1e-5", "steps": "10"}``; later keys win.
-    Raises ConfigError for an item without ``=`` or a key."""
-    return coerce.parse_overrides(items, error=ConfigError)
+    Raises OpsaConfigError for an item without ``=`` or a key."""
+    return coerce.parse_overrides(items, error=OpsaConfigError)
 
 
 def load_train_config(
@@ -384,13 +384,13 @@ def load_train_config(
         0.3
 
     Raises:
-        ConfigError: a missing or malformed file, an unknown key (with close matches),
+        OpsaConfigError: a missing or malformed file, an unknown key (with close matches),
             a value that cannot be coerced, or any `TrainConfig` rule.
     """
     values = base.to_dict() if base is not None else None
-    return coerce.load_config(TrainConfig, yaml_path, overrides, base=values, error=ConfigError)
+    return coerce.load_config(TrainConfig, yaml_path, overrides, base=values, error=OpsaConfigError)
 
 
 def _build(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
-    coerce.check_keys(values, [f.name for f in fields(TrainConfig)], error=ConfigError)
+    coerce.check_keys(values, [f.name for f in fields(TrainConfig)], error=OpsaConfigError)
     return cls(**values)

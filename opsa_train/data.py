@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from flipsearch.contexts import Context
 from flipsearch.prompts import PromptRow, load_prompt_set
 from flipsearch.types import Conversation, make_conversation
-from opsa_train.errors import ConfigError, PreflightError
+from opsa_train.errors import OpsaConfigError, PreflightError
 
 if TYPE_CHECKING:
     from flipsearch.export import ExportFile
@@ -135,7 +135,7 @@ class TeacherContexts:
             return self.harmful
         if prompt_type == "benign":
             return self.benign
-        raise ConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
+        raise OpsaConfigError(f"`prompt_type` must be 'harmful' or 'benign', got {prompt_type!r}")
 
     def conversation(self, row: PromptRow) -> Conversation:
         """The teacher's conversation: the row's context applied to the plain prompt, by
@@ -185,7 +185,7 @@ class PromptSampler:
     def next_batch(self, size: int) -> list[PromptRow]:
         """The next ``size`` prompts (``size`` >= 1)."""
         if size < 1:
-            raise ConfigError(f"`size` must be >= 1, got {size!r}")
+            raise OpsaConfigError(f"`size` must be >= 1, got {size!r}")
         batch: list[PromptRow] = []
         while len(batch) < size:
             if self.offset == len(self._order):

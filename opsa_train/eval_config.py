@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 from flipsearch.judges import JudgeConfig
 from opsa_train.checks import check_choice, check_int
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 __all__ = ["REASONING_KINDS", "EvalConfig", "reasoning_kind", "reasoning_prompt"]
 
@@ -101,21 +101,25 @@ class EvalConfig:
 
     def _check_models(self, models: dict[str, str]) -> None:
         if not models:
-            raise ConfigError("`models` must name at least one model, got {}")
+            raise OpsaConfigError("`models` must name at least one model, got {}")
         for name, path in models.items():
             if not isinstance(name, str) or not name.strip() or "|" in name:
-                raise ConfigError(f"`models` names must be non-empty, without '|', got {name!r}")
+                raise OpsaConfigError(
+                    f"`models` names must be non-empty, without '|', got {name!r}"
+                )
             if not isinstance(path, str) or not path.strip():
-                raise ConfigError(f"`models[{name!r}]` must be a model path or name, got {path!r}")
+                raise OpsaConfigError(
+                    f"`models[{name!r}]` must be a model path or name, got {path!r}"
+                )
         if self.reference is not None and self.reference not in models:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"`reference` must be one of the models {sorted(models)}, got {self.reference!r}"
             )
 
     def _check_sizes_and_sets(self) -> None:
         for kind_set in self.reasoning_sets:
             if reasoning_kind(kind_set) is None:
-                raise ConfigError(
+                raise OpsaConfigError(
                     f"`reasoning_sets` entries must be gsm8k or math500 (optionally :split), "
                     f"got {kind_set!r}: answer extraction is written for those formats"
                 )
@@ -125,7 +129,7 @@ class EvalConfig:
             check_int(name, getattr(self, name))
         check_choice("engine", self.engine, ("auto", "vllm", "hf"))
         if not (self.harmful_sets or self.over_refusal_sets or self.reasoning_sets):
-            raise ConfigError(
+            raise OpsaConfigError(
                 "at least one of the harmful, over-refusal or reasoning sets is needed"
             )
 
@@ -144,7 +148,9 @@ class EvalConfig:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"`eval` config keys must be among {sorted(known)}, got {unknown!r}")
+            raise OpsaConfigError(
+                f"`eval` config keys must be among {sorted(known)}, got {unknown!r}"
+            )
         return cls(**dict(d))  # type: ignore[arg-type]
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from flipsearch.scoring import Z95, Rate
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 __all__ = [
     "TASKS",
@@ -93,10 +93,10 @@ def composite_safety(harmful_rates: Sequence[Rate]) -> Rate:
     ``k`` holds the number of sets and ``n`` the total prompts behind S.
 
     Raises:
-        ConfigError: no harmful rates.
+        OpsaConfigError: no harmful rates.
     """
     if not harmful_rates:
-        raise ConfigError("`harmful_rates` must hold at least one rate, got none")
+        raise OpsaConfigError("`harmful_rates` must hold at least one rate, got none")
     h = len(harmful_rates)
     s = 1.0 - sum(r.value for r in harmful_rates) / h
     se2 = sum(((r.ci_high - r.ci_low) / (2 * Z95)) ** 2 for r in harmful_rates)
@@ -113,7 +113,7 @@ def metrics_from_records(records: Sequence[Mapping[str, object]]) -> list[Metric
     order of the output follows the records' first appearance.
 
     Raises:
-        ConfigError: a record's ``task`` is not one of :data:`TASKS`.
+        OpsaConfigError: a record's ``task`` is not one of :data:`TASKS`.
     """
     groups: dict[tuple[str, str, str], list[Mapping[str, object]]] = {}
     for rec in records:
@@ -134,7 +134,7 @@ def metrics_from_records(records: Sequence[Mapping[str, object]]) -> list[Metric
             k = sum(bool(r["correct"]) for r in recs)
             out.append(_rate_metric(model, "accuracy", set_name, k, n))
         else:
-            raise ConfigError(f"record `task` must be one of {TASKS}, got {task!r}")
+            raise OpsaConfigError(f"record `task` must be one of {TASKS}, got {task!r}")
     for model, rates in harmful_by_model.items():
         s = composite_safety(rates)
         out.append(Metric(model, "composite_safety", "S", s.value, s.n, s.ci_low, s.ci_high, k=s.k))

@@ -2,7 +2,9 @@
 
 Each loss takes tensors plus keyword-only knobs and returns a per-token loss of shape
 (B, T); the trainer masks and normalises it with `masked_token_mean` (the paper's
-token mean). Positions are response tokens: position t holds the distribution over
+token mean). `make_loss` is the one place that maps a loss name (``TrainConfig.loss``)
+to its teacher side (what is kept of the teacher's logits) and its student side.
+Positions are response tokens: position t holds the distribution over
 the token the student sampled at t, from the student (no context) and from the frozen
 teacher (privileged context + prompt + the student's exact tokens).
 
@@ -16,8 +18,9 @@ KL naming, used everywhere in opsa_train (metrics ``train/kl_fwd``, ``train/kl_r
   alpha = 0 pure reverse, the paper uses 0.5. This is a weighted sum of the two KLs,
   not the generalised Jensen-Shannon divergence that TRL's GKD calls ``beta``.
 
-The per-token measures `token_logprobs` and `per_token_kl` (no knobs, no reduction) serve
-the trainer, the baselines, the evaluation's retention score and the KL analysis alike.
+The per-token measures and reductions (`token_logprobs`, `per_token_kl`,
+`masked_token_mean`, `kl_by_position`) live in `opsa_train.token_stats` and are
+re-exported here.
 
 All math runs in float32 whatever the logits' dtype (bf16 log-probs are too coarse
 for KL terms of order 1e-3).
@@ -34,11 +37,27 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
+from opsa_train.token_stats import kl_by_position, masked_token_mean, per_token_kl, token_logprobs
+
+__all__ = [
+    "DistillLoss",
+    "full_vocab_kl_loss",
+    "kl_by_position",
+    "make_loss",
+    "masked_token_mean",
+    "per_token_kl",
+    "sampled_token_reverse_kl_loss",
+    "teacher_topk",
+    "token_logprobs",
+    "topk_kl_loss",
+]
 
 # Teacher log-probs of -inf (banned or padded vocabulary ids) are raised to this floor:
 # exp() of it is still exactly 0 in float32, but 0 * (-inf) no longer makes NaN.
@@ -50,7 +69,7 @@ _TAIL_EPS = 1e-7
 
 def _check_alpha(alpha: float) -> None:
     if not (0.0 <= alpha <= 1.0):
-        raise ConfigError(
+        raise OpsaConfigError(
             f"`alpha` must be in [0, 1], got {alpha!r}: 1 is pure forward KL, 0 pure reverse KL"
         )
 
@@ -101,11 +120,13 @@ def teacher_topk(teacher_logits_B_T_V: torch.Tensor, k: int) -> tuple[torch.Tens
         ([[[2, 1]]], 0.91)
 
     Raises:
-        ConfigError: ``k`` is not in [1, vocabulary size].
+        OpsaConfigError: ``k`` is not in [1, vocabulary size].
     """
     vocab = teacher_logits_B_T_V.shape[-1]
     if not (isinstance(k, int) and 1 <= k <= vocab):
-        raise ConfigError(f"`top_k` must be an integer in [1, {vocab}] (the vocabulary), got {k!r}")
+        raise OpsaConfigError(
+            f"`top_k` must be an integer in [1, {vocab}] (the vocabulary), got {k!r}"
+        )
     with torch.no_grad():
         # top-k of the logits = top-k of the log-probs (log_softmax is a monotone shift);
         # this avoids materialising a full float32 log_softmax.
@@ -153,7 +174,7 @@ def topk_kl_loss(
         the teacher's tail is tiny. It is clamped to >= ~1e-7 (SDPO does the same).
 
     Raises:
-        ConfigError: ``alpha`` is outside [0, 1].
+        OpsaConfigError: ``alpha`` is outside [0, 1].
         ValueError: the shapes do not line up.
     """
     _check_alpha(alpha)
@@ -263,7 +284,7 @@ def full_vocab_kl_loss(
         ``torch.no_grad()``.
 
     Raises:
-        ConfigError: ``alpha`` is outside [0, 1] or ``chunk_size`` < 1.
+        OpsaConfigError: ``alpha`` is outside [0, 1] or ``chunk_size`` < 1.
         ValueError: the two logits tensors differ in shape.
     """
     _check_alpha(alpha)
@@ -273,7 +294,7 @@ def full_vocab_kl_loss(
             f"{tuple(student_logits_B_T_V.shape)} and {tuple(teacher_logits_B_T_V.shape)}"
         )
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"`chunk_size` must be an integer >= 1 or None, got {chunk_size!r}")
+        raise OpsaConfigError(f"`chunk_size` must be an integer >= 1 or None, got {chunk_size!r}")
     teacher_B_T_V = teacher_logits_B_T_V.detach()
     length = student_logits_B_T_V.shape[1]
     if chunk_size is None:
@@ -331,106 +352,43 @@ def sampled_token_reverse_kl_loss(
 
 
 # --------------------------------------------------------------------------------------
-# Per-token measures (no reduction): log-probs at targets, full-vocabulary KL pair
+# Dispatch: the one place that maps a loss name to its teacher side and student side
+
+_T = torch.Tensor
 
 
-def token_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each target token under the logits, float32, shape (B, T).
+class DistillLoss(NamedTuple):
+    """``teacher_side(teacher_logits, targets)`` keeps what the loss needs (run it without
+    grad); ``per_token(student_logits, kept, targets)`` is the (B, T) loss and extras."""
 
-    Equals ``log_softmax(logits).gather(targets)`` but gathers first and subtracts the
-    log-normaliser, so no (B, T, V) float32 log-prob tensor is materialised.
-
-    Example:
-        >>> token_logprobs(torch.tensor([[[0.0, math.log(3.0)]]]), torch.tensor([[1]]))
-        tensor([[-0.2877]])
-    """
-    logits = logits_B_T_V.float()
-    picked_B_T = logits.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
-    return picked_B_T - torch.logsumexp(logits, dim=-1)
+    teacher_side: Callable[[_T, _T], tuple[_T, ...]]
+    per_token: Callable[[_T, tuple[_T, ...], _T], tuple[_T, dict[str, _T]]]
 
 
-def per_token_kl(
-    p_logits_B_T_V: torch.Tensor, q_logits_B_T_V: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(KL(p || q), KL(q || p))`` per position over the full vocabulary, float32, (B, T).
+def make_loss(
+    name: str, *, alpha: float, top_k: int, tail_bucket: bool, chunk_size: int | None
+) -> DistillLoss:
+    """The two sides of loss ``name`` (``TrainConfig.loss``); unknown: `OpsaConfigError`."""
 
-    Example:
-        >>> p = torch.tensor([[[0.0, 0.0]]]); q = torch.tensor([[[0.0, math.log(3.0)]]])
-        >>> [round(float(x), 4) for x in per_token_kl(p, q)]  # KL(1/2,1/2 || 1/4,3/4)
-        [0.1438, 0.1308]
-    """
-    lp_B_T_V = F.log_softmax(p_logits_B_T_V.float(), dim=-1)
-    lq_B_T_V = F.log_softmax(q_logits_B_T_V.float(), dim=-1)
-    fwd_B_T = _mixed_kl(lq_B_T_V, lp_B_T_V, alpha=1.0)  # "teacher" p: forward = KL(p || q)
-    rev_B_T = _mixed_kl(lq_B_T_V, lp_B_T_V, alpha=0.0)
-    return fwd_B_T.clamp(min=0.0), rev_B_T.clamp(min=0.0)
+    def topk(s: _T, kept: tuple[_T, ...], _: _T) -> tuple[_T, dict[str, _T]]:
+        loss = topk_kl_loss(s, *kept, alpha=alpha, tail_bucket=tail_bucket)
+        with torch.no_grad():  # the forward and reverse parts alone, for the logs
+            fwd = topk_kl_loss(s.detach(), *kept, alpha=1.0, tail_bucket=tail_bucket)
+            rev = topk_kl_loss(s.detach(), *kept, alpha=0.0, tail_bucket=tail_bucket)
+        return loss, {"kl_fwd": fwd, "kl_rev": rev}
 
+    def sampled(s: _T, kept: tuple[_T, ...], targets: _T) -> tuple[_T, dict[str, _T]]:
+        lp = token_logprobs(s, targets)  # on-policy: the "old" policy is this one, ratio 1
+        return sampled_token_reverse_kl_loss(lp, kept[0], lp.detach()), {}
 
-# --------------------------------------------------------------------------------------
-# Reductions and metrics
+    def full(s: _T, kept: tuple[_T, ...], _: _T) -> tuple[_T, dict[str, _T]]:
+        return full_vocab_kl_loss(s, kept[0], alpha=alpha, chunk_size=chunk_size), {}
 
-
-def masked_token_mean(
-    loss_B_T: torch.Tensor,
-    mask_B_T: torch.Tensor,
-    *,
-    num_tokens: float | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Sum of the loss over unmasked tokens divided by their count (the paper's token mean).
-
-    Masked positions are selected away (``torch.where``), not multiplied by 0, so an
-    inf or NaN there (padding) cannot leak. An all-masked batch returns a zero that is
-    still attached to the graph, so ``backward()`` runs and gives zero gradients.
-
-    Example:
-        >>> loss = torch.tensor([[1.0, 3.0], [5.0, float("inf")]])
-        >>> masked_token_mean(loss, torch.tensor([[1, 1], [1, 0]])).item()
-        3.0
-
-    Args:
-        loss_B_T: per-token loss.
-        mask_B_T: 1/True where a token counts (response tokens), 0/False elsewhere.
-        num_tokens: the denominator to use instead of this batch's count: pass the
-            token count of the whole global batch when accumulating gradients over
-            micro-batches, so their sum is the global token mean.
-    """
-    if loss_B_T.shape != mask_B_T.shape:
-        raise ValueError(
-            f"`loss_B_T` and `mask_B_T` must have the same shape, got {tuple(loss_B_T.shape)} "
-            f"and {tuple(mask_B_T.shape)}"
-        )
-    keep_B_T = mask_B_T.bool()
-    total = torch.where(keep_B_T, loss_B_T, torch.zeros_like(loss_B_T)).sum()
-    if num_tokens is None:
-        count = keep_B_T.sum().to(total.dtype)
+    if name in ("mixed_topk", "forward_topk", "reverse_topk"):
+        return DistillLoss(lambda t, _: teacher_topk(t, top_k), topk)
+    elif name == "mixed_full":
+        return DistillLoss(lambda t, _: (t,), full)
+    elif name == "sampled_token":
+        return DistillLoss(lambda t, targets: (token_logprobs(t, targets),), sampled)
     else:
-        count = torch.as_tensor(num_tokens, dtype=total.dtype, device=total.device)
-    # clamp instead of `if count == 0`: no host sync, and 0 / 1 keeps the graph.
-    return total / count.clamp(min=1.0)
-
-
-def kl_by_position(
-    per_token_kl_B_T: torch.Tensor, mask_B_T: torch.Tensor, *, first_n: int = 16
-) -> tuple[float, float]:
-    """Mean KL over the first ``first_n`` response tokens of each row, and over the rest.
-
-    Response positions are counted from each row's first unmasked token, so prompt or
-    left padding in the mask does not shift them. A group with no tokens gives NaN.
-    Safety alignment is known to act mostly on the first few tokens (refuse or comply),
-    so a KL concentrated there is expected.
-
-    Example:
-        >>> kl = torch.tensor([[9.0, 1.0, 2.0, 3.0]])
-        >>> kl_by_position(kl, torch.tensor([[0, 1, 1, 1]]), first_n=1)
-        (1.0, 2.5)
-    """
-    if first_n < 1:
-        raise ConfigError(f"`first_n` must be >= 1, got {first_n!r}")
-    keep_B_T = mask_B_T.bool()
-    rank_B_T = keep_B_T.long().cumsum(dim=1)  # 1-based position within the response
-    kl_B_T = per_token_kl_B_T.detach().float()
-
-    def _mean(select_B_T: torch.Tensor) -> float:
-        return kl_B_T[select_B_T].mean().item() if bool(select_B_T.any()) else math.nan
-
-    return _mean(keep_B_T & (rank_B_T <= first_n)), _mean(keep_B_T & (rank_B_T > first_n))
+        raise OpsaConfigError(f"`loss` must be one of the known losses, got {name!r}")

@@ -53,7 +53,7 @@ from flipsearch.atomic import atomic_write_text
 from flipsearch.machine import PeakRssSampler, machine_facts
 from flipsearch.paths import recordable
 from flipsearch.version import code_commit
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.pipeline_config import PipelineConfig, load_pipeline_config
 from opsa_train.pipeline_report import publish, write_report
 from opsa_train.pipeline_stages import PIPELINE_STAGES, STAGES, Stage, _Run
@@ -128,7 +128,7 @@ def run_pipeline(
     """
     for name, value in (("stop_after", stop_after), ("force", force)):
         if value is not None and value not in STAGES:
-            raise ConfigError(f"`{name}` must be one of {STAGES}, got {value!r}")
+            raise OpsaConfigError(f"`{name}` must be one of {STAGES}, got {value!r}")
     t0, started_at = time.perf_counter(), time.time()
     work = cfg.work_dir
     work.mkdir(parents=True, exist_ok=True)

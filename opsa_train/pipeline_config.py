@@ -28,7 +28,7 @@ from opsa_train.analysis import AnalysisConfig
 from opsa_train.baseline import BaselineOptions
 from opsa_train.checks import check_choice
 from opsa_train.config import TrainConfig, load_train_config
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.evaluate import EvalConfig
 
 __all__ = ["PipelineConfig", "load_pipeline_config"]
@@ -79,14 +79,14 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if not self.run or "/" in self.run or self.run.startswith("."):
-            raise ConfigError(f"`run` must be a folder name without '/', got {self.run!r}")
+            raise OpsaConfigError(f"`run` must be a folder name without '/', got {self.run!r}")
         check_choice("preset", self.preset, ("cpu", "paper"))
         for name in _SECTIONS:
             value = getattr(self, name)
             if value is None:
                 object.__setattr__(self, name, {})
             elif not isinstance(value, dict):
-                raise ConfigError(f"`{name}` must be a mapping of options, got {value!r}")
+                raise OpsaConfigError(f"`{name}` must be a mapping of options, got {value!r}")
 
     @property
     def folder(self) -> Path:
@@ -113,7 +113,7 @@ class PipelineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"pipeline config keys must be among {sorted(known)}, got {unknown!r}"
             )
         return cls(**copy.deepcopy(dict(d)))
@@ -130,29 +130,33 @@ def load_pipeline_config(
         {'steps': 3}
 
     Raises:
-        ConfigError: missing file, bad YAML, malformed override or unknown key.
+        OpsaConfigError: missing file, bad YAML, malformed override or unknown key.
     """
     doc: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"`config` must be an existing YAML file, got {str(p)!r}")
+            raise OpsaConfigError(f"`config` must be an existing YAML file, got {str(p)!r}")
         try:
             doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"`config` {str(p)!r} is not valid YAML: {e}") from e
+            raise OpsaConfigError(f"`config` {str(p)!r} is not valid YAML: {e}") from e
         if not isinstance(doc, dict):
-            raise ConfigError(f"`config` {str(p)!r} must hold a mapping, got {type(doc).__name__}")
+            raise OpsaConfigError(
+                f"`config` {str(p)!r} must hold a mapping, got {type(doc).__name__}"
+            )
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override must look like `section.key=value`, got {item!r}")
+            raise OpsaConfigError(f"override must look like `section.key=value`, got {item!r}")
         value = yaml.safe_load(raw) if raw else ""
         head, dot, tail = key.partition(".")
         if dot:
             doc.setdefault(head, {})
             if not isinstance(doc[head], dict):
-                raise ConfigError(f"`{head}` must be a section to set {key!r}, got {doc[head]!r}")
+                raise OpsaConfigError(
+                    f"`{head}` must be a section to set {key!r}, got {doc[head]!r}"
+                )
             doc[head][tail] = value
         else:
             doc[head] = value
@@ -160,12 +164,12 @@ def load_pipeline_config(
     where = f"pipeline config {str(path)!r}" if path is not None else "pipeline config"
     try:
         cfg = PipelineConfig.from_dict(doc)
-    except (ConfigError, TypeError) as e:
-        raise ConfigError(f"{where}: {e}") from e
+    except (OpsaConfigError, TypeError) as e:
+        raise OpsaConfigError(f"{where}: {e}") from e
     try:  # the `train` section, checked now rather than after the sweep
         _train_config(cfg, "opsa")
-    except ConfigError as e:
-        raise ConfigError(f"{where}: `train` section: {e}") from e
+    except OpsaConfigError as e:
+        raise OpsaConfigError(f"{where}: `train` section: {e}") from e
     return cfg
 
 

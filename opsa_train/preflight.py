@@ -1,7 +1,8 @@
 """Checks that run before the first step, each failing with a specific `PreflightError`.
 
 A training run costs hours on a GPU; these checks cost seconds and catch the inputs
-that would otherwise train silently on garbage:
+that would otherwise train silently on garbage. `prepare` runs them all (no model
+weights loaded) and returns the run's checked inputs (`Prepared`):
 
 - `check_context_file`: a context file is given and readable (`read_context_file`);
   `hand_written_export` builds the in-memory export of ``opsa-train run --context-text``.
@@ -31,15 +32,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch.contexts import PLACEMENTS, Context
-from flipsearch.errors import ExportFileError
+from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.errors import ExportFileError, FlipsearchError
 from flipsearch.export import ExportFile, read_export
-from flipsearch.models import fingerprint_matches, model_fingerprint
+from flipsearch.models import fingerprint_matches, model_fingerprint, resolve_model
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Conversation
+from opsa_train.config import TrainConfig
+from opsa_train.data import TeacherContexts, load_train_prompts, student_conversation
 from opsa_train.errors import PreflightError
 
 if TYPE_CHECKING:
@@ -300,4 +305,78 @@ def check_run_folder(out_dir: str | Path, *, model: str, model_path: Path) -> No
         f"`model` must be the run folder's model {recorded!r} (recorded in {str(path)!r}), "
         f"got {model!r}: its checkpoints belong to that model. Resume with "
         f"model={recorded!r}, or choose another --out for a new run"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# All of them, in order
+
+
+@dataclass
+class Prepared:
+    """What `prepare` checked and built: the run's inputs, ready for the first step."""
+
+    export: ExportFile
+    model_path: Path
+    contexts: TeacherContexts
+    rows: list[PromptRow]
+    tokenizer: PreTrainedTokenizerBase
+    window: int
+    longest_student_prompt: int
+
+
+def prepare(config: TrainConfig, *, export: ExportFile | None = None) -> Prepared:
+    """Run every pre-flight check that needs no model weights (seconds).
+
+    Args:
+        config: the run's options.
+        export: an in-memory export (e.g. `preflight.hand_written_export`) used instead
+            of reading ``config.context_file``.
+
+    Raises:
+        PreflightError: naming the field and value at fault (see `opsa_train.preflight`).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    if export is None:
+        export = read_context_file(config.context_file)
+    try:
+        model_path = resolve_model(config.model)
+    except FlipsearchError as exc:
+        raise PreflightError(
+            f"`model` must resolve to a model folder, got {config.model!r}: {exc}"
+        ) from exc
+    check_run_folder(config.out_dir, model=config.model, model_path=model_path)
+    check_export_model(
+        export, model=config.model, model_path=model_path, policy=config.export_model_mismatch
+    )
+    contexts = TeacherContexts.from_export(export, config)
+    rows = load_train_prompts(config)
+    check_has_harmful(rows, has_harmful_context=contexts.harmful is not None)
+
+    student_tok = AutoTokenizer.from_pretrained(model_path)
+    teacher_tok = AutoTokenizer.from_pretrained(model_path)
+    model_config = AutoConfig.from_pretrained(model_path)
+    vocab = getattr(model_config, "vocab_size", None)
+    check_tokenizers(student_tok, teacher_tok, student_vocab_size=vocab, teacher_vocab_size=vocab)
+    teacher_convs = [contexts.conversation(r) for r in rows]
+    ids = [r.id for r in rows]
+    check_conversations(teacher_convs, ids)
+    teacher_lens = [len(render_prompt_ids(teacher_tok, c)) for c in teacher_convs]
+    student_lens = [len(render_prompt_ids(student_tok, student_conversation(r))) for r in rows]
+    window = int(getattr(model_config, "max_position_embeddings", 0) or 0) or 2048
+    check_window(
+        [max(t, s) for t, s in zip(teacher_lens, student_lens, strict=True)],
+        ids,
+        max_new_tokens=config.max_new_tokens,
+        window=window,
+    )
+    return Prepared(
+        export=export,
+        model_path=model_path,
+        contexts=contexts,
+        rows=rows,
+        tokenizer=student_tok,
+        window=window,
+        longest_student_prompt=max(student_lens),
     )

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flipsearch.atomic import atomic_write_text
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +96,12 @@ class StageState:
         except FileNotFoundError:
             return {}
         except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"stage state {str(self.path)!r} is unreadable ({e}): delete it to rerun "
                 "every stage of this run, or restore it"
             ) from e
         if not isinstance(doc, dict) or doc.get("schema_version") != _SCHEMA_VERSION:
-            raise ConfigError(
+            raise OpsaConfigError(
                 f"stage state {str(self.path)!r} must have schema_version {_SCHEMA_VERSION}, "
                 f"got {doc.get('schema_version') if isinstance(doc, dict) else doc!r}: "
                 "delete it to rerun every stage"

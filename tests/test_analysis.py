@@ -15,7 +15,7 @@ from opsa_train.analysis import (
     top_tokens_table,
     write_analysis,
 )
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 
 def _rows():
@@ -129,7 +129,7 @@ def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):
     ],
 )
 def test_config_rejects_bad_values(kw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OpsaConfigError, match=match):
         AnalysisConfig(**{"context_file": "x.json", **kw})
 
 

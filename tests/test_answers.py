@@ -17,7 +17,7 @@ from opsa_train.answers import (
     normalize_math,
     parse_number,
 )
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 
 def _jsonl(path):
@@ -114,5 +114,5 @@ def test_math_falls_back_to_the_answer_is():
 
 
 def test_unknown_kind_raises():
-    with pytest.raises(ConfigError, match="`kind` must be one of"):
+    with pytest.raises(OpsaConfigError, match="`kind` must be one of"):
         extract_answer("1", "aime")

@@ -25,8 +25,7 @@ from flipsearch.errors import (
     PromptSetError,
     SearchSpaceError,
 )
-from opsa_train.errors import CheckpointError, PreflightError
-from opsa_train.errors import ConfigError as TrainConfigError
+from opsa_train.errors import CheckpointError, OpsaConfigError, PreflightError
 
 GOOD_EXPORT = {
     "schema_version": 1,
@@ -494,7 +493,7 @@ CASES = [
     # pipeline config
     Case(
         "pipeline-unknown-key",
-        TrainConfigError,
+        OpsaConfigError,
         "demo.yaml': pipeline config keys must be among",
         _pipeline_case("trian: {steps: 2}\n"),
         "opsa-train",
@@ -502,7 +501,7 @@ CASES = [
     ),
     Case(
         "pipeline-bad-train-key",
-        TrainConfigError,
+        OpsaConfigError,
         "demo.yaml': `train` section: unknown config key `stepz`. Did you mean `steps`?",
         _pipeline_case("train: {stepz: 2}\n"),
         "opsa-train",
@@ -510,7 +509,7 @@ CASES = [
     ),
     Case(
         "pipeline-section-not-mapping",
-        TrainConfigError,
+        OpsaConfigError,
         "demo.yaml': `train` must be a mapping of options, got 12",
         _pipeline_case("train: 12\n"),
         "opsa-train",
@@ -518,28 +517,28 @@ CASES = [
     # training YAML and overrides
     Case(
         "train-yaml-unknown-key",
-        TrainConfigError,
+        OpsaConfigError,
         "train.yaml': unknown config key `learning_rate`",
         _train_yaml_case("learning_rate: 1e-5\n"),
         "opsa-train",
     ),
     Case(
         "train-yaml-bad-type",
-        TrainConfigError,
+        OpsaConfigError,
         "train.yaml': `steps` must be an integer, got 'many'",
         _train_yaml_case("steps: many\n"),
         "opsa-train",
     ),
     Case(
         "train-yaml-bad-value",
-        TrainConfigError,
+        OpsaConfigError,
         "train.yaml': `lr` must be > 0, got -1.0",
         _train_yaml_case("lr: -1\n"),
         "opsa-train",
     ),
     Case(
         "train-override-bad-number",
-        TrainConfigError,
+        OpsaConfigError,
         "`lr` must be a number, got 'abc'",
         _bad_override,
         "opsa-train",

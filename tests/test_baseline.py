@@ -11,7 +11,7 @@ from flipsearch.prompts import PromptRow
 from flipsearch.types import Generation, Sampling, Verdict
 from opsa_train.baseline import BaselineOptions, generate_sft_data, keep_safe, select_examples
 from opsa_train.data import TeacherContexts
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 
 REFUSE = "I'm sorry, but I can't help with that."
 COMPLY = "Sure! Here are the steps: first you take the thing and then you do the rest."
@@ -43,7 +43,7 @@ def test_keep_safe_table(ptype, outcome, kept):
 
 
 def test_keep_safe_rejects_unknown_types():
-    with pytest.raises(ConfigError, match="`prompt_type` must be"):
+    with pytest.raises(OpsaConfigError, match="`prompt_type` must be"):
         keep_safe("neutral", _v("refusal"))
 
 
@@ -133,5 +133,90 @@ def test_generated_data_is_judge_safe_and_trains_on_the_plain_prompt(embedded_mo
     ],
 )
 def test_options_reject_bad_values(kw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OpsaConfigError, match=match):
         BaselineOptions(**kw)
+
+
+# --------------------------------------------------------------------------------------
+# train_baseline: the shared training loop with an SFT step, on a tiny random model
+
+
+def _baseline_run(tiny_model, out, steps: int, engine, **extra: object):
+    from flipsearch.export import ExportFile, write_export
+    from opsa_train.baseline import train_baseline
+    from opsa_train.config import load_train_config
+
+    context = write_export(
+        out.parent / f"{out.name}-context.json",
+        ExportFile(harmful=Context("Refuse harmful requests.", "system"), provenance={}),
+    )
+    config = load_train_config(
+        overrides={
+            "model": str(tiny_model),
+            "out_dir": str(out),
+            "context_file": str(context),
+            "max_prompts": 4,
+            "batch_size": 2,
+            "steps": steps,
+            "max_new_tokens": 8,
+            "benign_prompts": "",
+            "lr": 1e-3,
+            "checkpoint_every": 1,
+            "keep_checkpoints": "none",
+            "seed": 0,
+            **extra,
+        }
+    )
+    return train_baseline(config, engine=engine, cache=GenerationCache(":memory:"))
+
+
+def _losses(out) -> dict[int, float]:
+    from opsa_train.metrics_log import read_metrics
+
+    return {r["step"]: r["train/loss"] for r in read_metrics(out, last_per_step=True)}
+
+
+def test_train_baseline_writes_its_run_folder_resumes_and_reruns_as_a_no_op(tiny_model, tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from opsa_train.checkpoint import latest_checkpoint
+    from opsa_train.metrics_log import read_jsonl
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    out = tmp_path / "B"
+    engine = ContextEcho(tok)
+    first = _baseline_run(tiny_model, out, 2, engine)
+    assert (first.steps, first.resumed_from, first.final_dir) == (2, None, out / "final")
+    assert len(engine.seen) == 4  # every prompt answered once, with its context
+    stats = json.loads((out / "baseline.json").read_text())
+    assert stats["harmful_kept"] == stats["kept"] == 4
+    assert len(read_jsonl(out / "sft_data.jsonl")) == 4
+    assert json.loads((out / "config.json").read_text())["baseline"]["sampling"] == "greedy"
+    assert (out / "model.json").is_file()
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("train/loss", "train/tokens", "train/grad_norm", "train/lr", "time/total"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert rows[0]["train/tokens"] == 2 * len(REFUSE.split())
+    assert latest_checkpoint(out).step == 2
+    assert json.loads((out / "final" / "opsa_final.json").read_text())["step"] == 2
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("final")) == ["final"]
+
+    # A finished run: nothing generated, trained or written again.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    again = _baseline_run(tiny_model, out, 2, ContextEcho(tok))
+    assert (again.steps, again.resumed_from) == (2, None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+    # More steps: resumes from step 2 with the saved data, same losses as one 3-step run.
+    extended = _baseline_run(tiny_model, out, 3, engine := ContextEcho(tok))
+    assert (extended.steps, extended.resumed_from, engine.seen) == (3, 2, [])
+    assert json.loads((out / "final" / "opsa_final.json").read_text())["step"] == 3
+    straight = tmp_path / "S"
+    _baseline_run(tiny_model, straight, 3, ContextEcho(tok))
+    assert _losses(out) == pytest.approx(_losses(straight), rel=1e-5)
+    trained = (out / "final" / "model.safetensors").read_bytes()
+    assert trained == (straight / "final" / "model.safetensors").read_bytes()
+    assert trained != (tiny_model / "model.safetensors").read_bytes()

@@ -22,7 +22,7 @@ from opsa_train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from opsa_train.errors import CheckpointError, ConfigError
+from opsa_train.errors import CheckpointError, OpsaConfigError
 from opsa_train.metrics_log import MetricsLogger, append_jsonl, read_jsonl, read_metrics
 
 
@@ -173,7 +173,7 @@ def test_hard_kill_mid_write_leaves_only_an_ignored_temp_folder(tmp_path, monkey
         real_write_json(path, obj)
 
     monkeypatch.setattr(ckpt, "_write_json", _killed_at_marker)
-    monkeypatch.setattr(ckpt.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path, step=2, model=model, optimizer=optimizer)
     monkeypatch.undo()
@@ -232,7 +232,7 @@ def test_prune_keeps_the_most_recent(tmp_path):
     assert sorted(p.name for p in removed) == ["step-1", "step-2"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-3", "step-4"]
     assert latest_checkpoint(tmp_path).step == 4
-    with pytest.raises(ConfigError, match="`keep` must be an integer >= 1, got 0"):
+    with pytest.raises(OpsaConfigError, match="`keep` must be an integer >= 1, got 0"):
         prune_checkpoints(tmp_path, keep=0)
 
 

@@ -12,7 +12,7 @@ from flipsearch.cache import GenerationCache
 from flipsearch.judges import make_judge
 from flipsearch.scoring import Rate, wilson_interval
 from flipsearch.types import Generation
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.evaluate import (
     EvalConfig,
     composite_safety,
@@ -186,7 +186,7 @@ def test_composite_safety_and_mean_metric_by_hand():
     sd = math.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + 0 + (6 - 3) ** 2) / 3)
     assert m.value == 3.0
     assert m.ci_high - m.value == pytest.approx(1.959963984540054 * sd / 2)
-    with pytest.raises(ConfigError, match="`harmful_rates` must hold"):
+    with pytest.raises(OpsaConfigError, match="`harmful_rates` must hold"):
         composite_safety([])
 
 
@@ -212,7 +212,7 @@ def test_model_identity_depends_on_weight_content(tmp_path):
     ],
 )
 def test_config_rejects_bad_values(kw, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OpsaConfigError, match=match):
         EvalConfig(**{"models": {"base": "m"}, **kw})
 
 
@@ -269,7 +269,7 @@ def test_cli_builds_the_config_from_flags():
     assert cfg.models == {"base": "M0", "opsa": "runs/R/final"} and cfg.limit is None
     assert cfg.reasoning_sets == () and cfg.harmful_sets == ("advbench:eval", "harmbench:eval")
     assert cfg.judge.name == "refusal" and cfg.reference == "base"
-    with pytest.raises(ConfigError, match="`--models` entries must be unique"):
+    with pytest.raises(OpsaConfigError, match="`--models` entries must be unique"):
         eval_cmd.parse_models(["a=x", "a=y"])
 
 

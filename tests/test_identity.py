@@ -298,6 +298,7 @@ def test_no_written_file_holds_the_home_or_cache_folder_or_a_token(home, monkeyp
     from opsa_train.analysis import AnalysisConfig, write_analysis
     from opsa_train.config import TrainConfig
     from opsa_train.evaluate import EvalConfig, evaluate
+    from opsa_train.loop import config_record
     from opsa_train.trainer import Trainer
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -358,7 +359,11 @@ def test_no_written_file_holds_the_home_or_cache_folder_or_a_token(home, monkeyp
         model=str(model), context_file=str(export.resolve()), out_dir=str(run_dir)
     )
     stub = SimpleNamespace(
-        config=train, out_dir=run_dir, is_main=True, prepared=SimpleNamespace(model_path=model)
+        config=train,
+        out_dir=run_dir,
+        is_main=True,
+        prepared=SimpleNamespace(model_path=model),
+        record=config_record(train),
     )
     Trainer._check_config_file(stub)  # type: ignore[arg-type]
     Trainer._check_config_file(stub)  # type: ignore[arg-type]  # a resume: compares

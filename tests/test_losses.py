@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.losses import (
     full_vocab_kl_loss,
     kl_by_position,
@@ -158,7 +158,7 @@ def test_teacher_topk_returns_full_vocab_logprobs():
 
 @pytest.mark.parametrize("k", [0, 9, 2.0])
 def test_teacher_topk_rejects_bad_k(k):
-    with pytest.raises(ConfigError, match="`top_k` must be an integer in"):
+    with pytest.raises(OpsaConfigError, match="`top_k` must be an integer in"):
         teacher_topk(torch.randn(1, 1, 8), k=k)
 
 
@@ -166,9 +166,9 @@ def test_teacher_topk_rejects_bad_k(k):
 def test_losses_reject_alpha_outside_unit_interval(alpha):
     s_B_T_V = torch.randn(1, 2, 5)
     lp_B_T_K, ids_B_T_K = teacher_topk(s_B_T_V, k=2)
-    with pytest.raises(ConfigError, match=r"`alpha` must be in \[0, 1\]"):
+    with pytest.raises(OpsaConfigError, match=r"`alpha` must be in \[0, 1\]"):
         topk_kl_loss(s_B_T_V, lp_B_T_K, ids_B_T_K, alpha=alpha, tail_bucket=True)
-    with pytest.raises(ConfigError, match=r"`alpha` must be in \[0, 1\]"):
+    with pytest.raises(OpsaConfigError, match=r"`alpha` must be in \[0, 1\]"):
         full_vocab_kl_loss(s_B_T_V, s_B_T_V, alpha=alpha)
 
 
@@ -234,7 +234,7 @@ def test_full_vocab_chunked_equals_unchunked_in_value_and_gradient(chunk_size, a
 
 
 def test_full_vocab_rejects_bad_chunk_size():
-    with pytest.raises(ConfigError, match="`chunk_size` must be an integer >= 1"):
+    with pytest.raises(OpsaConfigError, match="`chunk_size` must be an integer >= 1"):
         full_vocab_kl_loss(torch.randn(1, 2, 3), torch.randn(1, 2, 3), alpha=0.5, chunk_size=0)
 
 

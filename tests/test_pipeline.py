@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.evaluate import Metric
 from opsa_train.pipeline import PipelineConfig, load_pipeline_config
 from opsa_train.pipeline_report import compare_runs
@@ -63,11 +63,11 @@ def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
 def test_overrides_parse_yaml_values_and_reject_bad_keys():
     cfg = load_pipeline_config(None, ["train.steps=3", "eval.harmful_sets=[a, b]"], run="x")
     assert cfg.train == {"steps": 3} and cfg.eval["harmful_sets"] == ["a", "b"] and cfg.run == "x"
-    with pytest.raises(ConfigError, match="override must look like"):
+    with pytest.raises(OpsaConfigError, match="override must look like"):
         load_pipeline_config(None, ["train.steps"])
-    with pytest.raises(ConfigError, match="pipeline config keys must be among"):
+    with pytest.raises(OpsaConfigError, match="pipeline config keys must be among"):
         PipelineConfig.from_dict({"trian": {}})
-    with pytest.raises(ConfigError, match="`run` must be a folder name"):
+    with pytest.raises(OpsaConfigError, match="`run` must be a folder name"):
         PipelineConfig(run="a/b")
 
 

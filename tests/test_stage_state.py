@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.pipeline import PipelineConfig
 from opsa_train.pipeline_report import publish, write_report
 from opsa_train.stage_state import StageState, file_digest, stage_key
@@ -52,7 +52,7 @@ def test_records_persist_and_only_done_under_the_same_key_counts(tmp_path):
 )
 def test_a_damaged_state_file_names_itself_and_the_fix(tmp_path, content, match):
     (tmp_path / "state.json").write_text(content)
-    with pytest.raises(ConfigError, match=match) as info:
+    with pytest.raises(OpsaConfigError, match=match) as info:
         StageState(tmp_path)
     assert str(tmp_path / "state.json") in str(info.value) and "delete it" in str(info.value)
 

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from opsa_train.config import TrainConfig, load_train_config, parse_overrides
-from opsa_train.errors import CheckpointError, ConfigError, OpsaTrainError, PreflightError
+from opsa_train.errors import CheckpointError, OpsaConfigError, OpsaTrainError, PreflightError
 
 
 def test_defaults_are_valid_and_follow_the_paper():
@@ -37,7 +37,7 @@ def test_cpu_default_is_small():
 
 
 def test_presets_reject_unknown_keys_with_close_matches():
-    with pytest.raises(ConfigError, match=r"unknown config key `lrr`\. Did you mean `lr`"):
+    with pytest.raises(OpsaConfigError, match=r"unknown config key `lrr`\. Did you mean `lr`"):
         TrainConfig.paper(lrr=1e-4)
 
 
@@ -89,7 +89,7 @@ def test_config_is_frozen():
     ],
 )
 def test_bad_values_raise_config_error_naming_the_field(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OpsaConfigError, match=match):
         TrainConfig(**kwargs)
 
 
@@ -182,7 +182,7 @@ def test_load_merges_base_then_yaml_then_overrides_with_coercion(tmp_path):
     ],
 )
 def test_load_rejects_bad_overrides(overrides, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(OpsaConfigError, match=match):
         load_train_config(None, overrides)
 
 
@@ -194,16 +194,16 @@ def test_load_accepts_integral_float_strings_and_empty_benign_context():
 def test_load_rejects_unknown_yaml_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("learning_rate: 1e-5\n")
-    with pytest.raises(ConfigError, match="unknown config key `learning_rate`"):
+    with pytest.raises(OpsaConfigError, match="unknown config key `learning_rate`"):
         load_train_config(path, {})
 
 
 def test_load_rejects_missing_and_non_mapping_files(tmp_path):
-    with pytest.raises(ConfigError, match="`yaml_path` must be an existing file"):
+    with pytest.raises(OpsaConfigError, match="`yaml_path` must be an existing file"):
         load_train_config(tmp_path / "nope.yaml", {})
     path = tmp_path / "list.yaml"
     path.write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="must hold a mapping of options, got list"):
+    with pytest.raises(OpsaConfigError, match="must hold a mapping of options, got list"):
         load_train_config(path, {})
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
@@ -223,15 +223,15 @@ def test_parse_overrides():
         "lr": "2e-5",
         "out_dir": "runs/a=b",
     }
-    with pytest.raises(ConfigError, match="override must look like `key=value`, got 'lr'"):
+    with pytest.raises(OpsaConfigError, match="override must look like `key=value`, got 'lr'"):
         parse_overrides(["lr"])
 
 
-@pytest.mark.parametrize("cls", [ConfigError, CheckpointError, PreflightError])
+@pytest.mark.parametrize("cls", [OpsaConfigError, CheckpointError, PreflightError])
 def test_errors_are_picklable_and_inherit_the_stdlib_error(cls):
     err = pickle.loads(pickle.dumps(cls("`x` must be 1, got 2")))
     assert isinstance(err, cls) and isinstance(err, OpsaTrainError)
     assert str(err) == "`x` must be 1, got 2"
-    assert isinstance(ConfigError("x"), ValueError)
+    assert isinstance(OpsaConfigError("x"), ValueError)
     assert isinstance(PreflightError("x"), ValueError)
     assert isinstance(CheckpointError("x"), RuntimeError)

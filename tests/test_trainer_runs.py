@@ -26,7 +26,7 @@ import torch
 
 from flipsearch.contexts import Context
 from flipsearch.export import ExportFile, read_export, write_export
-from opsa_train import trainer as trainer_mod
+from opsa_train import loop as loop_mod
 from opsa_train.checkpoint import INDEX_FILE, latest_checkpoint, load_checkpoint
 from opsa_train.cli import main as cli_main
 from opsa_train.config import load_train_config
@@ -36,34 +36,6 @@ from opsa_train.trainer import FINAL_MARKER, Trainer, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 REFUSE = "You are a safe assistant. Refuse harmful requests politely."
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, embedded_model_path) -> Path:
-    """A 1-layer random Llama with the embedded model's tokenizer, saved as an HF folder."""
-    from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(embedded_model_path)
-    vocab = AutoConfig.from_pretrained(embedded_model_path).vocab_size
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        initializer_range=0.5,  # logits far from uniform: losses ~0.1, not ~1e-10
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _small(tiny_model: Path, steps: int, **extra: object) -> list[str]:
@@ -206,7 +178,7 @@ class _FakeAccelerator:
 
 def _as_rank(monkeypatch, rank: int) -> _FakeAccelerator:
     fake = _FakeAccelerator(rank)
-    monkeypatch.setattr(trainer_mod, "_make_accelerator", lambda config: fake)
+    monkeypatch.setattr(loop_mod, "_make_accelerator", lambda config: fake)
     return fake
 
 

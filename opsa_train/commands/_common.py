@@ -65,7 +65,7 @@ def set_given(
 def parse_models(items: list[str]) -> dict[str, str]:
     """``["base=M0", "opsa=runs/R/final"]`` -> ``{"base": "M0", "opsa": "runs/R/final"}``;
     a bare path is named by its position (``m0``, ``m1``, ...)."""
-    from opsa_train.errors import ConfigError
+    from opsa_train.errors import OpsaConfigError
 
     out: dict[str, str] = {}
     for i, item in enumerate(items):
@@ -73,7 +73,7 @@ def parse_models(items: list[str]) -> dict[str, str]:
         if not sep:
             name, path = f"m{i}", item
         if not name or not path or name in out:
-            raise ConfigError(f"`--models` entries must be unique NAME=MODEL, got {item!r}")
+            raise OpsaConfigError(f"`--models` entries must be unique NAME=MODEL, got {item!r}")
         out[name] = path
     return out
 

@@ -32,7 +32,7 @@ from flipsearch.errors import ExportFileError
 from flipsearch.export import ExportFile, read_export, write_export
 from opsa_train.commands._common import add_command, add_train_config_args, print_run, set_given
 from opsa_train.config import TrainConfig, load_train_config, parse_overrides
-from opsa_train.errors import ConfigError
+from opsa_train.errors import OpsaConfigError
 from opsa_train.preflight import hand_written_export
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     config = load_train_config(args.config, overrides, base=base)
     if args.context_text is None:
         if config.context_file is None:
-            raise ConfigError(
+            raise OpsaConfigError(
                 "`--context` or `--context-text` must be given, got neither: pass a flipsearch "
                 "export file (--context best.json) or a hand-written context "
                 "(--context-text TEXT --placement system|prefix)"
@@ -101,12 +101,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         return config
     hand_file = str(Path(config.out_dir) / HAND_WRITTEN_CONTEXT)
     if args.context is not None or config.context_file not in (None, hand_file):
-        raise ConfigError(
+        raise OpsaConfigError(
             "`--context-text` must not be given with a context file, got context_file="
             f"{args.context or config.context_file!r}: use one of the two"
         )
     if args.placement is None:
-        raise ConfigError(
+        raise OpsaConfigError(
             "`--placement` must be given with --context-text, got none: "
             "--placement system (a system message) or prefix (before the user prompt)"
         )
@@ -124,16 +124,16 @@ def save_hand_written(export: ExportFile, path: Path) -> None:
     """Save ``export`` to ``path`` in the run folder, unless it already holds it.
 
     Raises:
-        ConfigError: ``path`` holds another context (that run was trained on it).
+        OpsaConfigError: ``path`` holds another context (that run was trained on it).
     """
     if path.is_file():
         try:
             old = read_export(path)
         except ExportFileError as exc:
-            raise ConfigError(f"`{path}` must be a valid export file, got: {exc}") from exc
+            raise OpsaConfigError(f"`{path}` must be a valid export file, got: {exc}") from exc
         if old.to_dict() == export.to_dict():
             return
-        raise ConfigError(
+        raise OpsaConfigError(
             f"`--context-text` must match the context of the run in {str(path.parent)!r}, "
             f"got {export.harmful.text!r} ({export.harmful.placement}), but {str(path)!r} "
             f"holds {old.harmful.text!r} ({old.harmful.placement}): choose another --out"

@@ -1,0 +1,106 @@
+"""What the OPSA trainer measures besides its loss (no gradients, nothing trained).
+
+- `mean_kl`: the token-mean loss (the KL for KL losses) of the current student on
+  fixed rollouts; `greedy_refusal_rate`: the offline judge on greedy responses;
+- `rollout_metrics`: length, truncation and refusal rates of a step's rollouts;
+- `trainer_logprobs` / `check_sync`: the vLLM sampler's log-probs of one sequence
+  against the trainer's, which tells whether the engine received the new weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+from flipsearch.prompts import PromptRow
+from flipsearch.types import Sampling
+from opsa_train.rollout import Rollout, VLLMRollouts
+from opsa_train.token_stats import token_logprobs
+
+if TYPE_CHECKING:
+    from flipsearch.judges import Judge
+    from opsa_train.trainer import Trainer
+
+__all__ = ["check_sync", "greedy_refusal_rate", "mean_kl", "rollout_metrics", "trainer_logprobs"]
+
+logger = logging.getLogger(__name__)
+
+SYNC_WARN = 1.0  # |engine lp - trainer lp| above this means the engine missed the weights
+
+
+def trainer_logprobs(
+    trainer: Trainer, prompt_ids: Sequence[int], completion_ids: Sequence[int]
+) -> list[float]:
+    """The student's log-prob of each completion token (no grad): the trainer's view."""
+    batch = build_completion_batch([list(prompt_ids)], [list(completion_ids)], trainer.pad_id)
+    with torch.no_grad(), trainer._autocast():
+        logits = completion_logits(trainer.model, batch)
+        lp_B_T = token_logprobs(logits, batch.targets_B_T.to(logits.device))
+    return lp_B_T[0, : len(completion_ids)].tolist()
+
+
+def check_sync(trainer: Trainer, rollout: Rollout) -> dict[str, float]:
+    """Engine vs trainer log-probs of one fixed sequence (vLLM only; {} for HF)."""
+    if not isinstance(trainer.sampler, VLLMRollouts) or not rollout.completion_ids:
+        return {}
+    engine_lp = trainer.sampler.score(rollout.prompt_ids, rollout.completion_ids)
+    trainer_lp = trainer_logprobs(trainer, rollout.prompt_ids, rollout.completion_ids)
+    diffs = [abs(a - b) for a, b in zip(engine_lp, trainer_lp, strict=True)]
+    worst = max(diffs)
+    if worst > SYNC_WARN:
+        logger.warning(
+            "vLLM weight sync check: max |engine - trainer| log-prob %.3f > %.1f; the "
+            "engine may not have received the trained weights",
+            worst,
+            SYNC_WARN,
+        )
+    return {
+        "sync/max_abs_logprob_diff": worst,
+        "sync/mean_abs_logprob_diff": sum(diffs) / len(diffs),
+    }
+
+
+def mean_kl(trainer: Trainer, rollouts: Sequence[Rollout]) -> float:
+    """Token-mean per-token loss (the KL for KL losses) of the current student, no grad."""
+    micro_batches = trainer.teacher_score(rollouts)
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for mb in micro_batches:
+            with trainer._autocast():
+                logits = completion_logits(trainer.model, mb.student)
+            loss_B_T, _ = trainer.per_token_loss(logits, mb)
+            keep = mb.mask_B_T.bool()
+            total += float(torch.where(keep, loss_B_T, torch.zeros_like(loss_B_T)).sum())
+            count += float(keep.sum())
+    return total / max(count, 1.0)
+
+
+def greedy_refusal_rate(
+    trainer: Trainer, rows: Sequence[PromptRow], *, max_tokens: int = 32
+) -> float:
+    """The offline judge's refusal rate of the student's greedy responses to ``rows``."""
+    with torch.no_grad(), trainer._autocast():
+        rollouts = trainer.sampler.sample(rows, Sampling(greedy=True, max_tokens=max_tokens))
+    verdicts = trainer.judge.judge([r.row.prompt for r in rollouts], [r.text for r in rollouts])
+    return sum(bool(v.refusal) for v in verdicts) / max(1, len(verdicts))
+
+
+def rollout_metrics(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """Mean length, truncated fraction and the judge's refusal rate by prompt type."""
+    verdicts = judge.judge([r.row.prompt for r in rollouts], [r.text for r in rollouts])
+    out: dict[str, float] = {
+        "rollout/length_mean": sum(len(r.completion_ids) for r in rollouts) / len(rollouts),
+        "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts)
+        / len(rollouts),
+    }
+    for kind in ("harmful", "benign"):
+        picked = [v for r, v in zip(rollouts, verdicts, strict=True) if r.row.type == kind]
+        out[f"rollout/refusal_{kind}"] = (
+            sum(bool(v.refusal) for v in picked) / len(picked) if picked else math.nan
+        )
+    return out
