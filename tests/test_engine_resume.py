@@ -29,15 +29,29 @@ def test_a_sweep_records_its_engine_choice_and_refuses_another_dtype(tmp_path):
     assert study.user_attrs["provenance"]["engine_choice"] == recorded
     assert study.trials[0].user_attrs["engine_choice"] == recorded
 
-    run_fake(fake_config(tmp_path, trials=2))  # same machine, same settings: resumes
+    run_fake(fake_config(tmp_path, trials=2), engine)  # same machine, same settings: resumes
     other = "float16" if expected.dtype != "float16" else "float32"
     config = fake_config(tmp_path, trials=3, engine=EngineConfig(dtype=other))
+    engine.choice = config.engine.choose()  # what EngineConfig.build would give it
     with pytest.raises(ConfigError) as err:
-        run_fake(config)
+        run_fake(config, engine)
     msg = str(err.value)
     assert f"resolved `dtype` must match the study's {folder / ENGINE_FILE}" in msg
     assert repr(expected.dtype) in msg and repr(other) in msg
     assert len(run_fake(fake_config(tmp_path, trials=2)).trials) == 2  # nothing was added
+
+
+def test_a_sweep_building_its_engine_checks_the_config_choice(tmp_path):
+    # Without a built engine, check_config resolves config.engine itself.
+    from flipsearch.sweep._provenance import check_config
+
+    config = fake_config(tmp_path, trials=1)
+    check_config(config)
+    recorded = json.loads((config.folder / ENGINE_FILE).read_text())
+    assert (recorded["engine"], recorded["dtype"]) == config.engine.choose().as_tuple()
+    other = "float16" if recorded["dtype"] != "float16" else "float32"
+    with pytest.raises(ConfigError, match="resolved `dtype` must match"):
+        check_config(fake_config(tmp_path, trials=1, engine=EngineConfig(dtype=other)))
 
 
 def test_auto_resolving_differently_on_another_machine_is_refused(tmp_path, monkeypatch):

@@ -57,8 +57,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=["auto", "bfloat16", "float16", "float32"],
-        help="auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512_BF16, AMX), "
-        "else float32",
+        help="auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512_BF16, AMX), else float32",
     )
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument(

@@ -36,20 +36,23 @@ ENGINE_FILE = "engine.json"
 """The study's resolved engine and dtype, with the machine facts (``EngineChoice.to_dict``)."""
 
 
-def check_config(config: SweepConfig, choice: EngineChoice | None = None) -> None:
+def check_config(config: SweepConfig, engine: object | None = None) -> None:
     """Write ``config.json`` and ``engine.json``; if the study has them, first check that
     ``config`` may resume it.
 
     A resumed study must keep the :data:`IDENTITY_FIELDS`, its storage, and the resolved
-    engine and dtype (``choice``, default ``config.engine.choose()``); the rest may change
-    between runs. Call it under the study's lock.
+    engine and dtype: ``config.engine.choose()``, or the decision a given, already built
+    ``engine`` was built from (``engine.choice``; an engine without one, such as a test
+    fake, is not checked). The rest may change between runs. Call it under the study's lock.
 
     Raises:
         ConfigError: an identity field, the storage, the engine or the dtype differs from
             the recorded one.
     """
     _check_identity(config)
-    check_engine_choice(config, choice or config.engine.choose())
+    choice = config.engine.choose() if engine is None else getattr(engine, "choice", None)
+    if isinstance(choice, EngineChoice):
+        check_engine_choice(config, choice)
 
 
 def check_engine_choice(config: SweepConfig, choice: EngineChoice) -> None:
