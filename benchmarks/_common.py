@@ -1,4 +1,4 @@
-"""Shared bits of the benchmark scripts: workloads and a timing helper."""
+"""Shared bits of the benchmark scripts: workloads, a timing helper, the machine line."""
 
 from __future__ import annotations
 
@@ -60,3 +60,14 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+def machine_header() -> dict[str, object]:
+    """Print the machine facts line (CPU model, capability, bf16, threads) and return the
+    facts for the files the benchmark writes: a figure only compares with figures of the
+    same machine type."""
+    from flipsearch.machine import machine_facts
+
+    facts = machine_facts()
+    print(f"machine: {facts.describe()}, {facts.cores} cores", flush=True)
+    return facts.to_dict()

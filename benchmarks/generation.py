@@ -15,7 +15,7 @@ import argparse
 import gc
 import json
 
-from _common import SYSTEM_MESSAGE, chat_prompts, timed
+from _common import SYSTEM_MESSAGE, chat_prompts, machine_header, timed
 
 from flipsearch.engines import EngineConfig
 from flipsearch.types import Sampling, make_conversation
@@ -23,6 +23,7 @@ from flipsearch.types import Sampling, make_conversation
 
 def measure(config: EngineConfig, convs: list, sampling: Sampling) -> dict[str, float]:
     engine, load_s = timed(config.build)
+    print(f"  {engine.choice.describe()}", flush=True)  # type: ignore[attr-defined]
     engine.generate(convs[:2], Sampling(greedy=True, max_tokens=4))  # warm-up
     outs, gen_s = timed(lambda: engine.generate(convs, sampling))
     tokens = sum(len(g.token_ids) for gens in outs for g in gens)
@@ -46,6 +47,7 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None, help="write the numbers here")
     args = parser.parse_args()
+    machine = machine_header()
 
     system = {"role": "system", "content": SYSTEM_MESSAGE}
     convs = [
@@ -77,7 +79,7 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+            json.dump({"machine": machine, "args": vars(args), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

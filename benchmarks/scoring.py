@@ -19,7 +19,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import timed
+from _common import machine_header, timed
 
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context
@@ -102,6 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
+    machine_header()
 
     harmful = load_prompt_set("harmful_core", limit=args.n).harmful()
     benign = load_prompt_set("benign", limit=None).benign()
@@ -117,6 +118,7 @@ def main() -> None:
     print("flipsearch ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         engine, load_s = timed(EngineConfig(model=args.model, engine=args.engine).build)
+        print(f"  {engine.choice.describe()}", flush=True)  # type: ignore[attr-defined]
         scorer = FlipScorer(
             engine,
             make_judge("refusal"),

@@ -32,10 +32,11 @@ import time
 from pathlib import Path
 
 import yaml
+from _common import machine_header
 
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context, check_placement
-from flipsearch.engines import EngineConfig
+from flipsearch.engines import EngineConfig, engine_choice_record
 from flipsearch.flip import FlipScorer, ScoreSettings
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import load_prompt_set
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--max-over-refusal", type=float, default=0.1)
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
+    machine = machine_header()
 
     contexts = fixed_contexts(args.contexts)
     harmful = load_prompt_set(args.harmful, limit=args.n_harmful).harmful()
@@ -181,6 +183,8 @@ def main() -> None:
         Path(args.out).write_text(
             json.dumps(
                 {
+                    "machine": machine,
+                    "engine_choice": engine_choice_record(engine),
                     "contexts": len(contexts),
                     "n_harmful": len(harmful),
                     "n_benign": len(benign),

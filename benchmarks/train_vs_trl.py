@@ -29,7 +29,13 @@ Install the baseline with ``pip install -e '.[bench]'`` (trl >= 0.25). Usage::
 
     python benchmarks/train_vs_trl.py                      # default size, ~10 min on 2 CPU cores
     python benchmarks/train_vs_trl.py --prompts 8 --new-tokens 64 --steps 4
+    python benchmarks/train_vs_trl.py --engine auto        # rollouts: the machine default
     python benchmarks/train_vs_trl.py --arm opsa --json out.json   # one arm (used internally)
+
+``--engine`` sets opsa_train's rollout engine (default ``hf``: transformers ``generate``, as
+TRL's arm uses; ``auto`` follows the machine, see :func:`flipsearch.engines.choose_engine`).
+Both arms train in float32. The script prints the machine facts and both arms' settings
+first, and writes them into ``--out``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine_header
 
 REPO = Path(__file__).resolve().parents[1]
 CONTEXT = (
@@ -81,7 +89,7 @@ def run_opsa(args: argparse.Namespace) -> dict[str, object]:
         model=args.model,
         context_file=str(ctx),
         out_dir=str(tmp / "run"),
-        engine="hf",
+        engine=args.engine,
         benign_prompts=(),
         max_prompts=args.prompts,
         batch_size=args.prompts,
@@ -202,6 +210,8 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, object]:
         str(args.lr),
         "--micro-batch",
         str(args.micro_batch),
+        "--engine",
+        args.engine,
         "--gradient-checkpointing"
         if args.gradient_checkpointing
         else "--no-gradient-checkpointing",
@@ -224,6 +234,35 @@ def _summary(result: dict[str, object]) -> dict[str, float]:
     }
 
 
+def arm_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The shared settings and each arm's own (engine, dtype), for the header and --out."""
+    from flipsearch.engines import choose_engine
+
+    rollout = choose_engine(args.engine, "float32")
+    return {
+        "model": args.model,
+        "prompts_per_step": args.prompts,
+        "new_tokens": args.new_tokens,
+        "top_k": args.top_k,
+        "steps": args.steps,
+        "micro_batch": args.micro_batch,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "arms": {
+            "opsa_train": {
+                "rollout_engine": rollout.engine,
+                "rollout_dtype": rollout.dtype,
+                "train_dtype": "float32",
+                "engine_flag": args.engine,
+            },
+            "trl_sdft": {
+                "rollout_engine": "hf (transformers generate)",
+                "rollout_dtype": "float32",
+                "train_dtype": "float32",
+            },
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arm", choices=("opsa", "trl"), help="run one arm in this process")
@@ -240,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="prompts per forward/backward pass in both arms (default: all of them); "
         "both still generate the whole step's batch in one call",
+    )
+    p.add_argument(
+        "--engine",
+        default="hf",
+        choices=("hf", "vllm", "auto"),
+        help="opsa_train's rollout engine (default: %(default)s, transformers generate as in "
+        "the TRL arm; auto follows the machine)",
     )
     p.add_argument("--out", help="also write the comparison as JSON here")
     p.add_argument(
@@ -259,21 +305,18 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(result))
         return 0
 
+    machine = machine_header()
+    settings = arm_settings(args)
+    for name, arm in settings["arms"].items():  # type: ignore[attr-defined]
+        print(f"{name}: {', '.join(f'{k} {v}' for k, v in arm.items())}", flush=True)
     arms = {
         "trl_sdft": _summary(_run_arm("trl", args)),
         "opsa_train": _summary(_run_arm("opsa", args)),
     }
     ours, trl = arms["opsa_train"], arms["trl_sdft"]
     report = {
-        "settings": {
-            "model": args.model,
-            "prompts_per_step": args.prompts,
-            "new_tokens": args.new_tokens,
-            "top_k": args.top_k,
-            "steps": args.steps,
-            "micro_batch": args.micro_batch,
-            "gradient_checkpointing": args.gradient_checkpointing,
-        },
+        "machine": machine,
+        "settings": settings,
         **arms,
         "speedup_steps_per_s": ours["steps_per_s"] / trl["steps_per_s"],
         "peak_rss_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],

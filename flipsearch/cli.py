@@ -18,6 +18,7 @@ import importlib
 import logging
 import sys
 
+from flipsearch.engines import quiet_vllm_logging
 from flipsearch.errors import FlipsearchError
 
 # Each module defines `register(subparsers)`, which adds one subcommand whose
@@ -71,7 +72,9 @@ def build_parser(
         version=version or "",  # "": the package's own version
         help="print the version (and the git commit in a checkout) and exit",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, and vLLM's INFO logs"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in modules:
         try:
@@ -94,6 +97,8 @@ def run_cli(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # Before any vllm import: vLLM logs warnings only, unless -v or VLLM_LOGGING_LEVEL.
+    quiet_vllm_logging(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except errors as e:

@@ -151,13 +151,13 @@ def greedy_rollouts(
     name, greedy sampling), so evaluation answers are reused.
     """
     from flipsearch.cache import cached_generate
-    from flipsearch.engines import EngineConfig, resolve_engine_name
+    from flipsearch.engines import EngineConfig, choose_engine
     from flipsearch.models import model_key, resolve_model
     from flipsearch.types import Sampling, make_conversation
 
     path = resolve_model(model)
     identity = model_key(path)
-    name = resolve_engine_name(engine)
+    name = choose_engine(engine).engine
     sampling = Sampling(greedy=True, max_tokens=max_tokens)
     built: dict[str, object] = {}
 

@@ -4,9 +4,9 @@
 - ``eval.csv``: one metric per row;
 - ``samples.jsonl``: every response with its verdict (every number can be recounted);
 - ``retention.jsonl``: per model and prompt retention NLL / KL;
-- ``eval.json``: config, each model's identity (:func:`flipsearch.models.model_identity`)
-  and metrics; paths portable, no tokens. Written last: its presence marks a complete
-  evaluation (:func:`read_eval`).
+- ``eval.json``: config, each model's identity (:func:`flipsearch.models.model_identity`),
+  engine/dtype decision with the machine facts, and metrics; paths portable, no tokens.
+  Written last: its presence marks a complete evaluation (:func:`read_eval`).
 
 Every file is written atomically (temporary file, fsync, rename), so a crash leaves the
 old file or the new one, never half of one.
@@ -53,6 +53,9 @@ class EvalResult:
     models: dict[str, dict[str, str]] = field(default_factory=dict)
     """Each model's identity (:func:`flipsearch.models.model_identity`): name, portable
     folder, content fingerprint."""
+    engines: dict[str, dict[str, object] | None] = field(default_factory=dict)
+    """Each model's engine/dtype decision with the machine facts
+    (:func:`flipsearch.engines.engine_choice_record`)."""
 
     def table(self) -> dict[tuple[str, str], dict[str, Metric]]:
         """``(metric, set) -> {model: Metric}``, rows in first-seen order."""
@@ -74,6 +77,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
     doc = {
         "config": recordable(result.config.to_dict()),
         "models": recordable(result.models),
+        "engines": recordable(result.engines),
         "metrics": [{k: _json_safe(v) for k, v in m.to_dict().items()} for m in result.metrics],
         "timings": result.timings,
     }

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flipsearch.cache import GenerationCache, cached_generate, cached_judge
+from flipsearch.engines import engine_choice_record
 from flipsearch.judges import judge_cache_id
 from flipsearch.models import model_identity as recorded_model
 from flipsearch.models import model_key
@@ -151,7 +152,9 @@ def evaluate(
                 ret_records, list(config.models), str(config.retention_set)
             )
     timings["time/total"] = time.perf_counter() - start
-    result = EvalResult(config, metrics, records, ret_records, timings, answers.identities)
+    result = EvalResult(
+        config, metrics, records, ret_records, timings, answers.identities, answers.engines
+    )
     if write:
         write_report_files(result, config.out_dir)
     return result
@@ -235,6 +238,8 @@ class Answers:
     """Display name -> the folder the engine loaded."""
     identities: dict[str, dict[str, str]] = field(default_factory=dict)
     """Display name -> :func:`flipsearch.models.model_identity`."""
+    engines: dict[str, dict[str, object] | None] = field(default_factory=dict)
+    """Display name -> the engine/dtype decision and machine facts (None for fakes)."""
 
 
 def default_engine_factory(config: EvalConfig) -> Callable[[str], Engine]:
@@ -269,6 +274,7 @@ def generate_answers(
             engine = engine_factory(model)
             answers.paths[name] = str(engine.model_path)
             answers.identities[name] = recorded_model(model, engine.model_path)
+            answers.engines[name] = engine_choice_record(engine)
             identity = answers.identities[name]["model_fingerprint"]
             logger.info("eval: generating with %s (%s, %s)", name, model, identity)
             answers.responses[name] = _answer_items(engine, cache, identity, items)

@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 
 from flipsearch.contexts import Context
-from flipsearch.engines import EngineConfig, resolve_engine_name
+from flipsearch.engines import choose_engine
 from flipsearch.errors import ConfigError as FsConfigError
 from flipsearch.export import write_export
 from flipsearch.models import model_fingerprint, resolve_model
@@ -59,8 +59,8 @@ def _space_digest(space: str) -> str:
 
 def _engine_facts(engine: str, dtype: str = "auto") -> dict[str, object]:
     # The concrete engine and dtype a stage runs with (``auto`` resolved), for the report.
-    name = resolve_engine_name(engine)
-    return {"engine": name, "dtype": EngineConfig(engine=engine, dtype=dtype).resolved_dtype(name)}
+    choice = choose_engine(engine, dtype)
+    return {"engine": choice.engine, "dtype": choice.dtype, "engine_choice": choice.to_dict()}
 
 
 # --------------------------------------------------------------------------------------

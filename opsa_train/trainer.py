@@ -160,9 +160,9 @@ class Trainer(TrainLoop):
         self.sampler = self._build_sampler()
 
     def _build_sampler(self) -> RolloutSampler:
-        from flipsearch.engines import EngineConfig, resolve_engine_name
+        from flipsearch.engines import EngineConfig, choose_engine
 
-        name = resolve_engine_name(self.config.engine)
+        name = choose_engine(self.config.engine, self.config.dtype).engine
         if name == "hf":
             size = self.config.rollout_batch_size or self.config.batch_size
             return HFRollouts(self.student, self.tokenizer, batch_size=size)

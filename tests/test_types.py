@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flipsearch.contexts import Context, apply_context
-from flipsearch.engines import EngineConfig, resolve_engine_name
+from flipsearch.engines import EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.types import Sampling, make_conversation
 
@@ -72,15 +72,3 @@ def test_context_placements():
 def test_bad_engine_config_is_rejected(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         EngineConfig(**kwargs)
-
-
-def test_engine_auto_picks_vllm_on_cuda_where_it_imports():
-    import torch
-
-    from flipsearch.engines._vllm import vllm_available
-
-    expected = "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
-    assert resolve_engine_name("auto") == expected
-    assert resolve_engine_name("hf") == "hf"
-    assert EngineConfig(engine="hf", device="cpu").resolved_dtype("hf") == "float32"
-    assert EngineConfig().resolved_dtype("vllm") == "bfloat16"

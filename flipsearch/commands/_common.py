@@ -50,14 +50,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--engine",
         default="auto",
         choices=["auto", "vllm", "hf"],
-        help="generation engine; auto = vLLM on a CUDA machine, else transformers "
-        "(default: %(default)s)",
+        help="generation engine; auto = vLLM on CUDA or an AVX512+ CPU where vllm imports, "
+        "else transformers (default: %(default)s)",
     )
     g.add_argument(
         "--dtype",
         default="auto",
         choices=["auto", "bfloat16", "float16", "float32"],
-        help="auto: float32 for the HF engine on CPU, else bfloat16",
+        help="auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512_BF16, AMX), else float32",
     )
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument(

@@ -116,6 +116,7 @@ def result_document(
     benign: PromptSet | None,
     stats: dict[str, int],
 ) -> dict[str, object]:
+    from flipsearch.engines import engine_choice_record
     from flipsearch.export import now_iso
     from flipsearch.models import model_identity
     from flipsearch.paths import recordable
@@ -132,6 +133,7 @@ def result_document(
             {
                 **model_identity(spec, scorer.engine.model_path),
                 "engine": scorer.engine.name,
+                "engine_choice": engine_choice_record(scorer.engine),
                 "judge": scorer.judge_id,
                 "prompt_sets": [ps.describe() for ps in sets],
                 "max_tokens": scorer.settings.max_tokens,

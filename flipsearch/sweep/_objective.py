@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from flipsearch.engines import engine_choice_record
 from flipsearch.proposers import POOL_ATTR, GrammarProposer, PoolProposer
 from flipsearch.pruners import RacePruner, prob_at_most
 from flipsearch.scoring import FlipScore, PromptOutcome, summarise
@@ -91,6 +92,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker", worker_id())
+        choice = engine_choice_record(self.scorer.engine)
+        if choice is not None:  # the engine/dtype decision and this worker's machine
+            trial.set_user_attr("engine_choice", choice)
         with Heartbeat(trial.study, trial._trial_id, self.config.heartbeat_interval):
             return self._run(trial)
 

@@ -1,9 +1,11 @@
 """What a study records about itself: its config (``config.json``) and its provenance.
 
 A resumed study must keep the :data:`~flipsearch.sweep.IDENTITY_FIELDS` recorded in
-``<results_dir>/<study>/config.json`` (and its storage): :func:`check_config` compares,
-then writes the file. Both records hold paths portably, no tokens and the storage
-password masked (:func:`flipsearch.paths.recordable`, :func:`flipsearch.storage.mask_storage`).
+``<results_dir>/<study>/config.json`` (and its storage), and the resolved engine and dtype
+recorded in ``engine.json`` (with the machine facts they were chosen on: ``auto`` resolves
+differently on another machine): :func:`check_config` compares, then writes the files.
+Both records hold paths portably, no tokens and the storage password masked
+(:func:`flipsearch.paths.recordable`, :func:`flipsearch.storage.mask_storage`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from flipsearch import __version__
+from flipsearch.engines import EngineChoice, engine_choice_record
 from flipsearch.errors import ConfigError
 from flipsearch.models import model_identity
 from flipsearch.paths import recordable
@@ -27,18 +30,57 @@ if TYPE_CHECKING:
     from flipsearch.prompts import PromptSet
     from flipsearch.space import SearchSpace
 
-__all__ = ["check_config", "provenance", "recorded_config"]
+__all__ = ["ENGINE_FILE", "check_config", "check_engine_choice", "provenance", "recorded_config"]
+
+ENGINE_FILE = "engine.json"
+"""The study's resolved engine and dtype, with the machine facts (``EngineChoice.to_dict``)."""
 
 
-def check_config(config: SweepConfig) -> None:
-    """Write ``config.json``; if the study has one, first check that ``config`` may resume it.
+def check_config(config: SweepConfig, engine: object | None = None) -> None:
+    """Write ``config.json`` and ``engine.json``; if the study has them, first check that
+    ``config`` may resume it.
 
-    A resumed study must keep the :data:`IDENTITY_FIELDS` and its storage; the rest may
-    change between runs. Call it under the study's lock.
+    A resumed study must keep the :data:`IDENTITY_FIELDS`, its storage, and the resolved
+    engine and dtype: ``config.engine.choose()``, or the decision a given, already built
+    ``engine`` was built from (``engine.choice``; an engine without one, such as a test
+    fake, is not checked). The rest may change between runs. Call it under the study's lock.
 
     Raises:
-        ConfigError: an identity field or the storage differs from the recorded one.
+        ConfigError: an identity field, the storage, the engine or the dtype differs from
+            the recorded one.
     """
+    _check_identity(config)
+    choice = config.engine.choose() if engine is None else getattr(engine, "choice", None)
+    if isinstance(choice, EngineChoice):
+        check_engine_choice(config, choice)
+
+
+def check_engine_choice(config: SweepConfig, choice: EngineChoice) -> None:
+    """Refuse to resume a study on another resolved engine or dtype; record the first.
+
+    Raises:
+        ConfigError: ``engine.json`` records another engine or dtype than ``choice``.
+    """
+    path = config.folder / ENGINE_FILE
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        for name, new in (("engine", choice.engine), ("dtype", choice.dtype)):
+            if old.get(name) != new:
+                machine = old.get("machine") or {}
+                raise ConfigError(
+                    f"resolved `{name}` must match the study's {path} ({old.get(name)!r}, "
+                    f"chosen on {machine.get('cpu_model')} {machine.get('capability')}) to "
+                    f"resume {config.study!r}, got {new!r} ({choice.reason}; on "
+                    f"{choice.facts.cpu_model} {choice.facts.capability}): one study keeps "
+                    f"one engine and dtype. Set --engine/--dtype to {old.get('engine')!r}/"
+                    f"{old.get('dtype')!r}, or use a new --study."
+                )
+        return
+    write_json(path, recordable(choice.to_dict()))
+
+
+def _check_identity(config: SweepConfig) -> None:
+    # config.json: the identity fields and the storage must match the recorded ones.
     path = config.folder / CONFIG_FILE
     if path.is_file():
         old = SweepConfig.from_dict(json.loads(path.read_text()))
@@ -78,6 +120,7 @@ def provenance(
         {
             **model_identity(config.engine.model, scorer.engine.model_path),
             "engine": scorer.engine.name,
+            "engine_choice": engine_choice_record(scorer.engine),
             "judge": scorer.judge_id,
             "prompt_sets": [ps.describe() for ps in sets],
             "max_tokens": scorer.settings.max_tokens,

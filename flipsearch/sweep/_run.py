@@ -61,7 +61,7 @@ def run_sweep(
     prompts = _Prompts.load(config)
     # The config and the storage first: a wrong one fails before a model loads.
     with locked(folder):
-        check_config(config)
+        check_config(config, engine)
     storage = _storage(config)
     scorer = _scorer(config, engine, judge, cache)
     pool = CandidatePool(folder / "pool.jsonl")
