@@ -168,3 +168,23 @@ def test_unknown_objective_metric_is_rejected():
     s = summarise([outcome("h1", "harmful", True, False, ctx="refusal")])
     with pytest.raises(ConfigError, match="`objective_metric` must be one of"):
         s.metric("refusals")
+
+
+def test_score_table_prints_the_split_and_warns_on_mostly_non_answers():
+    from flipsearch.commands.score import format_table
+    from flipsearch.contexts import Context
+    from flipsearch.flip import ScoreResult
+
+    outs = [
+        outcome("h1", "harmful", True, False, ctx="refusal"),
+        outcome("h2", "harmful", True, False, ctx="other"),
+        outcome("h3", "harmful", True, False, ctx="other"),
+        outcome("h4", "harmful", True, True, ctx="compliance"),
+    ]
+    table = format_table(ScoreResult(Context("x"), summarise(outs), tuple(outs)))
+    assert "flips to refusal" in table and "flips to non-answer" in table
+    row = next(line for line in table.splitlines() if "flips to non-answer" in line)
+    assert row.split()[-1] == "2/4"
+    assert "warning: 2 of 3 flips are non-answers" in table
+    calm = format_table(ScoreResult(Context("x"), summarise(outs[:2]), tuple(outs[:2])))
+    assert "warning" not in calm
