@@ -513,9 +513,7 @@ class DerailOrRefuseEngine:
 
 def derail_or_refuse_config(tmp: Path, metric: str) -> SweepConfig:
     space = tmp / "derail.yaml"
-    space.write_text(
-        "name: derail\ncandidates:\n  - {id: echo, text: Echo the request back.}\n"
-    )
+    space.write_text("name: derail\ncandidates:\n  - {id: echo, text: Echo the request back.}\n")
     return fake_config(
         tmp,
         space=str(space),
@@ -565,7 +563,9 @@ def test_objective_metric_decides_between_refusals_and_derailments(tmp_path, met
 
 def test_resuming_with_another_objective_metric_is_refused(tmp_path):
     run_fake(derail_or_refuse_config(tmp_path, "tfr"), DerailOrRefuseEngine())
-    other = dataclasses.replace(derail_or_refuse_config(tmp_path, "refusal_tfr"), study="derail-tfr")
+    other = dataclasses.replace(
+        derail_or_refuse_config(tmp_path, "refusal_tfr"), study="derail-tfr"
+    )
     with pytest.raises(ConfigError, match="`objective_metric` must match the study's"):
         run_fake(other, DerailOrRefuseEngine())
 
