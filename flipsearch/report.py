@@ -234,7 +234,7 @@ def _best_table(ranked: list[FrozenTrial], top: int) -> list[str]:
             warnings.append(f"- trial {t.number}: {warning}")
     if not ranked:
         lines.append("| – | no COMPLETE trial yet | | | | | | | | | |")
-    return lines + ([""] + warnings if warnings else [])
+    return lines + (["", *warnings] if warnings else [])
 
 
 def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:

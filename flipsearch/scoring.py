@@ -292,7 +292,7 @@ def non_answer_warning(score: FlipScore | dict) -> str | None:
     >>> line.startswith("warning: 3 of 4 flips are non-answers")
     True
     """
-    d = score.to_dict() if isinstance(score, FlipScore) else score
+    d: dict[str, Any] = score.to_dict() if isinstance(score, FlipScore) else score
     flips = float((d.get("tfr") or {}).get("k", 0))
     non = float((d.get("tfr_non_answer") or {}).get("k", 0))
     if flips <= 0 or non <= flips / 2:

@@ -3,8 +3,9 @@
 A trial asks its proposer for a context (a grammar/list choice from the search space,
 or a pool candidate that was enqueued), scores it on the harmful prompts one minibatch
 at a time, reports the running objective metric (``SweepConfig.objective_metric``: TFR
-or refusal TFR) after each minibatch so a pruner can stop hopeless candidates early, then scores the benign prompts for over-refusal (raced as well with
-the ``race`` pruner). Everything it measured goes into the trial's user attributes.
+or refusal TFR) after each minibatch so a pruner can stop hopeless candidates early,
+then scores the benign prompts for over-refusal (raced as well with the ``race``
+pruner). Everything it measured goes into the trial's user attributes.
 A candidate that a COMPLETE trial already scored is copied, not scored again; one that
 another worker is scoring right now is waited for.
 """
