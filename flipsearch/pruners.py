@@ -7,8 +7,9 @@ count. The flips are those of the sweep's objective metric
 so the race compares counts of the same metric on both sides. :class:`RacePruner`
 puts a uniform prior on each flip rate (so a Beta(s + 1, n - s + 1) posterior) and
 stops the trial once the probability that its flip rate beats the incumbent's (the
-best COMPLETE trial, feasible ones first) falls below ``threshold`` (default 0.1). It is the racing idea of F-race / Hoeffding races with a Bayesian
-test, suited to the 0/1 outcomes of flip scoring:
+best COMPLETE trial, feasible ones first) falls below ``threshold`` (default 0.1). It
+is the racing idea of F-race / Hoeffding races with a Bayesian test, suited to the 0/1
+outcomes of flip scoring:
 
 - the first trial, and every trial while the incumbent flipped nothing, runs to the end
   (a context at 0 flips cannot be shown worse than another at 0);
