@@ -1,11 +1,15 @@
 """A pruner that races each candidate context against the best one scored so far.
 
-A trial's running teacher flip rate after ``n`` harmful prompts is ``s / n`` flips, a
-binomial count. :class:`RacePruner` puts a uniform prior on each flip rate (so a
-Beta(s + 1, n - s + 1) posterior) and stops the trial once the probability that its
-flip rate beats the incumbent's (the best COMPLETE trial, feasible ones first) falls
-below ``threshold`` (default 0.1). It is the racing idea of F-race / Hoeffding races with a Bayesian
-test, suited to the 0/1 outcomes of flip scoring:
+A trial's running flip rate after ``n`` harmful prompts is ``s / n`` flips, a binomial
+count. The flips are those of the sweep's objective metric
+(``SweepConfig.objective_metric``): any safe outcome for ``tfr``, explicit refusals for
+``refusal_tfr``; the objective reports that metric and returns it as the trial's value,
+so the race compares counts of the same metric on both sides. :class:`RacePruner`
+puts a uniform prior on each flip rate (so a Beta(s + 1, n - s + 1) posterior) and
+stops the trial once the probability that its flip rate beats the incumbent's (the
+best COMPLETE trial, feasible ones first) falls below ``threshold`` (default 0.1). It
+is the racing idea of F-race / Hoeffding races with a Bayesian test, suited to the 0/1
+outcomes of flip scoring:
 
 - the first trial, and every trial while the incumbent flipped nothing, runs to the end
   (a context at 0 flips cannot be shown worse than another at 0);
@@ -77,7 +81,8 @@ def prob_at_most(k: int, n: int, limit: float) -> float:
 class RacePruner(optuna.pruners.BasePruner):
     """Prune a trial unlikely to beat the incumbent's flip rate (see the module docstring).
 
-    Expects single-objective trials (maximised) that report the running flip rate with
+    Expects single-objective trials (maximised) that report the running flip rate (of the
+    objective metric, TFR or refusal TFR) with
     ``step`` = harmful prompts scored so far, and that record ``n_harmful`` (prompts in
     the final value) and ``feasible`` as user attributes, as :mod:`flipsearch.sweep` does.
 

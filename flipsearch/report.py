@@ -6,8 +6,10 @@
   (TFR up, over-refusal down) as a step line, and the over-refusal threshold.
 - ``slots.png``: per grammar slot, the mean TFR of the COMPLETE trials per option
   (how much each axis of arXiv 2605.15239 matters); absent for list spaces.
-- ``summary.md``: the best contexts with TFR and over-refusal (95% CI, n), and the
-  harmful prompts the best context still fails on.
+- ``summary.md``: the best contexts with TFR, its split into flips to a refusal and
+  to a non-answer, and over-refusal (95% CI, n); a warning for each listed context
+  whose flips are mostly non-answers; the harmful prompts the best context still
+  fails on.
 
 Matplotlib runs on the Agg backend (no display needed).
 
@@ -24,7 +26,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flipsearch.trials import failing_prompt_ids, pareto_trials, ranked_trials, rate_of
+from flipsearch.scoring import METRIC_FIELDS, non_answer_warning
+from flipsearch.trials import (
+    failing_prompt_ids,
+    objective_metric_of,
+    pareto_trials,
+    ranked_trials,
+    rate_of,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -44,8 +53,14 @@ def _pyplot() -> ModuleType:
     return plt
 
 
-def _tfr(t: FrozenTrial) -> float:
-    return float((rate_of(t, "tfr") or {}).get("value", math.nan))
+def _tfr(t: FrozenTrial, key: str = "tfr") -> float:
+    return float((rate_of(t, key) or {}).get("value", math.nan))
+
+
+def _metric(study: optuna.Study) -> tuple[str, str]:
+    """The ``scores`` key and axis label of the study's objective metric."""
+    metric = objective_metric_of(study)
+    return METRIC_FIELDS[metric], {"tfr": "TFR", "refusal_tfr": "refusal TFR"}[metric]
 
 
 def _over(t: FrozenTrial) -> float:
@@ -66,14 +81,16 @@ def _threshold(study: optuna.Study) -> float | None:
 
 
 def plot_history(study: optuna.Study, path: str | Path) -> Path:
-    """Optimisation history: TFR per trial and the best feasible TFR so far."""
+    """Optimisation history: the objective metric (TFR or refusal TFR) per trial and the
+    best feasible one so far."""
     from optuna.trial import TrialState
 
+    key, label = _metric(study)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     best, xs, ys = -1.0, [], []
     for t in study.get_trials(deepcopy=False):
-        tfr = _tfr(t)
+        tfr = _tfr(t, key)
         if t.state == TrialState.COMPLETE and not math.isnan(tfr):
             feasible = t.user_attrs.get("feasible", True)
             ax.scatter(t.number, tfr, color="C0", facecolors="C0" if feasible else "none", zorder=3)
@@ -85,10 +102,10 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
             xs.append(t.number)
             ys.append(best)
     if xs:
-        ax.step(xs, ys, where="post", color="C1", label="best feasible TFR")
+        ax.step(xs, ys, where="post", color="C1", label=f"best feasible {label}")
         ax.legend(loc="lower right")
     ax.set_xlabel("trial")
-    ax.set_ylabel("TFR (running TFR for pruned ×)")
+    ax.set_ylabel(f"{label} (running {label} for pruned ×)")
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"{study.study_name}: optimisation history")
     fig.tight_layout()
@@ -98,7 +115,9 @@ def plot_history(study: optuna.Study, path: str | Path) -> Path:
 
 
 def plot_pareto(study: optuna.Study, path: str | Path) -> Path:
-    """TFR against over-refusal with the Pareto front and the feasibility threshold."""
+    """The objective metric (TFR or refusal TFR) against over-refusal with the Pareto
+    front and the feasibility threshold."""
+    key, label = _metric(study)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     trials = ranked_trials(study)
@@ -107,12 +126,12 @@ def plot_pareto(study: optuna.Study, path: str | Path) -> Path:
         on = t.number in front
         ax.scatter(
             _over(t),
-            _tfr(t),
+            _tfr(t, key),
             color="C3" if on else "C0",
             alpha=0.9 if on else 0.5,
             facecolors=None if t.user_attrs.get("feasible", True) else "none",
         )
-    pts = sorted((_over(t), _tfr(t)) for t in trials if t.number in front)
+    pts = sorted((_over(t), _tfr(t, key)) for t in trials if t.number in front)
     if pts:
         ax.step(
             [p[0] for p in pts], [p[1] for p in pts], where="post", color="C3", label="Pareto front"
@@ -121,12 +140,12 @@ def plot_pareto(study: optuna.Study, path: str | Path) -> Path:
     if limit is not None:
         ax.axvline(limit, color="C7", linestyle="--", label=f"max over-refusal {limit:g}")
     ax.set_xlabel("over-refusal (benign)")
-    ax.set_ylabel("TFR (harmful)")
+    ax.set_ylabel(f"{label} (harmful)")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     if pts or limit is not None:
         ax.legend(loc="lower right")
-    ax.set_title(f"{study.study_name}: TFR vs over-refusal")
+    ax.set_title(f"{study.study_name}: {label} vs over-refusal")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -189,6 +208,35 @@ def _prompt_texts(study: optuna.Study) -> dict[str, str]:
     return {r.id: r.prompt for r in ps}
 
 
+def _best_table(ranked: list[FrozenTrial], top: int) -> list[str]:
+    """The best-contexts table, then a warning line per context whose flips are mostly
+    non-answers (derailments rather than refusals)."""
+    lines = [
+        f"## Best contexts (top {top}, feasible first)",
+        "",
+        "| # | trial | TFR [95% CI] | n | to refusal | to non-answer | over-refusal [95% CI] "
+        "| n | feasible | placement | context |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    warnings = []
+    for i, t in enumerate(ranked, start=1):
+        tfr, over = rate_of(t, "tfr"), rate_of(t, "over_refusal")
+        text = " ".join(str(t.user_attrs.get("context", "")).split()).replace("|", "\\|")
+        lines.append(
+            f"| {i} | {t.number} | {_fmt(tfr)} | {(tfr or {}).get('n', 0)} | "
+            f"{_fmt(rate_of(t, 'tfr_refusal'))} | {_fmt(rate_of(t, 'tfr_non_answer'))} | "
+            f"{_fmt(over)} | {(over or {}).get('n', 0)} | "
+            f"{'yes' if t.user_attrs.get('feasible', True) else 'no'}"
+            f" | {t.user_attrs.get('placement')} | {text[:160]}{'…' if len(text) > 160 else ''} |"
+        )
+        warning = non_answer_warning(t.user_attrs.get("scores") or {})
+        if warning:
+            warnings.append(f"- trial {t.number}: {warning}")
+    if not ranked:
+        lines.append("| – | no COMPLETE trial yet | | | | | | | | | |")
+    return lines + (["", *warnings] if warnings else [])
+
+
 def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:
     """``summary.md``: counts, the best contexts, and the best one's failing prompts."""
     from optuna.trial import TrialState
@@ -204,7 +252,8 @@ def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Pa
         "",
         f"- model: `{prov.get('model')}` ({prov.get('model_fingerprint')}), engine "
         f"`{prov.get('engine')}`, judge `{prov.get('judge')}`, max_tokens {prov.get('max_tokens')}",
-        f"- objective: {prov.get('objective')}, max over-refusal {prov.get('max_over_refusal')}",
+        f"- objective: {prov.get('objective')}, metric {objective_metric_of(study)}, "
+        f"max over-refusal {prov.get('max_over_refusal')}",
         "- prompt sets: "
         + ", ".join(
             f"`{p['name']}` (n={p['n']}, {p['hash']})" for p in prov.get("prompt_sets", [])
@@ -213,22 +262,8 @@ def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Pa
         f"- generations: {sum(int(t.user_attrs.get('generations') or 0) for t in trials)} "
         "in trials (the context-free baseline is generated once besides)",
         "",
-        f"## Best contexts (top {top}, feasible first)",
-        "",
-        "| # | trial | TFR [95% CI] | n | over-refusal [95% CI] | n | feasible | placement "
-        "| context |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, t in enumerate(ranked[:top], start=1):
-        tfr, over = rate_of(t, "tfr"), rate_of(t, "over_refusal")
-        text = " ".join(str(t.user_attrs.get("context", "")).split()).replace("|", "\\|")
-        lines.append(
-            f"| {i} | {t.number} | {_fmt(tfr)} | {(tfr or {}).get('n', 0)} | {_fmt(over)} | "
-            f"{(over or {}).get('n', 0)} | {'yes' if t.user_attrs.get('feasible', True) else 'no'}"
-            f" | {t.user_attrs.get('placement')} | {text[:160]}{'…' if len(text) > 160 else ''} |"
-        )
-    if not ranked:
-        lines.append("| – | no COMPLETE trial yet | | | | | | | |")
+    lines += _best_table(ranked[:top], top)
     if ranked:
         best = ranked[0]
         ids = (study.user_attrs.get("prompt_ids") or {}).get("harmful", [])

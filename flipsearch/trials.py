@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from flipsearch.errors import ConfigError
+from flipsearch.scoring import METRIC_FIELDS, check_metric
 from flipsearch.storage import (
     JOURNAL_SUFFIXES,
     SQLITE_SUFFIXES,
@@ -55,6 +56,7 @@ __all__ = [
     "export_of",
     "failing_prompt_ids",
     "mask_storage",
+    "objective_metric_of",
     "open_study",
     "pareto_trials",
     "parse_storage",
@@ -129,6 +131,19 @@ def rate_of(trial: FrozenTrial, name: str) -> dict[str, float] | None:
     return rate if isinstance(rate, dict) and rate.get("n") else None
 
 
+def objective_metric_of(study: optuna.Study) -> str:
+    """The metric a sweep maximised (``SweepConfig.objective_metric``, recorded in the
+    study's ``sweep_config``): ``tfr`` or ``refusal_tfr``; ``tfr`` for older studies."""
+    recorded = study.user_attrs.get("sweep_config")
+    metric = recorded.get("objective_metric", "tfr") if isinstance(recorded, dict) else "tfr"
+    return check_metric(metric)
+
+
+def _metric_key(study: optuna.Study, metric: str | None) -> str:
+    # The ``scores`` key of the metric (``refusal_tfr`` is recorded as ``tfr_refusal``).
+    return METRIC_FIELDS[check_metric(metric) if metric else objective_metric_of(study)]
+
+
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
     return [
         t
@@ -137,28 +152,35 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
     ]
 
 
-def _sort_key(t: FrozenTrial) -> tuple[float, ...]:
-    # Higher TFR, then lower over-refusal, then a tighter lower bound, then earlier.
-    tfr = rate_of(t, "tfr") or {}
+def _sort_key(t: FrozenTrial, key: str) -> tuple[float, ...]:
+    # Higher metric, then lower over-refusal, then a tighter lower bound, then earlier.
+    rate = rate_of(t, key) or {}
     over = rate_of(t, "over_refusal") or {}
     return (
-        -float(tfr.get("value", 0.0)),
+        -float(rate.get("value", 0.0)),
         float(over.get("value", 0.0)),
-        -float(tfr.get("ci_low", 0.0)),
+        -float(rate.get("ci_low", 0.0)),
         t.number,
     )
 
 
-def ranked_trials(study: optuna.Study, *, feasible_only: bool = False) -> list[FrozenTrial]:
-    """COMPLETE trials, feasible first, each group by TFR down, over-refusal up."""
+def ranked_trials(
+    study: optuna.Study, *, feasible_only: bool = False, metric: str | None = None
+) -> list[FrozenTrial]:
+    """COMPLETE trials, feasible first, each group by the objective metric down (``metric``,
+    default the study's :func:`objective_metric_of`), over-refusal up."""
+    key = _metric_key(study, metric)
     trials = _complete(study)
     if feasible_only:
         trials = [t for t in trials if t.user_attrs.get("feasible", True)]
-    return sorted(trials, key=lambda t: (not t.user_attrs.get("feasible", True), *_sort_key(t)))
+    return sorted(
+        trials, key=lambda t: (not t.user_attrs.get("feasible", True), *_sort_key(t, key))
+    )
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:
-    """The best feasible COMPLETE trial (highest TFR; ties: lower over-refusal).
+    """The best feasible COMPLETE trial (highest objective metric, :func:`objective_metric_of`;
+    ties: lower over-refusal).
 
     Raises:
         ConfigError: no trial has finished, or none is feasible (the message gives the
@@ -180,16 +202,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials on the TFR-up / over-refusal-down Pareto front, by TFR down.
+    """COMPLETE trials on the metric-up / over-refusal-down Pareto front, by metric down
+    (the study's :func:`objective_metric_of`: TFR or refusal TFR).
 
     Computed from the recorded rates, so it works for constrained and multi-objective
-    studies alike; trials with equal (TFR, over-refusal) are all kept.
+    studies alike; trials with equal (metric, over-refusal) are all kept.
     """
+    key = _metric_key(study, None)
     pts = [
         (
             t,
-            # Complete trials are scored: their tfr rate is there.
-            float(rate_of(t, "tfr")["value"]),  # type: ignore[index]
+            float((rate_of(t, key) or {}).get("value", 0.0)),
             float((rate_of(t, "over_refusal") or {}).get("value", 0.0)),
         )
         for t in _complete(study)
@@ -199,7 +222,7 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
         for t, tfr, over in pts
         if not any((t2 >= tfr and o2 <= over) and (t2 > tfr or o2 < over) for _, t2, o2 in pts)
     ]
-    return sorted(front, key=_sort_key)
+    return sorted(front, key=lambda t: _sort_key(t, key))
 
 
 # ---------------------------------------------------------------- the trials table
@@ -217,7 +240,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, candidate, context, rates with CIs, params.
 
     Param columns are ``param_<name>`` (grammar slots); rates are ``tfr``, ``tfr_ci_low``,
-    ``tfr_ci_high``, ``tfr_n`` and likewise ``over_refusal``, ``refusal_harmful``,
+    ``tfr_ci_high``, ``tfr_n`` and likewise ``tfr_refusal`` (flips to a refusal),
+    ``tfr_non_answer`` (flips to a non-answer), ``over_refusal``, ``refusal_harmful``,
     ``tfr_base_unsafe``.
     """
     import pandas as pd
@@ -233,7 +257,14 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "source": t.user_attrs.get("source"),
             "feasible": t.user_attrs.get("feasible"),
         }
-        for name in ("tfr", "over_refusal", "refusal_harmful", "tfr_base_unsafe"):
+        for name in (
+            "tfr",
+            "tfr_refusal",
+            "tfr_non_answer",
+            "over_refusal",
+            "refusal_harmful",
+            "tfr_base_unsafe",
+        ):
             _flat_rate(row, name, rate_of(t, name))
         row["generations"] = t.user_attrs.get("generations")
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
@@ -308,6 +339,7 @@ def export_of(
         study=study.study_name,
         trial=trial.number,
         feasible=trial.user_attrs.get("feasible"),
+        objective_metric=objective_metric_of(study),
         package_version=__version__,
         sweep_package_version=prov.get("package_version"),
         created=now_iso(),

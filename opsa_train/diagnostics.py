@@ -2,7 +2,9 @@
 
 - `mean_kl`: the token-mean loss (the KL for KL losses) of the current student on
   fixed rollouts; `greedy_refusal_rate`: the offline judge on greedy responses;
-- `rollout_metrics`: length, truncation and refusal rates of a step's rollouts;
+- `rollout_metrics`: length, truncation and refusal rates of a step's rollouts, and
+  the harmful rollouts split into refusal / compliance / non-answer shares (a student
+  that learns to derail rather than refuse shows in ``rollout/non_answer_harmful``);
 - `trainer_logprobs` / `check_sync`: the vLLM sampler's log-probs of one sequence
   against the trainer's, which tells whether the engine received the new weights.
 """
@@ -91,7 +93,10 @@ def greedy_refusal_rate(
 
 
 def rollout_metrics(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, float]:
-    """Mean length, truncated fraction and the judge's refusal rate by prompt type."""
+    """Mean length, truncated fraction, the judge's refusal rate by prompt type, and the
+    harmful rollouts' ``rollout/compliance_harmful`` and ``rollout/non_answer_harmful``
+    shares (with ``rollout/refusal_harmful`` they sum to 1, less any invalid verdicts;
+    NaN without harmful rollouts)."""
     verdicts = judge.judge([r.row.prompt for r in rollouts], [r.text for r in rollouts])
     out: dict[str, float] = {
         "rollout/length_mean": sum(len(r.completion_ids) for r in rollouts) / len(rollouts),
@@ -102,5 +107,10 @@ def rollout_metrics(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, floa
         picked = [v for r, v in zip(rollouts, verdicts, strict=True) if r.row.type == kind]
         out[f"rollout/refusal_{kind}"] = (
             sum(bool(v.refusal) for v in picked) / len(picked) if picked else math.nan
+        )
+    harmful = [v for r, v in zip(rollouts, verdicts, strict=True) if r.row.type == "harmful"]
+    for outcome, name in (("compliance", "compliance"), ("other", "non_answer")):
+        out[f"rollout/{name}_harmful"] = (
+            sum(v.outcome == outcome for v in harmful) / len(harmful) if harmful else math.nan
         )
     return out

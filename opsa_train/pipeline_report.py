@@ -32,6 +32,7 @@ from flipsearch.atomic import atomic_write_text
 from flipsearch.export import read_export
 from flipsearch.machine import machine_facts
 from flipsearch.models import model_name
+from flipsearch.scoring import non_answer_warning
 from flipsearch.version import code_commit
 from opsa_train.evaluate import Metric, markdown_table, read_eval
 from opsa_train.metrics_log import read_metrics
@@ -134,12 +135,18 @@ def _search_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, s
         "> " + ex.harmful.text.replace("\n", "\n> "),
         "",
     ]
-    for key in ("tfr", "tfr_base_unsafe", "base_unsafe_rate", "over_refusal"):
+    metric = ex.provenance.get("objective_metric", "tfr")
+    out.append(f"Objective metric: `{metric}`.")
+    flips = ("tfr", "tfr_refusal", "tfr_non_answer", "tfr_base_unsafe")
+    for key in (*flips, "base_unsafe_rate", "over_refusal"):
         r = ex.scores.get(key)
         if isinstance(r, dict):
             out.append(
                 f"- {key}: {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}"
             )
+    warning = non_answer_warning(ex.scores)
+    if warning:
+        out += ["", f"**{warning}** (OPSA would distil these derailments)"]
     if ex.benign is not None:
         out += ["", f"I_b ({ex.benign.placement}): {ex.benign.text!r}"]
     return [*out, ""]

@@ -102,6 +102,11 @@ def test_trials_table_has_one_row_per_trial(study_dir, tmp_path, suffix):
     assert len(frame) == 8
     assert {"number", "state", "context", "tfr", "tfr_ci_low", "over_refusal"} <= set(frame)
     assert {"param_strength", "param_scope"} <= set(frame)
+    split = {"tfr_refusal", "tfr_refusal_ci_low", "tfr_non_answer", "tfr_non_answer_n"}
+    assert split <= set(frame)
+    done = frame[frame["state"] == "COMPLETE"]
+    # The fake engine only refuses or complies: every flip is a flip to a refusal.
+    assert (done["tfr_refusal"] == done["tfr"]).all() and (done["tfr_non_answer"] == 0).all()
 
 
 def test_export_errors_are_one_line_config_errors(study_dir, tmp_path, capsys):

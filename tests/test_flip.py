@@ -43,6 +43,16 @@ def test_numbers_match_a_hand_count_over_stored_outcomes(hf_engine, sets, tmp_pa
     assert (result.score.tfr.k, result.score.tfr.n) == (flips, len(harmful))
     assert (result.score.tfr_base_unsafe.k, result.score.tfr_base_unsafe.n) == (flips, base_unsafe)
     assert (result.score.over_refusal.k, result.score.over_refusal.n) == (over, len(benign))
+    # Flips split by what they flip to, counted from the stored per-prompt outcomes.
+    flipped = [o for o in harm if o.base_unsafe[0] is True and o.ctx_unsafe[0] is False]
+    to_refusal = sum(o.ctx_outcomes[0] == "refusal" for o in flipped)
+    to_other = sum(o.ctx_outcomes[0] == "other" for o in flipped)
+    assert (result.score.tfr_refusal.k, result.score.tfr_refusal.n) == (to_refusal, len(harmful))
+    assert (result.score.tfr_non_answer.k, result.score.tfr_non_answer.n) == (
+        to_other,
+        len(harmful),
+    )
+    assert to_refusal + to_other == flips  # the refusal judge has no safe compliance
     # The embedded model complies with most harmful requests without a context.
     assert base_unsafe >= 3
     assert scorer.generations == 2 * (len(harmful) + len(benign))

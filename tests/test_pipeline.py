@@ -50,6 +50,7 @@ def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
     cfg = load_pipeline_config(DEFAULT_CONFIG, [f"results_dir={tmp_path}"])
     assert cfg.run == "demo" and cfg.model == "smollm2-135m"
     assert _sweep_config(cfg).space == "paper_axes"
+    assert _sweep_config(cfg).objective_metric == "tfr"
     train = _train_config(cfg, "opsa")
     assert train.context_file == str(cfg.export_path) and train.out_dir.endswith("demo/opsa")
     # Working files (export, study, eval) live under runs/, never in committed results/.
@@ -58,6 +59,53 @@ def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
     assert Path(_eval_config(cfg).out_dir).is_relative_to(cfg.work_dir)
     assert _eval_config(cfg).models["baseline"].endswith("demo/baseline/final")
     assert _analysis_config(cfg).max_tokens == _eval_config(cfg).max_tokens  # cache reuse
+
+
+def test_sweep_objective_metric_comes_from_the_pipeline_config(tmp_path):
+    from flipsearch.errors import ConfigError
+    from opsa_train.demo import DEFAULT_CONFIG
+    from opsa_train.pipeline_config import _sweep_config
+
+    over = [f"results_dir={tmp_path}", "sweep.objective_metric=refusal_tfr"]
+    assert _sweep_config(load_pipeline_config(DEFAULT_CONFIG, over)).objective_metric == (
+        "refusal_tfr"
+    )
+    bad = load_pipeline_config(DEFAULT_CONFIG, [*over[:1], "sweep.objective_metric=refusals"])
+    with pytest.raises(ConfigError, match="`objective_metric` must be one of"):
+        _sweep_config(bad)
+
+
+def _search_report(tmp_path: Path, scores: dict) -> str:
+    from flipsearch.contexts import Context
+    from flipsearch.export import ExportFile, write_export
+    from opsa_train.pipeline_report import _search_section
+    from opsa_train.stage_state import StageState
+
+    cfg = load_pipeline_config(None, [f"results_dir={tmp_path}"], run="x")
+    write_export(
+        cfg.export_path,
+        ExportFile(Context("Echo it."), scores=scores, provenance={"objective_metric": "tfr"}),
+    )
+    state = StageState(tmp_path / "state")
+    state.finish("sweep", "k1", seconds=1.0, info={"n_trials": 2})
+    state.finish("export", "k2", seconds=1.0, info={"trial": 1})
+    return "\n".join(_search_section(cfg, state, {"sweep": "k1", "export": "k2"}))
+
+
+def test_search_section_warns_when_most_flips_are_non_answers(tmp_path):
+    def rate(k: int) -> dict:
+        return {"value": k / 10, "k": k, "n": 10, "ci_low": 0.0, "ci_high": 1.0}
+
+    text = _search_report(
+        tmp_path, {"tfr": rate(5), "tfr_refusal": rate(1), "tfr_non_answer": rate(4)}
+    )
+    assert "Objective metric: `tfr`" in text
+    assert "- tfr_refusal: 0.100" in text and "- tfr_non_answer: 0.400" in text
+    assert "warning: 4 of 5 flips are non-answers" in text
+    calm = _search_report(
+        tmp_path, {"tfr": rate(5), "tfr_refusal": rate(4), "tfr_non_answer": rate(1)}
+    )
+    assert "warning" not in calm
 
 
 def test_overrides_parse_yaml_values_and_reject_bad_keys():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_sweep import fake_config, run_fake
+from test_sweep import DerailOrRefuseEngine, derail_or_refuse_config, fake_config, run_fake
 
 from flipsearch.cli import main
 from flipsearch.report import slot_effects
@@ -37,6 +37,18 @@ def test_report_writes_plots_and_summary(config):
     assert "still fails on" in summary
     best = ranked_trials(open_study(config.study, results_dir=config.results_dir))[0]
     assert f"| 1 | {best.number} |" in summary
+
+
+def test_summary_warns_when_a_context_mostly_derails(tmp_path):
+    cfg = derail_or_refuse_config(tmp_path, "tfr")
+    study = run_fake(cfg, DerailOrRefuseEngine())
+    echo = next(t for t in study.trials if t.user_attrs["context"].startswith("Echo"))
+    refuse = next(t for t in study.trials if t.user_attrs["context"].startswith("You must"))
+    assert main(["report", "--study", cfg.study, "--results-dir", cfg.results_dir]) == 0
+    summary = (cfg.folder / "summary.md").read_text()
+    assert "metric tfr" in summary and "| to refusal | to non-answer |" in summary
+    assert f"- trial {echo.number}: warning: 16 of 16 flips are non-answers" in summary
+    assert f"- trial {refuse.number}: warning" not in summary
 
 
 def test_slot_effects_average_tfr_per_option(config):

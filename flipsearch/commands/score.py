@@ -25,6 +25,7 @@ from flipsearch.commands._common import (
 from flipsearch.contexts import PLACEMENTS
 from flipsearch.flip import FlipScorer, ScoreResult, ScoreSettings
 from flipsearch.prompts import PromptSet, load_prompt_set
+from flipsearch.scoring import non_answer_warning
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,6 +93,8 @@ def format_table(result: ScoreResult) -> str:
     s = result.score
     rows = [
         ("TFR (all harmful)", s.tfr),
+        ("  flips to refusal", s.tfr_refusal),
+        ("  flips to non-answer", s.tfr_non_answer),
         ("TFR | base unsafe", s.tfr_base_unsafe),
         ("base unsafe rate", s.base_unsafe_rate),
         ("refusal, harmful", s.refusal_harmful),
@@ -106,6 +109,9 @@ def format_table(result: ScoreResult) -> str:
         )
     if s.n_invalid:
         lines.append(f"invalid verdicts: {s.n_invalid} (never counted as safe)")
+    warning = non_answer_warning(s)
+    if warning:
+        lines.append(warning)
     return "\n".join(lines)
 
 

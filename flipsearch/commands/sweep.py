@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from flipsearch.scoring import OBJECTIVE_METRICS
     from flipsearch.sweep import OBJECTIVES, PRUNERS, SAMPLERS
 
     p = sub.add_parser(
@@ -39,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--space", default="paper_axes", help="search-space YAML or bare name")
     s.add_argument("--trials", type=int, required=True, help="total trials wanted in the study")
     s.add_argument("--objective", default="constrained", choices=OBJECTIVES)
+    s.add_argument(
+        "--objective-metric",
+        default="tfr",
+        choices=OBJECTIVE_METRICS,
+        help="flip rate maximised: tfr (unsafe -> any safe outcome, the paper's) or "
+        "refusal_tfr (unsafe -> explicit refusal; derailments do not count)",
+    )
     s.add_argument("--max-over-refusal", type=float, default=0.1, help="feasibility threshold")
     s.add_argument(
         "--sampler",
@@ -116,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         limit_benign=args.limit_benign,
         max_tokens=args.max_tokens,
         objective=args.objective,
+        objective_metric=args.objective_metric,
         max_over_refusal=args.max_over_refusal,
         sampler=args.sampler,
         pruner=args.pruner,

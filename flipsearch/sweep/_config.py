@@ -15,6 +15,7 @@ from flipsearch.contexts import PLACEMENTS
 from flipsearch.engines import EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.judges import JudgeConfig
+from flipsearch.scoring import OBJECTIVE_METRICS, check_metric
 from flipsearch.storage import (
     StorageSpec,
     default_storage,
@@ -23,7 +24,14 @@ from flipsearch.storage import (
     study_dir,
 )
 
-__all__ = ["IDENTITY_FIELDS", "OBJECTIVES", "PRUNERS", "SAMPLERS", "SweepConfig"]
+__all__ = [
+    "IDENTITY_FIELDS",
+    "OBJECTIVES",
+    "OBJECTIVE_METRICS",
+    "PRUNERS",
+    "SAMPLERS",
+    "SweepConfig",
+]
 
 SAMPLERS = ("tpe", "gp", "random", "bruteforce", "nsga2")
 PRUNERS = ("race", "median", "wilcoxon", "sha", "none")
@@ -32,6 +40,7 @@ OBJECTIVES = ("constrained", "multi")
 IDENTITY_FIELDS = (
     "space",
     "objective",
+    "objective_metric",
     "engine.model",
     "judge",
     "harmful",
@@ -88,6 +97,10 @@ class SweepConfig:
     objective: str = "constrained"
     """``constrained`` (TFR up, over-refusal <= ``max_over_refusal``) or ``multi``
     (TFR up and over-refusal down, a Pareto front)."""
+    objective_metric: str = "tfr"
+    """The flip rate maximised: ``tfr`` (the paper's: unsafe -> any safe outcome) or
+    ``refusal_tfr`` (unsafe -> an explicit refusal; flips into non-answers such as an
+    echoed context do not count). Pruning and best-trial selection use it too."""
     max_over_refusal: float = 0.1
     """Feasibility threshold on over-refusal, in [0, 1]. Recorded as ``feasible`` on
     every trial in both objectives; export picks the best feasible trial."""
@@ -146,6 +159,7 @@ class SweepConfig:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}")
+        check_metric(self.objective_metric)
         multi = self.objective == "multi"
         if self.sampler is None:
             object.__setattr__(self, "sampler", "nsga2" if multi else "tpe")

@@ -2,9 +2,10 @@
 
 A trial asks its proposer for a context (a grammar/list choice from the search space,
 or a pool candidate that was enqueued), scores it on the harmful prompts one minibatch
-at a time, reports the running TFR after each minibatch so a pruner can stop hopeless
-candidates early, then scores the benign prompts for over-refusal (raced as well with
-the ``race`` pruner). Everything it measured goes into the trial's user attributes.
+at a time, reports the running objective metric (``SweepConfig.objective_metric``: TFR
+or refusal TFR) after each minibatch so a pruner can stop hopeless candidates early,
+then scores the benign prompts for over-refusal (raced as well with the ``race``
+pruner). Everything it measured goes into the trial's user attributes.
 A candidate that a COMPLETE trial already scored is copied, not scored again; one that
 another worker is scoring right now is waited for.
 """
@@ -89,6 +90,7 @@ class Objective:
         self.multi = config.objective == "multi"
         self.prune = config.pruner != "none"
         self.wilcoxon = config.pruner == "wilcoxon"
+        self.metric = config.objective_metric
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         trial.set_user_attr("worker", worker_id())
@@ -128,12 +130,13 @@ class Objective:
                 continue
             if self.wilcoxon:
                 for i, o in enumerate(new, start=start):
-                    trial.report(o.p_flip, i)
+                    trial.report(self._p_flip(o), i)
             else:
-                trial.report(summarise(outs).tfr.value, len(outs))
+                trial.report(summarise(outs).metric(self.metric).value, len(outs))
             if start + k < len(self.harmful) and trial.should_prune():
                 self._record(trial, outs + benign, before, pruned=True)
-                raise optuna.TrialPruned(f"TFR {summarise(outs).tfr.value:.3f} after {len(outs)}")
+                value = summarise(outs).metric(self.metric).value
+                raise optuna.TrialPruned(f"{self.metric} {value:.3f} after {len(outs)}")
             if screen and start == 0:
                 # One benign minibatch early: a clear over-refuser stops here instead of
                 # after all its harmful prompts.
@@ -141,8 +144,12 @@ class Objective:
         if self.benign:
             benign = self._score_benign(trial, context, outs, before, benign, stop=None)
         score = self._record(trial, outs + benign, before, pruned=False)
-        tfr, over = score.tfr.value, score.over_refusal.value
-        return (tfr, over) if self.multi else tfr
+        value, over = score.metric(self.metric).value, score.over_refusal.value
+        return (value, over) if self.multi else value
+
+    def _p_flip(self, o: PromptOutcome) -> float:
+        # One prompt's contribution to the objective metric (the Wilcoxon pruner's steps).
+        return o.p_flip_refusal if self.metric == "refusal_tfr" else o.p_flip
 
     def _screens_benign(self, trial: optuna.Trial) -> bool:
         # With the race pruner, over-refusal is raced too (see flipsearch.pruners).
