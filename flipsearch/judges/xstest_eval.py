@@ -174,6 +174,9 @@ def report(data_dir: Path | None = None, judge: Judge | None = None) -> str:
         "held-out errors are on mistralguard (Mistral-7B with a guardrail system prompt),",
         "whose refusal style the dev files barely cover: its recall is the weak spot.",
         "",
+        "On the embedded model's own answers (hand labels, refusal / compliance / non-answer):",
+        "`results/judge_smollm2.md` (`flipsearch judge-eval`).",
+        "",
         "| split | file | n | accuracy | precision | recall | other |",
         "|---|---|---|---|---|---|---|",
     ]
