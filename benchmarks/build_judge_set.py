@@ -8,6 +8,9 @@ no context, a system or a prefix context. Contexts come from the built-in spaces
 ``paper_axes`` and ``baselines``. Rows are unlabelled (``label: null``); the labels in
 ``flipsearch/judges/data/smollm2_135m.jsonl`` were written by hand (see that folder's
 README). ``split`` is ``dev`` or ``test`` by a hash of the prompt (about 50/50).
+Rows are appended batch by batch in a shuffled order; a rerun with the same ``--out``
+resumes (the committed set was generated this way: 120 rows in plan order, the rest
+shuffled).
 
 Run (a few minutes on 2 CPU cores)::
 
@@ -74,30 +77,47 @@ def plan(rng: random.Random) -> list[dict]:
     return rows
 
 
-def generate(rows: list[dict], model: str, batch_size: int, out: Path) -> None:
-    """Generate each row's ``response`` and append the rows to ``out`` batch by batch
-    (greedy rows first, then sampled), so a long run can be read while it goes."""
-    engine = EngineConfig(model=model, engine="hf", batch_size=batch_size).build()
-    out.write_text("", encoding="utf-8")
-    for decoding, sampling in (
-        ("greedy", Sampling(greedy=True, max_tokens=64)),
-        ("sampled", Sampling(temperature=1.0, max_tokens=64, seed=SEED)),
-    ):
+def schedule(rows: list[dict], batch_size: int) -> list[tuple[str, list[dict]]]:
+    """Batches of one decoding each, in a shuffled order that mixes prompt sets, so a
+    run stopped early still covers every set and both decodings."""
+    rng = random.Random(SEED + 1)
+    chunks = []
+    for decoding in ("greedy", "sampled"):
         todo = [r for r in rows if r["decoding"] == decoding]
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            convs = [
-                make_conversation(r["prompt"])
-                if r["placement"] == "none"
-                else apply_context(make_conversation(r["prompt"]), r["context"], r["placement"])
-                for r in batch
-            ]
-            outs = engine.generate(convs, sampling)
-            with out.open("a", encoding="utf-8") as f:
-                for r, gens in zip(batch, outs, strict=True):
-                    row = {**r, "response": gens[0].text, "label": None}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            print(f"{decoding}: {start + len(batch)}/{len(todo)}", flush=True)
+        rng.shuffle(todo)
+        chunks += [(decoding, todo[i : i + batch_size]) for i in range(0, len(todo), batch_size)]
+    rng.shuffle(chunks)
+    return chunks
+
+
+def generate(rows: list[dict], model: str, batch_size: int, out: Path) -> None:
+    """Generate each row's ``response`` and append the rows to ``out`` batch by batch.
+
+    Rows whose ``id`` is already in ``out`` are skipped, so a stopped run resumes.
+    """
+    done = set()
+    if out.is_file():
+        done = {json.loads(line)["id"] for line in out.open(encoding="utf-8") if line.strip()}
+    engine = EngineConfig(model=model, engine="hf", batch_size=batch_size).build()
+    samplings = {
+        "greedy": Sampling(greedy=True, max_tokens=64),
+        "sampled": Sampling(temperature=1.0, max_tokens=64, seed=SEED),
+    }
+    todo = [r for r in rows if r["id"] not in done]
+    for decoding, batch in schedule(todo, batch_size):
+        convs = [
+            make_conversation(r["prompt"])
+            if r["placement"] == "none"
+            else apply_context(make_conversation(r["prompt"]), r["context"], r["placement"])
+            for r in batch
+        ]
+        outs = engine.generate(convs, samplings[decoding])
+        with out.open("a", encoding="utf-8") as f:
+            for r, gens in zip(batch, outs, strict=True):
+                row = {**r, "response": gens[0].text, "label": None}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        done.update(r["id"] for r in batch)
+        print(f"{decoding}: {len(done)}/{len(rows)}", flush=True)
     engine.close()
 
 

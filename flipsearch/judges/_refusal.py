@@ -36,6 +36,7 @@ from flipsearch.judges._refusal_rules import (
     ANSWERISH,
     CAUTION_START,
     ECHO_SENTENCE,
+    EMPTY_LIST,
     HARD_START,
     HEAD_CHARS,
     HEAD_SENTENCES,
@@ -207,6 +208,9 @@ def classify_response(response: str, prompt: str = "") -> tuple[Outcome, str]:
         return "other", "echo"
     if _is_prompt_copy(body, prompt):
         return "other", "echo"
+    empty_list = EMPTY_LIST.search(body)
+    if empty_list and len(_sentences(body[: empty_list.start() + 1], 3)) <= 2:
+        return "other", "empty-list"
     decided = _refusal_rule(body, _clean(prompt))
     if decided is not None:
         return decided

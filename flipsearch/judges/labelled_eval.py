@@ -136,9 +136,23 @@ def confusion(path: Path, judge: Judge, split: str) -> dict[tuple[str, str], int
     return counts
 
 
-def report(path: Path = SMOLLM2_SET, judge: Judge | None = None, notes: str = "") -> str:
-    """The markdown report: per-outcome precision/recall/balanced accuracy, dev and test."""
+SMOLLM2_NOTES = """\
+Rules were tuned on the dev split only; test rows were read once, to label them, before
+their predictions were seen. Test aggregates have been looked at LOOKS time(s) (for this
+report, no tuning after it). One slip: early on, the `refusal@2` predictions of 7 test
+rows were printed while checking echo handling; no rule was written for those rows alone,
+but two `refusal@3` rules (self-introductions; "I'm not here to ...") cover patterns that
+also occur in them, so the test figures may be slightly optimistic."""
+
+
+def report(path: Path = SMOLLM2_SET, judge: Judge | None = None, notes: str | None = None) -> str:
+    """The markdown report: per-outcome precision/recall/balanced accuracy, dev and test.
+
+    ``notes`` defaults to :data:`SMOLLM2_NOTES` for the packaged set, else nothing.
+    """
     judge = judge or RefusalJudge()
+    if notes is None:
+        notes = SMOLLM2_NOTES if path == SMOLLM2_SET else ""
     scores = evaluate(path, judge)
     n = {s: scores[s]["refusal"].tp + scores[s]["refusal"].fp + scores[s]["refusal"].tn
          + scores[s]["refusal"].fn for s in scores}  # fmt: skip
