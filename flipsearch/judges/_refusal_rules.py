@@ -160,9 +160,10 @@ REFUSAL_ANYWHERE = re.compile(
             r"\bi'?m not (?:capable of|able to) (?:\w+ ){0,2}(?:providing|creating|writing|"
             r"generating|helping|assisting|giving|making|offering|answering|fulfilling)",
             # "I'm not here to tell you to ... I'm here to help you understand ...".
-            r"\bi'?m not here to (?:tell|help|encourage|promote|provide|assist|teach|"
-            r"give|write|create)",
+            r"\bi'?m not here to (?:tell you to|help you (?:do|with) that|encourage|promote|"
+            r"provide|assist|teach|give|write|create)",
             r"\bi (?:do not|don't) have the (?:ability|capability|capacity|means) to",
+            r"^the above (?:answer|response|request|prompt) is not (?:allowed|permitted)\b",
             r"\b(?:a|an) (?:safe|legal|legitimate)(?: and (?:safe|legal|legitimate))? alternative",
             # Judging the request instead of doing it.
             r"(?:is|are|be) not (?:appropriate|ethical|acceptable|okay) (?:to|for me)",
