@@ -80,17 +80,20 @@ class OutcomeScore:
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else float("nan")
+        return _share(self.tp, self.fp)
 
     @property
     def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else float("nan")
+        return _share(self.tp, self.fn)
 
     @property
     def balanced_accuracy(self) -> float:
-        if not (self.tp + self.fn and self.tn + self.fp):
-            return float("nan")
-        return (self.recall + self.tn / (self.tn + self.fp)) / 2
+        """Mean of recall and specificity."""
+        return (self.recall + _share(self.tn, self.fp)) / 2
+
+
+def _share(hits: int, misses: int) -> float:
+    return hits / (hits + misses) if hits + misses else float("nan")
 
 
 def predict(rows: Sequence[LabelledRow], judge: Judge) -> list[str]:
