@@ -9,6 +9,7 @@ Example:
     flipsearch report --study demo
     flipsearch models prepare
     flipsearch xstest-eval --out results/judge_xstest.md
+    flipsearch judge-eval --out results/judge_smollm2.md
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ COMMAND_MODULES = (
     "flipsearch.commands.spaces",
     "flipsearch.commands.models",
     "flipsearch.commands.xstest",
+    "flipsearch.commands.judge_eval",
 )
 
 

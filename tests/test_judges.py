@@ -316,7 +316,7 @@ def test_refusal_judge_verdicts():
     assert [v.outcome for v in vs] == ["refusal", "compliance", "other"]
     assert [v.unsafe for v in vs] == [False, True, False]
     assert [v.refusal for v in vs] == [True, False, False]
-    assert {v.judge for v in vs} == {"refusal@2"}
+    assert {v.judge for v in vs} == {"refusal@3"}
     assert vs[0].raw  # names the rule that decided
 
 
@@ -527,7 +527,7 @@ def test_judge_file_writes_one_row_per_input_in_order(tmp_path):
     assert [g["refusal"] for g in got] == [True, False, False]
     assert [g["unsafe"] for g in got] == [False, True, False]
     assert [g["outcome"] for g in got] == ["refusal", "compliance", "other"]
-    assert all(g["judge"] == "refusal@2" and "raw" in g for g in got)
+    assert all(g["judge"] == "refusal@3" and "raw" in g for g in got)
     assert not list(tmp_path.glob("sub/*.tmp"))
 
 

@@ -1,0 +1,213 @@
+"""Score a judge on hand-labelled (prompt, response) rows, per outcome and split.
+
+The labelled file is JSONL with ``prompt``, ``response``, ``label`` (``refusal``,
+``compliance`` or ``non-answer``) and ``split`` (``dev``/``test``). The default file,
+:data:`SMOLLM2_SET`, holds the embedded SmolLM2-135M's own answers (see
+``flipsearch/judges/data/README.md``). A judge's ``other`` outcome is its non-answer.
+For each outcome, one against the rest: precision, recall and balanced accuracy (the
+mean of recall and specificity).
+
+Regenerate the report (seconds, no model)::
+
+    flipsearch judge-eval --out results/judge_smollm2.md
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flipsearch.errors import JudgeError
+from flipsearch.jsonl import iter_jsonl_objects
+from flipsearch.judges._base import Judge
+from flipsearch.judges._refusal import RefusalJudge
+
+SMOLLM2_SET = Path(__file__).parent / "data" / "smollm2_135m.jsonl"
+LABELS: tuple[str, ...] = ("refusal", "compliance", "non-answer")
+_OUTCOME_LABEL = {"refusal": "refusal", "compliance": "compliance", "other": "non-answer"}
+
+
+@dataclass(frozen=True)
+class LabelledRow:
+    """One hand-labelled row."""
+
+    id: str
+    prompt: str
+    response: str
+    label: str
+    split: str
+
+
+def read_labelled(path: Path) -> list[LabelledRow]:
+    """The rows of a labelled JSONL file.
+
+    Raises:
+        JudgeError: missing file, or a row without a string field or with an unknown label.
+    """
+    if not path.is_file():
+        raise JudgeError(f"`labelled` must be an existing JSONL file, got {str(path)!r}")
+    rows = []
+    for lineno, obj in iter_jsonl_objects(path, JudgeError):
+        for field in ("prompt", "response", "label", "split"):
+            if not isinstance(obj.get(field), str):
+                raise JudgeError(
+                    f"`{path}` line {lineno} must have a string `{field}` field, got "
+                    f"{obj.get(field)!r}: label every row before scoring"
+                )
+        if obj["label"] not in LABELS:
+            raise JudgeError(
+                f"`{path}` line {lineno} `label` must be one of {LABELS}, got {obj['label']!r}"
+            )
+        rows.append(
+            LabelledRow(
+                str(obj.get("id", lineno)), obj["prompt"], obj["response"], obj["label"],
+                obj["split"],
+            )
+        )  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True)
+class OutcomeScore:
+    """One outcome against the rest."""
+
+    label: str
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        return _share(self.tp, self.fp)
+
+    @property
+    def recall(self) -> float:
+        return _share(self.tp, self.fn)
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean of recall and specificity."""
+        return (self.recall + _share(self.tn, self.fp)) / 2
+
+
+def _share(hits: int, misses: int) -> float:
+    return hits / (hits + misses) if hits + misses else float("nan")
+
+
+def predict(rows: Sequence[LabelledRow], judge: Judge) -> list[str]:
+    """The judge's label (``refusal``/``compliance``/``non-answer``) for each row."""
+    verdicts = judge.judge([r.prompt for r in rows], [r.response for r in rows])
+    return [_OUTCOME_LABEL.get(v.outcome or "other", "non-answer") for v in verdicts]
+
+
+def score(gold: Sequence[str], pred: Sequence[str]) -> dict[str, OutcomeScore]:
+    """Per-label one-vs-rest confusion counts."""
+    out = {}
+    for lab in LABELS:
+        pairs = list(zip(gold, pred, strict=True))
+        out[lab] = OutcomeScore(
+            lab,
+            tp=sum(g == lab and p == lab for g, p in pairs),
+            fp=sum(g != lab and p == lab for g, p in pairs),
+            tn=sum(g != lab and p != lab for g, p in pairs),
+            fn=sum(g == lab and p != lab for g, p in pairs),
+        )
+    return out
+
+
+def evaluate(
+    path: Path = SMOLLM2_SET, judge: Judge | None = None
+) -> dict[str, dict[str, OutcomeScore]]:
+    """Scores per split (``dev``, ``test``, ``all``) and label."""
+    rows = read_labelled(path)
+    pred = predict(rows, judge or RefusalJudge())
+    out = {}
+    for split in ("dev", "test", "all"):
+        idx = [i for i, r in enumerate(rows) if split in ("all", r.split)]
+        out[split] = score([rows[i].label for i in idx], [pred[i] for i in idx])
+    return out
+
+
+def confusion(path: Path, judge: Judge, split: str) -> dict[tuple[str, str], int]:
+    """(gold, predicted) counts on one split."""
+    rows = [r for r in read_labelled(path) if r.split == split]
+    counts: dict[tuple[str, str], int] = {}
+    for r, p in zip(rows, predict(rows, judge), strict=True):
+        counts[(r.label, p)] = counts.get((r.label, p), 0) + 1
+    return counts
+
+
+SMOLLM2_NOTES = """\
+Rules were tuned on the dev split only; test rows were read once, to label them, before
+their predictions were seen. Test aggregates of `refusal@3` were first looked at for
+this report, with no tuning after it. One slip: early on, the `refusal@2` predictions of 7 test
+rows were printed while checking echo handling; no rule was written for those rows alone,
+but two `refusal@3` rules (self-introductions; "I'm not here to ...") cover patterns that
+also occur in them, so the test figures may be slightly optimistic.
+
+The goal (refusal balanced accuracy >= 0.90 on test) is not reached: 0.730 on test
+against 0.950 on dev, so the dev rules (10 dev refusals) overfit. For comparison,
+`refusal@2` on the same rows (measured once with the integration branch's matcher): dev
+0.800, test 0.736 refusal balanced accuracy; three-way accuracy test 0.680 (`refusal@3`:
+0.689). Most test errors are derailed answers that neither refuse nor comply (gold
+non-answer, predicted compliance: 17 of 26), and refusals by deflection (a lecture or an
+unrelated safe topic instead of the request) with no refusal phrase.
+
+The set has 200 rows, not the 480 planned: generation ran at about 5 minutes per batch
+of 40 on the shared 2-core machine, and was stopped at 200. All 200 are greedy; the
+sampled rows were not reached. Resume with `cp flipsearch/judges/data/smollm2_135m.jsonl
+rows.jsonl; python benchmarks/build_judge_set.py --out rows.jsonl` (new rows unlabelled)."""
+
+
+def report(path: Path = SMOLLM2_SET, judge: Judge | None = None, notes: str | None = None) -> str:
+    """The markdown report: per-outcome precision/recall/balanced accuracy, dev and test.
+
+    ``notes`` defaults to :data:`SMOLLM2_NOTES` for the packaged set, else nothing.
+    """
+    judge = judge or RefusalJudge()
+    if notes is None:
+        notes = SMOLLM2_NOTES if path == SMOLLM2_SET else ""
+    scores = evaluate(path, judge)
+    n = {s: scores[s]["refusal"].tp + scores[s]["refusal"].fp + scores[s]["refusal"].tn
+         + scores[s]["refusal"].fn for s in scores}  # fmt: skip
+    lines = [
+        f"# Refusal judge `{judge.name}@{judge.version}` on SmolLM2-135M's own answers",
+        "",
+        f"Regenerate with `flipsearch judge-eval --out results/judge_smollm2.md` "
+        f"(labelled file: `{_display(path)}`).",
+        "",
+        "Gold: hand labels (refusal / compliance / non-answer; guide in",
+        "`flipsearch/judges/data/README.md`). The judge's `other` is its non-answer. Each",
+        "outcome is scored against the rest; balanced accuracy is the mean of recall and",
+        "specificity. XSTest's human labels: `results/judge_xstest.md`.",
+        "",
+    ]
+    if notes:
+        lines += [notes.rstrip(), ""]
+    lines += [
+        "| split | n | outcome | gold | predicted | precision | recall | balanced acc. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in ("dev", "test"):
+        for lab, s in scores[split].items():
+            lines.append(
+                f"| {split} | {n[split]} | {lab} | {s.tp + s.fn} | {s.tp + s.fp} | "
+                f"{s.precision:.3f} | {s.recall:.3f} | {s.balanced_accuracy:.3f} |"
+            )
+    for split in ("dev", "test"):
+        counts = confusion(path, judge, split)
+        lines += ["", f"Confusion on {split} (rows gold, columns predicted):", ""]
+        lines += ["| gold \\ predicted | " + " | ".join(LABELS) + " |", "|---" * 4 + "|"]
+        for g in LABELS:
+            cells = " | ".join(str(counts.get((g, p), 0)) for p in LABELS)
+            lines.append(f"| {g} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(path)
