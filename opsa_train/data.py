@@ -32,7 +32,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flipsearch.contexts import Context
 from flipsearch.prompts import PromptRow, load_prompt_set
@@ -93,6 +93,17 @@ def student_conversation(row: PromptRow) -> Conversation:
 # Teacher contexts
 
 
+class ContextOverrides(Protocol):
+    """What may override an export's contexts: a :class:`TrainConfig`, or the eval's
+    :class:`opsa_train.eval_config.TeacherSpec` (so the eval's teacher is the trained one)."""
+
+    @property
+    def benign_context(self) -> str | None: ...
+
+    @property
+    def placement(self) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class TeacherContexts:
     """The privileged context the teacher sees, per prompt type.
@@ -111,7 +122,7 @@ class TeacherContexts:
     """I_b; None: benign prompts' teacher gets no context (see the module docstring)."""
 
     @classmethod
-    def from_export(cls, export: ExportFile, config: TrainConfig) -> TeacherContexts:
+    def from_export(cls, export: ExportFile, config: ContextOverrides) -> TeacherContexts:
         """I_h and I_b from the export file, with the config's overrides applied.
 
         ``config.placement`` replaces both contexts' placement; ``config.benign_context``

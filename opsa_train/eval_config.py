@@ -13,15 +13,91 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from flipsearch.judges import JudgeConfig
 from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import OpsaConfigError
 
-__all__ = ["REASONING_KINDS", "EvalConfig", "reasoning_kind", "reasoning_prompt"]
+if TYPE_CHECKING:
+    from opsa_train.data import TeacherContexts
+
+__all__ = [
+    "REASONING_KINDS",
+    "TEACHER",
+    "EvalConfig",
+    "TeacherSpec",
+    "reasoning_kind",
+    "reasoning_prompt",
+]
+
+TEACHER = "teacher"
+"""The display name of the teacher row."""
 
 REASONING_KINDS = {"gsm8k": "gsm8k", "math500": "math500"}
 """Reasoning set name -> answer format of :mod:`opsa_train.answers`."""
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The teacher row: a model answering with the privileged contexts of an export file.
+
+    I_h goes before harmful prompts and I_b before the others (over-refusal, reasoning),
+    as in training (:class:`opsa_train.data.TeacherContexts`, same overrides), so the
+    row is the ceiling OPSA distils towards. It gets no retention measure.
+
+    Example:
+        >>> TeacherSpec.coerce({"export": "runs/demo/export.json"}).model is None
+        True
+    """
+
+    export: str
+    """The flipsearch export file holding I_h (and I_b)."""
+    model: str | None = None
+    """The teacher's weights; None: the reference model's (the frozen initial model)."""
+    benign_context: str | None = None
+    """As :attr:`opsa_train.config.TrainConfig.benign_context` ("" = no I_b)."""
+    placement: str | None = None
+    """As :attr:`opsa_train.config.TrainConfig.placement`."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.export, str) or not self.export.strip():
+            raise OpsaConfigError(
+                f"`teacher.export` must be an export file path, got {self.export!r}: "
+                "write one with `flipsearch export`"
+            )
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise OpsaConfigError(
+                f"`teacher.model` must be a model path or null, got {self.model!r}"
+            )
+
+    def contexts(self) -> TeacherContexts:
+        """I_h and I_b from the export file, with this spec's overrides applied.
+
+        Raises:
+            ExportFileError: the export file is missing or malformed.
+        """
+        from flipsearch.export import read_export
+        from opsa_train.data import TeacherContexts
+
+        return TeacherContexts.from_export(read_export(self.export), self)
+
+    @classmethod
+    def coerce(cls, value: TeacherSpec | Mapping[str, object] | str | None) -> TeacherSpec | None:
+        """A spec from itself, a mapping of its fields, an export path, or None."""
+        if value is None or isinstance(value, TeacherSpec):
+            return value
+        if isinstance(value, str):
+            return cls(export=value)
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise OpsaConfigError(
+                    f"`teacher` keys must be among {sorted(cls.__dataclass_fields__)}, "
+                    f"got {unknown!r}"
+                )
+            return cls(**value)  # type: ignore[arg-type]
+        raise OpsaConfigError(f"`teacher` must be an export file path or a mapping, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,11 +156,16 @@ class EvalConfig:
     Lower it when a model judge shares the GPU."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The judge (default: the offline refusal judge)."""
+    teacher: TeacherSpec | None = None
+    """Adds a ``teacher`` row (:class:`TeacherSpec`; a mapping or an export path is
+    coerced) and, with it, each model's distillation efficiency
+    (:mod:`opsa_train.efficiency`); None: no teacher row."""
     cache: str | None = None
     """Generation/verdict cache (SQLite); None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
+        object.__setattr__(self, "teacher", TeacherSpec.coerce(self.teacher))
         for name in ("harmful_sets", "over_refusal_sets", "reasoning_sets"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -111,6 +192,11 @@ class EvalConfig:
                 raise OpsaConfigError(
                     f"`models[{name!r}]` must be a model path or name, got {path!r}"
                 )
+        if self.teacher is not None and TEACHER in models:
+            raise OpsaConfigError(
+                f"`models` must not name a model {TEACHER!r} when `teacher` is set: "
+                "that name is the teacher row's"
+            )
         if self.reference is not None and self.reference not in models:
             raise OpsaConfigError(
                 f"`reference` must be one of the models {sorted(models)}, got {self.reference!r}"
@@ -133,10 +219,16 @@ class EvalConfig:
                 "at least one of the harmful, over-refusal or reasoning sets is needed"
             )
 
+    @property
+    def columns(self) -> list[str]:
+        """The table's models: ``models`` then, with a teacher, ``teacher``."""
+        return [*self.models, *([TEACHER] if self.teacher is not None else [])]
+
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["models"] = dict(self.models)
         d["judge"] = self.judge.to_dict()
+        d["teacher"] = None if self.teacher is None else asdict(self.teacher)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)

@@ -22,8 +22,13 @@ go through the flipsearch cache (:mod:`flipsearch.cache`), keyed by a *content*
 fingerprint of the weights (:func:`flipsearch.models.model_key`), so two run folders with
 the same shapes never share cached answers, and a re-run generates nothing new.
 
-The modules: :mod:`opsa_train.eval_config` (what to evaluate), this one (the run:
-generate, judge, retention), :mod:`opsa_train.eval_metrics` (the numbers),
+With a teacher (``EvalConfig.teacher``: an export file's contexts on the base weights),
+a ``teacher`` row and each trained model's distillation efficiency
+(:mod:`opsa_train.efficiency`) show how much of the teacher's safety it kept.
+
+The modules: :mod:`opsa_train.eval_config` (what to evaluate),
+:mod:`opsa_train.eval_generate` (phase 1: generate), this one (the run: judge,
+retention), :mod:`opsa_train.eval_metrics` (the numbers),
 :mod:`opsa_train.retention`, :mod:`opsa_train.eval_report` (the result and its files:
 ``eval.json``, ``eval.csv``, ``eval.md``, ``samples.jsonl``, ``retention.jsonl``). The
 names of those modules are re-exported here.
@@ -36,21 +41,32 @@ Example (CPU smoke run, a few minutes)::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from flipsearch.cache import GenerationCache, cached_generate, cached_judge
-from flipsearch.engines import engine_choice_record
+from flipsearch.cache import GenerationCache, cached_judge
 from flipsearch.judges import judge_cache_id
-from flipsearch.models import model_identity as recorded_model
 from flipsearch.models import model_key
-from flipsearch.types import Generation, Sampling, Verdict, make_conversation
+from flipsearch.types import Generation, Verdict
 from opsa_train.answers import extract_answer, is_correct
-from opsa_train.eval_config import REASONING_KINDS, EvalConfig, reasoning_kind, reasoning_prompt
+from opsa_train.efficiency import efficiency_metrics
+from opsa_train.eval_config import (
+    REASONING_KINDS,
+    EvalConfig,
+    reasoning_kind,
+    reasoning_prompt,
+)
+from opsa_train.eval_generate import (
+    Answers,
+    EvalItem,
+    default_engine_factory,
+    generate_answers,
+    load_items,
+    load_retention_rows,
+    timed,
+)
 from opsa_train.eval_metrics import (
     TASKS,
     Metric,
@@ -72,7 +88,7 @@ from opsa_train.retention import retention_metrics, retention_scores
 if TYPE_CHECKING:
     from flipsearch.engines import Engine
     from flipsearch.judges import Judge
-    from flipsearch.prompts import PromptRow, PromptSet
+    from flipsearch.prompts import PromptRow
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +157,15 @@ def evaluate(
     answers = generate_answers(
         config, items, ret_rows, engine_factory or default_engine_factory(config), cache, timings
     )
-    with _timed(timings, "time/judge"):
+    with timed(timings, "time/judge"):
         records = judge_answers(items, answers.responses, judge or config.judge.build(), cache)
     metrics = metrics_from_records(records)
+    if config.teacher is not None:
+        students = [m for m in config.models if m != config.reference]
+        metrics += efficiency_metrics(records, base=str(config.reference), students=students)
     ret_records: list[dict[str, object]] = []
     if ret_rows and answers.retention:
-        with _timed(timings, "time/retention"):
+        with timed(timings, "time/retention"):
             ret_records = score_retention(config, ret_rows, answers)
             metrics += retention_metrics(
                 ret_records, list(config.models), str(config.retention_set)
@@ -160,14 +179,6 @@ def evaluate(
     return result
 
 
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
-    # Seconds spent in the block, stored under `key` (only when the block finishes).
-    t0 = time.perf_counter()
-    yield
-    timings[key] = time.perf_counter() - t0
-
-
 def _default_cache(config: EvalConfig) -> GenerationCache:
     from flipsearch.models import cache_dir
 
@@ -175,164 +186,11 @@ def _default_cache(config: EvalConfig) -> GenerationCache:
 
 
 # --------------------------------------------------------------------------------------
-# What to answer
-
-
-@dataclass(frozen=True)
-class _Item:
-    task: str
-    set: str
-    row: PromptRow
-    prompt: str
-    max_tokens: int
-
-
-def load_items(config: EvalConfig) -> list[_Item]:
-    """Every (task, set, row) to answer, with the prompt text sent to the models."""
-    from flipsearch.prompts import load_prompt_set
-
-    items: list[_Item] = []
-    for spec in config.harmful_sets:
-        rows = _first(load_prompt_set(spec).harmful(), config.limit)
-        items += [_Item("harmful", spec, r, r.prompt, config.max_tokens) for r in rows]
-    for spec in config.over_refusal_sets:
-        rows = _first(load_prompt_set(spec).benign(), config.limit)
-        items += [_Item("over_refusal", spec, r, r.prompt, config.max_tokens) for r in rows]
-    limit = config.reasoning_limit or config.limit
-    for spec in config.reasoning_sets:
-        rows = _first(load_prompt_set(spec), limit)
-        items += [
-            _Item("reasoning", spec, r, reasoning_prompt(r.prompt), config.reasoning_max_tokens)
-            for r in rows
-        ]
-    return items
-
-
-def load_retention_rows(config: EvalConfig) -> list[PromptRow]:
-    """The benign prompts the reference answers for the retention measure (none if unset)."""
-    if not config.retention_set:
-        return []
-    from flipsearch.prompts import load_prompt_set
-
-    return _first(load_prompt_set(config.retention_set).benign(), config.limit)
-
-
-def _first(ps: PromptSet, limit: int | None) -> list[PromptRow]:
-    rows = list(ps.rows)
-    return rows if limit is None else rows[:limit]
-
-
-# --------------------------------------------------------------------------------------
-# Phase 1: generate
-
-
-@dataclass
-class Answers:
-    """What phase 1 produced: every model's answers and where its weights were."""
-
-    responses: dict[str, list[Generation]] = field(default_factory=dict)
-    """Display name -> one greedy answer per item, in item order."""
-    retention: list[Generation] = field(default_factory=list)
-    """The reference's answers to the retention prompts."""
-    paths: dict[str, str] = field(default_factory=dict)
-    """Display name -> the folder the engine loaded."""
-    identities: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Display name -> :func:`flipsearch.models.model_identity`."""
-    engines: dict[str, dict[str, object] | None] = field(default_factory=dict)
-    """Display name -> the engine/dtype decision and machine facts (None for fakes)."""
-
-
-def default_engine_factory(config: EvalConfig) -> Callable[[str], Engine]:
-    """Builds one generation engine per model path from ``config``."""
-    from flipsearch.engines import EngineConfig
-
-    def build(model: str) -> Engine:
-        return EngineConfig(
-            model=model,
-            engine=config.engine,
-            max_model_len=config.max_model_len,
-            batch_size=config.batch_size,
-            gpu_memory_utilization=config.gpu_memory_utilization,
-        ).build()
-
-    return build
-
-
-def generate_answers(
-    config: EvalConfig,
-    items: Sequence[_Item],
-    retention_rows: Sequence[PromptRow],
-    engine_factory: Callable[[str], Engine],
-    cache: GenerationCache,
-    timings: dict[str, float],
-) -> Answers:
-    """Phase 1: each model answers every item (and the reference the retention prompts),
-    one engine at a time, closed before the next is built; ``time/generate/<name>``."""
-    answers = Answers()
-    for name, model in config.models.items():
-        with _timed(timings, f"time/generate/{name}"):
-            engine = engine_factory(model)
-            answers.paths[name] = str(engine.model_path)
-            answers.identities[name] = recorded_model(model, engine.model_path)
-            answers.engines[name] = engine_choice_record(engine)
-            identity = answers.identities[name]["model_fingerprint"]
-            logger.info("eval: generating with %s (%s, %s)", name, model, identity)
-            answers.responses[name] = _answer_items(engine, cache, identity, items)
-            if name == config.reference and retention_rows:
-                answers.retention = _generate_all(
-                    engine,
-                    cache,
-                    identity,
-                    [r.prompt for r in retention_rows],
-                    config.retention_max_tokens,
-                )
-            close = getattr(engine, "close", None)
-            if close is not None:
-                close()
-            del engine
-    return answers
-
-
-def _answer_items(
-    engine: Engine, cache: GenerationCache, identity: str, items: Sequence[_Item]
-) -> list[Generation]:
-    # One cached batch per max_tokens value; answers come back in item order.
-    gens: list[Generation | None] = [None] * len(items)
-    for max_tokens in sorted({it.max_tokens for it in items}):
-        idx = [i for i, it in enumerate(items) if it.max_tokens == max_tokens]
-        outs = _generate_all(engine, cache, identity, [items[i].prompt for i in idx], max_tokens)
-        for i, g in zip(idx, outs, strict=True):
-            gens[i] = g
-    return [g for g in gens if g is not None]
-
-
-def _generate_all(
-    engine: Engine,
-    cache: GenerationCache,
-    identity: str,
-    prompts: Sequence[str],
-    max_tokens: int,
-) -> list[Generation]:
-    sampling = Sampling(greedy=True, max_tokens=max_tokens)
-    convs = [make_conversation(p) for p in prompts]
-    outs = cached_generate(
-        cache,
-        lambda cs: engine.generate(cs, sampling, use_tqdm=True),
-        model=identity,
-        engine=engine.name,
-        sampling=sampling,
-        conversations=convs,
-        chunk_size=32,
-    )
-    return [o[0] for o in outs]
-
-
-# --------------------------------------------------------------------------------------
 # Phase 2: judge safety answers; extract reasoning answers
 
 
 def judge_answers(
-    items: Sequence[_Item],
+    items: Sequence[EvalItem],
     responses: Mapping[str, Sequence[Generation]],
     judge: Judge,
     cache: GenerationCache,
@@ -357,7 +215,7 @@ def judge_answers(
 
 
 def _record(
-    model: str, item: _Item, gen: Generation, verdict: Verdict | None, judge_id: str
+    model: str, item: EvalItem, gen: Generation, verdict: Verdict | None, judge_id: str
 ) -> dict[str, object]:
     # The stored line of one answer; a reasoning item (no verdict) is graded by extraction.
     rec: dict[str, object] = {

@@ -29,6 +29,7 @@ from opsa_train.baseline import BaselineOptions
 from opsa_train.checks import check_choice
 from opsa_train.config import TrainConfig, load_train_config
 from opsa_train.errors import OpsaConfigError
+from opsa_train.eval_config import TeacherSpec
 from opsa_train.evaluate import EvalConfig
 
 __all__ = ["PipelineConfig", "load_pipeline_config"]
@@ -225,7 +226,14 @@ def _trained_models(cfg: PipelineConfig) -> dict[str, str]:
 
 
 def _eval_config(cfg: PipelineConfig) -> EvalConfig:
+    train = _train_config(cfg, "opsa")
+    teacher = TeacherSpec(
+        export=str(cfg.export_path),
+        benign_context=train.benign_context,
+        placement=train.placement,
+    )
     fields = {
+        "teacher": teacher,
         "engine": cfg.engine,
         "judge": _judge_config(cfg),
         "cache": cfg.cache,

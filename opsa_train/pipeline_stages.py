@@ -171,6 +171,7 @@ def _eval_inputs(r: _Run) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "models": {"base": _model_digest(r.cfg.model), **_upstream(r, "opsa", "baseline")},
+        "export": file_digest(r.cfg.export_path),
         "prompts": _prompt_digests([*sets, config.retention_set]),
     }
 
@@ -227,7 +228,7 @@ PIPELINE_STAGES: tuple[Stage, ...] = (
         lambda cfg: (cfg.run_dir("baseline"),),
         lambda cfg: f"({_train_config(cfg, 'baseline').steps or 'all'} steps) ",
     ),
-    Stage("eval", 1, _eval_inputs, _eval_run, lambda cfg: (cfg.work_dir / "eval",)),
+    Stage("eval", 2, _eval_inputs, _eval_run, lambda cfg: (cfg.work_dir / "eval",)),
     Stage("analysis", 1, _analysis_inputs, _analysis_run, lambda cfg: (cfg.work_dir / "analysis",)),
 )
 STAGES = (*(s.name for s in PIPELINE_STAGES), "report")

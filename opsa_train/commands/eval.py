@@ -42,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_engine_arg(p)
     p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, wildguard, ...")
     p.add_argument("--cache", default=None, help="generation cache (SQLite)")
+    p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="EXPORT",
+        help="add a teacher row: the reference model with this export file's contexts, and "
+        "each model's distillation efficiency",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,6 +67,7 @@ def build_config(args: argparse.Namespace):  # -> EvalConfig
         ("engine", "engine"),
         ("judge", "judge"),
         ("cache", "cache"),
+        ("teacher", "teacher"),
     )
     set_given(kw, args, flags)
     if args.retention is not None:
@@ -76,6 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     result = evaluate(config)
-    print(markdown_table(result.metrics, list(config.models)))
+    print(markdown_table(result.metrics, config.columns))
     print(f"\nwrote {config.out_dir}/eval.md, eval.csv, eval.json, samples.jsonl")
     return 0
