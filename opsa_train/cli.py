@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "opsa_train.commands.baseline",
     "opsa_train.commands.analyze",
     "opsa_train.commands.pipeline",
+    "opsa_train.commands.calibrate",
 )
 
 

@@ -32,7 +32,7 @@ from opsa_train.errors import OpsaConfigError
 from opsa_train.eval_config import TeacherSpec
 from opsa_train.evaluate import EvalConfig
 
-__all__ = ["PipelineConfig", "load_pipeline_config"]
+__all__ = ["PipelineConfig", "load_pipeline_config", "yaml_document"]
 
 _SECTIONS = ("sweep", "export", "train", "baseline", "eval", "analysis")
 
@@ -133,6 +133,31 @@ def load_pipeline_config(
     Raises:
         OpsaConfigError: missing file, bad YAML, malformed override or unknown key.
     """
+    doc = yaml_document(path, overrides)
+    doc.update({k: v for k, v in top.items() if v is not None})
+    where = f"pipeline config {str(path)!r}" if path is not None else "pipeline config"
+    try:
+        cfg = PipelineConfig.from_dict(doc)
+    except (OpsaConfigError, TypeError) as e:
+        raise OpsaConfigError(f"{where}: {e}") from e
+    try:  # the `train` section, checked now rather than after the sweep
+        _train_config(cfg, "opsa")
+    except OpsaConfigError as e:
+        raise OpsaConfigError(f"{where}: `train` section: {e}") from e
+    return cfg
+
+
+def yaml_document(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A YAML mapping (``yaml.safe_load``: data only) with ``key=value`` and
+    ``section.key=value`` overrides applied, values YAML-parsed (``grid.lr=[1e-4,3e-4]``).
+
+    Example:
+        >>> yaml_document(None, ["a.b=1", "c=[x, y]"])
+        {'a': {'b': 1}, 'c': ['x', 'y']}
+
+    Raises:
+        OpsaConfigError: missing file, bad YAML, a non-mapping, or a malformed override.
+    """
     doc: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -161,17 +186,7 @@ def load_pipeline_config(
             doc[head][tail] = value
         else:
             doc[head] = value
-    doc.update({k: v for k, v in top.items() if v is not None})
-    where = f"pipeline config {str(path)!r}" if path is not None else "pipeline config"
-    try:
-        cfg = PipelineConfig.from_dict(doc)
-    except (OpsaConfigError, TypeError) as e:
-        raise OpsaConfigError(f"{where}: {e}") from e
-    try:  # the `train` section, checked now rather than after the sweep
-        _train_config(cfg, "opsa")
-    except OpsaConfigError as e:
-        raise OpsaConfigError(f"{where}: `train` section: {e}") from e
-    return cfg
+    return doc
 
 
 # --------------------------------------------------------------------------------------
