@@ -23,8 +23,9 @@ prompts nothing is generated again.
 
 Outputs in ``out_dir``: ``token_kl.csv`` (one row per model, prompt and position),
 ``kl_by_position.csv``, ``kl_top_tokens.csv``, ``kl_by_outcome.csv``, ``kl_summary.json``,
-``kl_by_position.png``, ``kl_top_tokens.png`` (tables, plots and files:
-:mod:`opsa_train.analysis_report`; per-token KL: :func:`opsa_train.losses.per_token_kl`).
+``kl_by_position.png``, ``kl_top_tokens.png``, ``kl_by_position_outcome.png`` (tables,
+plots and files: :mod:`opsa_train.analysis_report` and :mod:`opsa_train.analysis_outcomes`;
+per-token KL: :func:`opsa_train.losses.per_token_kl`).
 
 Example::
 
@@ -47,7 +48,12 @@ from typing import TYPE_CHECKING
 from flipsearch.atomic import atomic_write_text
 from flipsearch.judges import JudgeConfig
 from flipsearch.paths import recordable
-from opsa_train.analysis_outcomes import judge_rollouts, outcome_summary, outcome_table
+from opsa_train.analysis_outcomes import (
+    judge_rollouts,
+    outcome_summary,
+    outcome_table,
+    plot_by_outcome,
+)
 from opsa_train.analysis_report import (
     FIRST_N,
     SUMMARY_JSON,
@@ -58,6 +64,7 @@ from opsa_train.analysis_report import (
     top_tokens_table,
     write_csv,
 )
+from opsa_train.analysis_rollouts import greedy_rollouts, rollouts_by_model
 from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import OpsaConfigError
 
@@ -69,7 +76,6 @@ if TYPE_CHECKING:
     from flipsearch.contexts import Context
     from flipsearch.judges import Judge
     from flipsearch.prompts import PromptRow
-    from flipsearch.types import Generation
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,7 @@ __all__ = [
     "SUMMARY_JSON",
     "AnalysisConfig",
     "analysis_complete",
+    "greedy_rollouts",
     "kl_by_position_table",
     "plot_analysis",
     "run_analysis",
@@ -149,52 +156,6 @@ class AnalysisConfig:
 # Running
 
 
-def greedy_rollouts(
-    model: str,
-    prompts: Sequence[str],
-    *,
-    max_tokens: int,
-    engine: str,
-    cache: GenerationCache,
-) -> list[Generation]:
-    """Greedy responses of ``model`` to ``prompts``; builds an engine only on cache misses.
-
-    The cache keys are those of :mod:`opsa_train.evaluate` (content fingerprint, engine
-    name, greedy sampling), so evaluation answers are reused.
-    """
-    from flipsearch.cache import cached_generate
-    from flipsearch.engines import EngineConfig, choose_engine
-    from flipsearch.models import model_key, resolve_model
-    from flipsearch.types import Sampling, make_conversation
-
-    path = resolve_model(model)
-    identity = model_key(path)
-    name = choose_engine(engine).engine
-    sampling = Sampling(greedy=True, max_tokens=max_tokens)
-    built: dict[str, object] = {}
-
-    def generate(convs: list) -> list:
-        if "engine" not in built:
-            built["engine"] = EngineConfig(model=str(path), engine=name).build()
-        return built["engine"].generate(convs, sampling, use_tqdm=True)  # type: ignore[attr-defined]
-
-    try:
-        outs = cached_generate(
-            cache,
-            generate,
-            model=identity,
-            engine=name,
-            sampling=sampling,
-            conversations=[make_conversation(p) for p in prompts],
-            chunk_size=32,
-        )
-    finally:
-        engine_obj = built.get("engine")
-        if engine_obj is not None:
-            engine_obj.close()  # type: ignore[attr-defined]
-    return [o[0] for o in outs]
-
-
 def run_analysis(
     config: AnalysisConfig,
     *,
@@ -226,7 +187,7 @@ def run_analysis(
     if cache is None:
         cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
     prompts = [r.prompt for r in rows]
-    gens = _rollouts_by_model(config, prompts, cache)
+    gens = rollouts_by_model(config, prompts, cache)
     texts = {name: [g.text for g in gs] for name, gs in gens.items()}
     outcomes = judge_rollouts(judge or config.judge.build(), cache, prompts, texts)
     completions = {name: [list(g.token_ids) for g in gs] for name, gs in gens.items()}
@@ -280,28 +241,6 @@ def _score_models(
             )
         del student
     return token_rows, identities
-
-
-def _rollouts_by_model(
-    config: AnalysisConfig, prompts: Sequence[str], cache: GenerationCache
-) -> dict[str, list[Generation]]:
-    # Display name -> the responses it is scored on (its own, or the teacher's shared).
-    shared = None
-    if config.rollouts == "base":
-        shared = greedy_rollouts(
-            config.teacher_model,
-            prompts,
-            max_tokens=config.max_tokens,
-            engine=config.engine,
-            cache=cache,
-        )
-    return {
-        name: shared
-        or greedy_rollouts(
-            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
-        )
-        for name, model in config.models.items()
-    }
 
 
 def _token_rows(
@@ -365,7 +304,8 @@ def write_analysis(
     """Write the CSVs, the two plots and ``kl_summary.json`` (last: marks completion).
 
     Token rows carry their rollout's ``outcome`` (:mod:`opsa_train.analysis_outcomes`);
-    the per-outcome numbers go to ``kl_by_outcome.csv`` and the summary's ``outcomes``.
+    the per-outcome numbers go to ``kl_by_outcome.csv``, the summary's ``outcomes`` and
+    ``kl_by_position_outcome.png``.
 
     ``identities`` (display name -> :func:`flipsearch.models.model_identity`) is recorded
     as ``model_identity``; the config's paths are recorded portably, without tokens.
@@ -380,6 +320,7 @@ def write_analysis(
     write_csv(out / "kl_top_tokens.csv", top)
     write_csv(out / "kl_by_outcome.csv", by_outcome)
     plot_analysis(by_pos, top, out, models=list(config.models))
+    plot_by_outcome(token_rows, out, models=list(config.models))
     summary = {
         "config": recordable(config.to_dict()),
         "model_identity": recordable({k: dict(v) for k, v in (identities or {}).items()}),

@@ -6,7 +6,8 @@ shared with evaluation), and every token row of that rollout carries the verdict
 ``outcome``: ``refusal``, ``compliance``, ``other`` (a non-answer), or ``invalid`` when
 the judge could not tell. :func:`outcome_table` then reduces the rows per model and
 outcome; its ``kl_mean`` values, weighted by ``tokens``, average to the model's pooled
-``kl_mean`` of :func:`opsa_train.analysis_report.summary_table`.
+``kl_mean`` of :func:`opsa_train.analysis_report.summary_table`; :func:`plot_by_outcome`
+draws the mean KL per position, one panel per model and one line per outcome.
 
 Example:
     >>> rows = [{"model": "m", "prompt_id": "a", "position": 0, "outcome": "refusal",
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsa_train.analysis_report import FIRST_N
@@ -27,7 +29,14 @@ if TYPE_CHECKING:
     from flipsearch.cache import GenerationCache
     from flipsearch.judges import Judge
 
-__all__ = ["INVALID", "OUTCOMES", "judge_rollouts", "outcome_summary", "outcome_table"]
+__all__ = [
+    "INVALID",
+    "OUTCOMES",
+    "judge_rollouts",
+    "outcome_summary",
+    "outcome_table",
+    "plot_by_outcome",
+]
 
 INVALID = "invalid"
 """The outcome of a rollout whose verdict could not be read (``Verdict.outcome`` None)."""
@@ -105,3 +114,35 @@ def outcome_summary(table: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, d
         numbers = {k: v for k, v in r.items() if k not in ("model", "outcome")}
         out.setdefault(str(r["model"]), {})[str(r["outcome"])] = numbers
     return out
+
+
+def plot_by_outcome(rows: Sequence[Mapping[str, Any]], out: Path, *, models: Sequence[str]) -> Path:
+    """``kl_by_position_outcome.png``: mean ``kl`` per position, one panel per model and
+    one line per outcome (the legend gives each outcome's rollouts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sums: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in rows:
+        key = (str(r["model"]), str(r.get("outcome") or INVALID))
+        sums.setdefault(key, {}).setdefault(int(r["position"]), []).append(float(r["kl"]))
+    counts = {(r["model"], r["outcome"]): r["rollouts"] for r in outcome_table(rows)}
+    present = [m for m in models if any(k[0] == m for k in sums)] or list(models)
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], present, strict=True):
+        for outcome in sorted({o for m, o in sums if m == model}, key=_order):
+            by_pos = sorted(sums[(model, outcome)].items())
+            label = f"{outcome} ({counts[(model, outcome)]})"
+            ax.plot([p for p, _ in by_pos], [sum(v) / len(v) for _, v in by_pos], ".-", label=label)
+        ax.set_title(model)
+        ax.set_xlabel("response position (token)")
+        ax.legend()
+    axes[0][0].set_ylabel("mean KL (nats)")
+    fig.suptitle("Teacher-student KL per position, by the student's outcome")
+    fig.tight_layout()
+    path = out / "kl_by_position_outcome.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -252,6 +252,8 @@ def _analysis_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str,
         "",
         "![Top tokens](analysis/kl_top_tokens.png)",
         "",
+        "![KL by position and outcome](analysis/kl_by_position_outcome.png)",
+        "",
     ]
 
 

@@ -187,6 +187,7 @@ def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):
         "kl_summary.json",
         "kl_by_position.png",
         "kl_top_tokens.png",
+        "kl_by_position_outcome.png",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert summary["models"]["base"]["kl_mean"] > summary["models"]["opsa"]["kl_mean"]
