@@ -135,7 +135,9 @@ def plot_by_outcome(rows: Sequence[Mapping[str, Any]], out: Path, *, models: Seq
         for outcome in sorted({o for m, o in sums if m == model}, key=_order):
             by_pos = sorted(sums[(model, outcome)].items())
             label = f"{outcome} ({counts[(model, outcome)]})"
-            ax.plot([p for p, _ in by_pos], [sum(v) / len(v) for _, v in by_pos], ".-", label=label)
+            means = [sum(v) / len(v) for _, v in by_pos]
+            color = f"C{_order(outcome)}"  # the same colour for an outcome in every panel
+            ax.plot([p for p, _ in by_pos], means, ".-", color=color, label=label)
         ax.set_title(model)
         ax.set_xlabel("response position (token)")
         ax.legend()
