@@ -8,7 +8,10 @@ same response tokens and compared position by position over the full vocabulary:
   ``kl`` = 0.5 * (kl_fwd + kl_rev), the mix OPSA trains on (arXiv 2605.15239);
 - per position (mean over prompts: where in the answer the teacher and student differ)
   and per token (the KL mass each token string carries: compliance openers such as
-  "Sure" / "Here" on the base model are where the context acts).
+  "Sure" / "Here" on the base model are where the context acts);
+- per outcome: each rollout is judged (the configured judge, verdicts cached as in
+  evaluation) and the KL is summarised separately over refusals, compliances and
+  non-answers (:mod:`opsa_train.analysis_outcomes`).
 
 Rollouts (``rollouts=``): ``own`` (default) scores each model on *its own* greedy
 responses, i.e. the on-policy view the OPSA loss sees, and the quantity a trained
@@ -19,9 +22,10 @@ Greedy generations go through the flipsearch cache with the same keys as
 prompts nothing is generated again.
 
 Outputs in ``out_dir``: ``token_kl.csv`` (one row per model, prompt and position),
-``kl_by_position.csv``, ``kl_top_tokens.csv``, ``kl_summary.json``,
-``kl_by_position.png``, ``kl_top_tokens.png`` (tables, plots and files:
-:mod:`opsa_train.analysis_report`; per-token KL: :func:`opsa_train.losses.per_token_kl`).
+``kl_by_position.csv``, ``kl_top_tokens.csv``, ``kl_by_outcome.csv``, ``kl_summary.json``,
+``kl_by_position.png``, ``kl_top_tokens.png``, ``kl_by_position_outcome.png`` (tables,
+plots and files: :mod:`opsa_train.analysis_report` and :mod:`opsa_train.analysis_outcomes`;
+per-token KL: :func:`opsa_train.losses.per_token_kl`).
 
 Example::
 
@@ -42,7 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch.atomic import atomic_write_text
+from flipsearch.judges import JudgeConfig
 from flipsearch.paths import recordable
+from opsa_train.analysis_outcomes import (
+    judge_rollouts,
+    outcome_summary,
+    outcome_table,
+    plot_by_outcome,
+)
 from opsa_train.analysis_report import (
     FIRST_N,
     SUMMARY_JSON,
@@ -53,6 +64,7 @@ from opsa_train.analysis_report import (
     top_tokens_table,
     write_csv,
 )
+from opsa_train.analysis_rollouts import greedy_rollouts, rollouts_by_model
 from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import OpsaConfigError
 
@@ -61,6 +73,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from flipsearch.cache import GenerationCache
+    from flipsearch.contexts import Context
+    from flipsearch.judges import Judge
     from flipsearch.prompts import PromptRow
 
 logger = logging.getLogger(__name__)
@@ -70,6 +84,7 @@ __all__ = [
     "SUMMARY_JSON",
     "AnalysisConfig",
     "analysis_complete",
+    "greedy_rollouts",
     "kl_by_position_table",
     "plot_analysis",
     "run_analysis",
@@ -106,12 +121,15 @@ class AnalysisConfig:
     """Teacher-forcing batch."""
     top_tokens: int = 15
     """Tokens shown per model in ``kl_top_tokens``."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """The judge whose outcome splits the KL (default: the offline refusal judge)."""
     out_dir: str = "results/analysis"
     cache: str | None = None
     """Generation cache; None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", dict(self.models))
+        object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
         if not self.models:
             raise OpsaConfigError("`models` must name at least one model, got {}")
         check_choice("rollouts", self.rollouts, ROLLOUTS)
@@ -130,6 +148,7 @@ class AnalysisConfig:
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["models"] = dict(self.models)
+        d["judge"] = self.judge.to_dict()
         return d
 
 
@@ -137,71 +156,30 @@ class AnalysisConfig:
 # Running
 
 
-def greedy_rollouts(
-    model: str,
-    prompts: Sequence[str],
+def run_analysis(
+    config: AnalysisConfig,
     *,
-    max_tokens: int,
-    engine: str,
-    cache: GenerationCache,
-) -> list[list[int]]:
-    """Greedy response ids of ``model`` to ``prompts``; builds an engine only on cache misses.
+    cache: GenerationCache | None = None,
+    judge: Judge | None = None,
+) -> dict:
+    """Compute the token-level KL of every model, split it by outcome, write the files.
 
-    The cache keys are those of :mod:`opsa_train.evaluate` (content fingerprint, engine
-    name, greedy sampling), so evaluation answers are reused.
-    """
-    from flipsearch.cache import cached_generate
-    from flipsearch.engines import EngineConfig, choose_engine
-    from flipsearch.models import model_key, resolve_model
-    from flipsearch.types import Sampling, make_conversation
-
-    path = resolve_model(model)
-    identity = model_key(path)
-    name = choose_engine(engine).engine
-    sampling = Sampling(greedy=True, max_tokens=max_tokens)
-    built: dict[str, object] = {}
-
-    def generate(convs: list) -> list:
-        if "engine" not in built:
-            built["engine"] = EngineConfig(model=str(path), engine=name).build()
-        return built["engine"].generate(convs, sampling, use_tqdm=True)  # type: ignore[attr-defined]
-
-    try:
-        outs = cached_generate(
-            cache,
-            generate,
-            model=identity,
-            engine=name,
-            sampling=sampling,
-            conversations=[make_conversation(p) for p in prompts],
-            chunk_size=32,
-        )
-    finally:
-        engine_obj = built.get("engine")
-        if engine_obj is not None:
-            engine_obj.close()  # type: ignore[attr-defined]
-    return [list(o[0].token_ids) for o in outs]
-
-
-def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None) -> dict:
-    """Compute the token-level KL of every model, write CSVs, plots and the summary.
+    Args:
+        config: models, prompts, sizes and the judge.
+        cache, judge: already built objects to use (tests); default from ``config``.
 
     Returns:
-        The summary (per model: mean KL, first-tokens vs rest, mass share).
+        The summary (per model: mean KL, first-tokens vs rest, mass share; per model
+        and outcome: the same means over that outcome's rollouts).
 
     Raises:
         ExportFileError: the context file cannot be read.
         OpsaConfigError: bad config or prompt set.
     """
-    import torch
-
     from flipsearch.cache import GenerationCache
-    from flipsearch.engines._hf import load_hf_model
-    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
     from flipsearch.export import read_export
-    from flipsearch.models import cache_dir, model_identity, resolve_model
+    from flipsearch.models import cache_dir
     from flipsearch.prompts import load_prompt_set
-    from flipsearch.types import make_conversation
 
     export = read_export(config.context_file)
     rows = list(load_prompt_set(config.prompts).harmful().rows)
@@ -209,17 +187,37 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
     if cache is None:
         cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
     prompts = [r.prompt for r in rows]
-    completions = _rollouts_by_model(config, prompts, cache)
+    gens = rollouts_by_model(config, prompts, cache)
+    texts = {name: [g.text for g in gs] for name, gs in gens.items()}
+    outcomes = judge_rollouts(judge or config.judge.build(), cache, prompts, texts)
+    completions = {name: [list(g.token_ids) for g in gs] for name, gs in gens.items()}
+    token_rows, identities = _score_models(config, rows, export.harmful, completions, outcomes)
+    return write_analysis(config, token_rows, identities=identities)
+
+
+def _score_models(
+    config: AnalysisConfig,
+    rows: Sequence[PromptRow],
+    context: Context,
+    completions: Mapping[str, Sequence[list[int]]],
+    outcomes: Mapping[str, Sequence[str]],
+) -> tuple[list[dict[str, object]], dict[str, dict[str, str]]]:
+    # Teacher-force every model's completions; token rows and the models' identities.
+    import torch
+
+    from flipsearch.engines._hf import load_hf_model
+    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
+    from flipsearch.models import model_identity, resolve_model
+    from flipsearch.types import make_conversation
 
     dtype = "bfloat16" if torch.cuda.is_available() else "float32"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, tokenizer = load_hf_model(str(resolve_model(config.teacher_model)), dtype)
     teacher.to(device)
     pad = pad_token_id(tokenizer)
-    student_prompts = [render_prompt_ids(tokenizer, make_conversation(p)) for p in prompts]
-    teacher_prompts = [
-        render_prompt_ids(tokenizer, export.harmful.apply(make_conversation(p))) for p in prompts
-    ]
+    convs = [make_conversation(r.prompt) for r in rows]
+    student_prompts = [render_prompt_ids(tokenizer, c) for c in convs]
+    teacher_prompts = [render_prompt_ids(tokenizer, context.apply(c)) for c in convs]
     token_rows: list[dict[str, object]] = []
     identities: dict[str, dict[str, str]] = {}
     for name, model in config.models.items():
@@ -233,6 +231,7 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
                 name,
                 rows[sl],
                 completions[name][sl],
+                outcomes[name][sl],
                 teacher=teacher,
                 teacher_prompts=teacher_prompts[sl],
                 student=student,
@@ -241,35 +240,14 @@ def run_analysis(config: AnalysisConfig, *, cache: GenerationCache | None = None
                 tokenizer=tokenizer,
             )
         del student
-    return write_analysis(config, token_rows, identities=identities)
-
-
-def _rollouts_by_model(
-    config: AnalysisConfig, prompts: Sequence[str], cache: GenerationCache
-) -> dict[str, list[list[int]]]:
-    # Display name -> the response ids it is scored on (its own, or the teacher's shared).
-    shared = None
-    if config.rollouts == "base":
-        shared = greedy_rollouts(
-            config.teacher_model,
-            prompts,
-            max_tokens=config.max_tokens,
-            engine=config.engine,
-            cache=cache,
-        )
-    return {
-        name: shared
-        or greedy_rollouts(
-            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
-        )
-        for name, model in config.models.items()
-    }
+    return token_rows, identities
 
 
 def _token_rows(
     name: str,
     rows: Sequence[PromptRow],
     completions: Sequence[list[int]],
+    outcomes: Sequence[str],
     *,
     teacher: torch.nn.Module,
     teacher_prompts: Sequence[list[int]],
@@ -279,7 +257,8 @@ def _token_rows(
     tokenizer: PreTrainedTokenizerBase,
 ) -> list[dict[str, object]]:
     # One batch: the teacher (context prompts) and the student (plain prompts) are
-    # teacher-forced on the same completions; one row per response token.
+    # teacher-forced on the same completions; one row per response token, carrying the
+    # outcome of its rollout.
     import torch
 
     from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
@@ -310,6 +289,7 @@ def _token_rows(
                     "kl_rev": float(rev[b, t]),
                     "teacher_lp": float(t_lp[b, t]),
                     "student_lp": float(s_lp[b, t]),
+                    "outcome": outcomes[b],
                 }
             )
     return out
@@ -323,6 +303,10 @@ def write_analysis(
 ) -> dict:
     """Write the CSVs, the two plots and ``kl_summary.json`` (last: marks completion).
 
+    Token rows carry their rollout's ``outcome`` (:mod:`opsa_train.analysis_outcomes`);
+    the per-outcome numbers go to ``kl_by_outcome.csv``, the summary's ``outcomes`` and
+    ``kl_by_position_outcome.png``.
+
     ``identities`` (display name -> :func:`flipsearch.models.model_identity`) is recorded
     as ``model_identity``; the config's paths are recorded portably, without tokens.
     """
@@ -330,15 +314,19 @@ def write_analysis(
     out.mkdir(parents=True, exist_ok=True)
     by_pos = kl_by_position_table(token_rows)
     top = top_tokens_table(token_rows, top=config.top_tokens)
+    by_outcome = outcome_table(token_rows)
     write_csv(out / "token_kl.csv", token_rows)
     write_csv(out / "kl_by_position.csv", by_pos)
     write_csv(out / "kl_top_tokens.csv", top)
+    write_csv(out / "kl_by_outcome.csv", by_outcome)
     plot_analysis(by_pos, top, out, models=list(config.models))
+    plot_by_outcome(token_rows, out, models=list(config.models))
     summary = {
         "config": recordable(config.to_dict()),
         "model_identity": recordable({k: dict(v) for k, v in (identities or {}).items()}),
         "first_n": FIRST_N,
         "models": summary_table(token_rows),
+        "outcomes": outcome_summary(by_outcome),
     }
     atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=True) + "\n")
     return summary

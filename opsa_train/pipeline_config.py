@@ -60,7 +60,8 @@ class PipelineConfig:
     engine: str = "auto"
     """Generation engine of sweep, baseline data and eval: ``vllm``, ``hf``, ``auto``."""
     judge: str = "refusal"
-    """Judge of sweep, baseline filter and eval (``refusal`` is offline)."""
+    """Judge of sweep, baseline filter, eval and the analysis's outcome split (``refusal``
+    is offline)."""
     judge_engine: str = "auto"
     """Engine of a model judge (``hf`` keeps it off vLLM's GPU memory pool)."""
     gpu_memory_utilization: float | None = None
@@ -259,7 +260,7 @@ def _eval_config(cfg: PipelineConfig) -> EvalConfig:
 
 
 def _analysis_config(cfg: PipelineConfig) -> AnalysisConfig:
-    fields = {"engine": cfg.engine, "cache": cfg.cache, **cfg.analysis}
+    fields = {"engine": cfg.engine, "judge": _judge_config(cfg), "cache": cfg.cache, **cfg.analysis}
     return AnalysisConfig(
         context_file=str(cfg.export_path),
         models=_trained_models(cfg),

@@ -26,7 +26,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.export import read_export
@@ -252,6 +252,7 @@ def _analysis_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str,
             f"| {model} | {_fmt(s['kl_mean'])} | {_fmt(s[f'kl_first{n}'])} | "
             f"{_fmt(s['kl_rest'])} | {_fmt(s[f'mass_share_first{n}'])} | {s['tokens']} |"
         )
+    out += _outcome_lines(summary, n)
     top_csv = folder / "kl_top_tokens.csv"
     if top_csv.is_file():
         with open(top_csv, encoding="utf-8") as f:
@@ -266,7 +267,31 @@ def _analysis_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str,
         "",
         "![Top tokens](analysis/kl_top_tokens.png)",
         "",
+        "![KL by position and outcome](analysis/kl_by_position_outcome.png)",
+        "",
     ]
+
+
+def _outcome_lines(summary: Mapping[str, Any], n: int) -> list[str]:
+    # The KL split by the judged outcome of each rollout: one row per model and outcome.
+    outcomes = summary.get("outcomes") or {}
+    if not outcomes:
+        return []
+    judge = (summary["config"].get("judge") or {}).get("name", "?")
+    out = [
+        "",
+        f"Split by the student's outcome (judge `{judge}`; `other`: a non-answer):",
+        "",
+        f"| model | outcome | rollouts | tokens | mean KL | first {n} tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, by_outcome in outcomes.items():
+        for outcome, s in by_outcome.items():
+            out.append(
+                f"| {model} | {outcome} | {s['rollouts']} | {s['tokens']} | "
+                f"{_fmt(s['kl_mean'])} | {_fmt(s.get(f'kl_first{n}'))} |"
+            )
+    return out
 
 
 def _footer(

@@ -229,6 +229,6 @@ PIPELINE_STAGES: tuple[Stage, ...] = (
         lambda cfg: f"({_train_config(cfg, 'baseline').steps or 'all'} steps) ",
     ),
     Stage("eval", 2, _eval_inputs, _eval_run, lambda cfg: (cfg.work_dir / "eval",)),
-    Stage("analysis", 1, _analysis_inputs, _analysis_run, lambda cfg: (cfg.work_dir / "analysis",)),
+    Stage("analysis", 2, _analysis_inputs, _analysis_run, lambda cfg: (cfg.work_dir / "analysis",)),
 )
 STAGES = (*(s.name for s in PIPELINE_STAGES), "report")

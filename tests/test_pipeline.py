@@ -59,6 +59,7 @@ def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
     assert Path(_eval_config(cfg).out_dir).is_relative_to(cfg.work_dir)
     assert _eval_config(cfg).models["baseline"].endswith("demo/baseline/final")
     assert _analysis_config(cfg).max_tokens == _eval_config(cfg).max_tokens  # cache reuse
+    assert _analysis_config(cfg).judge == _eval_config(cfg).judge  # the outcome split's judge
 
 
 def test_sweep_objective_metric_comes_from_the_pipeline_config(tmp_path):
@@ -117,6 +118,17 @@ def test_overrides_parse_yaml_values_and_reject_bad_keys():
         PipelineConfig.from_dict({"trian": {}})
     with pytest.raises(OpsaConfigError, match="`run` must be a folder name"):
         PipelineConfig(run="a/b")
+
+
+def test_report_lists_the_kl_split_by_outcome():
+    from opsa_train.pipeline_report import _outcome_lines
+
+    numbers = {"rollouts": 2, "tokens": 9, "kl_mean": 0.25, "kl_first8": 0.5}
+    summary = {"config": {"judge": {"name": "refusal"}}, "outcomes": {"base": {"refusal": numbers}}}
+    lines = _outcome_lines(summary, 8)
+    assert "judge `refusal`" in lines[1]
+    assert lines[-1] == "| base | refusal | 2 | 9 | 0.250 | 0.500 |"
+    assert _outcome_lines({"config": {}}, 8) == []
 
 
 def test_compare_runs_reports_overlap_and_direction():
@@ -191,6 +203,16 @@ def test_tiny_pipeline_runs_every_stage_then_reruns_only_what_changed(tmp_path, 
     # Both trainings moved the weights: each model now differs from the base.
     assert kl[("opsa", "retention_kl")] > 0 and kl[("baseline", "retention_kl")] > 0
     assert (folder / "analysis" / "kl_by_position.png").stat().st_size > 0
+    # The token-level KL split by the judged outcome adds up to the pooled numbers.
+    kl_doc = json.loads((folder / "analysis" / "kl_summary.json").read_text())
+    assert set(kl_doc["outcomes"]) == {"base", "opsa", "baseline"}
+    for model, split in kl_doc["outcomes"].items():
+        pooled = kl_doc["models"][model]
+        assert sum(s["rollouts"] for s in split.values()) == pooled["prompts"]
+        assert sum(s["tokens"] for s in split.values()) == pooled["tokens"]
+        weighted = sum(s["kl_mean"] * s["tokens"] for s in split.values()) / pooled["tokens"]
+        assert weighted == pytest.approx(pooled["kl_mean"], rel=1e-9)
+    assert "Split by the student's outcome (judge `refusal`" in text
     assert json.loads((folder / "best.json").read_text()).get("stale") is None
 
     # The same config again: every stage is up to date.

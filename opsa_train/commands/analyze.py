@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--rollouts", choices=("own", "base"), default="own")
     add_engine_arg(p, default="auto")
+    p.add_argument("--judge", default="refusal", help="judge of the outcome split")
     p.add_argument("--cache", default=None)
     p.set_defaults(func=run)
 
@@ -45,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         rollouts=args.rollouts,
         engine=args.engine,
+        judge=args.judge,
         out_dir=args.out,
         cache=args.cache,
     )
     summary = run_analysis(config)
-    print(json.dumps(summary["models"], indent=2))
+    print(json.dumps({"models": summary["models"], "outcomes": summary["outcomes"]}, indent=2))
     return 0
