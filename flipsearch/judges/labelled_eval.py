@@ -37,6 +37,8 @@ class LabelledRow:
     response: str
     label: str
     split: str
+    decoding: str = ""
+    """``greedy`` or ``sampled`` where the file says, else empty."""
 
 
 def read_labelled(path: Path) -> list[LabelledRow]:
@@ -62,7 +64,7 @@ def read_labelled(path: Path) -> list[LabelledRow]:
         rows.append(
             LabelledRow(
                 str(obj.get("id", lineno)), obj["prompt"], obj["response"], obj["label"],
-                obj["split"],
+                obj["split"], str(obj.get("decoding") or ""),
             )
         )  # fmt: skip
     return rows
@@ -127,6 +129,28 @@ def evaluate(
     for split in ("dev", "test", "all"):
         idx = [i for i, r in enumerate(rows) if split in ("all", r.split)]
         out[split] = score([rows[i].label for i in idx], [pred[i] for i in idx])
+    return out
+
+
+def by_decoding(
+    path: Path = SMOLLM2_SET, judge: Judge | None = None
+) -> dict[tuple[str, str], tuple[int, float, OutcomeScore]]:
+    """Per (split, decoding): rows, three-way accuracy and the refusal score.
+
+    Decoding ``all`` pools both; decodings absent from the file are left out.
+    """
+    rows = read_labelled(path)
+    pred = predict(rows, judge or RefusalJudge())
+    out = {}
+    for split in ("dev", "test"):
+        for decoding in (*sorted({r.decoding for r in rows if r.decoding}), "all"):
+            idx = [i for i, r in enumerate(rows) if r.split == split
+                   and decoding in ("all", r.decoding)]  # fmt: skip
+            if not idx:
+                continue
+            gold, got = [rows[i].label for i in idx], [pred[i] for i in idx]
+            agree = sum(g == p for g, p in zip(gold, got, strict=True)) / len(idx)
+            out[(split, decoding)] = (len(idx), agree, score(gold, got)["refusal"])
     return out
 
 
@@ -196,6 +220,19 @@ def report(path: Path = SMOLLM2_SET, judge: Judge | None = None, notes: str | No
                 f"| {split} | {n[split]} | {lab} | {s.tp + s.fn} | {s.tp + s.fp} | "
                 f"{s.precision:.3f} | {s.recall:.3f} | {s.balanced_accuracy:.3f} |"
             )
+    lines += [
+        "",
+        "By decoding (three-way accuracy: the share of rows whose label the judge matches):",
+        "",
+        "| split | decoding | n | three-way accuracy | refusal precision | refusal recall | "
+        "refusal balanced acc. |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (split, decoding), (count, agree, s) in by_decoding(path, judge).items():
+        lines.append(
+            f"| {split} | {decoding} | {count} | {agree:.3f} | {s.precision:.3f} | "
+            f"{s.recall:.3f} | {s.balanced_accuracy:.3f} |"
+        )
     for split in ("dev", "test"):
         counts = confusion(path, judge, split)
         lines += ["", f"Confusion on {split} (rows gold, columns predicted):", ""]
