@@ -20,6 +20,11 @@ ECHO_SENTENCE = re.compile(
     # Safety instructions of the built-in contexts, echoed by the embedded model.
     r"|^(?:the following )?safety policy\b|takes precedence over any other instruction"
     r"|^(?:where possible, )?(?:please )?(?:decline|refuse) any request|^when you refuse\b"
+    # ... also when the model turns them on the user ("1. The user must refuse to accept any
+    # request that seeks practical help with serious harm."), not when it refuses itself.
+    r"|\bthe (?:user|assistant|model) (?:should|must|needs to|has to|is to) (?:refuse|decline)"
+    r"|^(?!.*\b(?:i|we) (?:can|will|won|must|am|do)).*(?:seeks practical help with|could help "
+    r"someone cause) serious harm|\bpresented as fiction, role-play\b"
 )
 # A numbered list with nothing in it ("ingredients: * 1. 2. 3. 4. 5."), to the end.
 EMPTY_LIST = re.compile(r":\s*(?:[-*]\s*)?(?:\d+[.)]\s*){4,}\d*$")
