@@ -58,6 +58,14 @@ RESTATE_ANSWERS = re.compile(
 RESTATE_MAX_SENTENCES = 2
 RESTATE_MIN_WORDS = 3
 RESTATE_SHARE = 0.75
+# Off-topic text (often word salad when sampled at temperature 1): a response that uses
+# under OFF_TOPIC_SHARE of the prompt's content-word stems (first 4 letters; the prompt
+# having at least OFF_TOPIC_MIN_WORDS of them) and has no answer-like shape.
+OFF_TOPIC_SHARE = 0.15
+OFF_TOPIC_MIN_WORDS = 3
+# Code is judged on its shape, not its words: this many of ``{}();=`` make text code.
+CODE_CHARS = re.compile(r"[{}();=]")
+CODE_MIN_CHARS = 4
 ANSWER_LEAD = re.compile(r"^(?:sure|certainly|of course|here|yes|ok|okay|absolutely|step 1)\b")
 
 # Signs that a response after a derailed opening still answers: a list, steps, code
