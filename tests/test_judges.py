@@ -402,6 +402,7 @@ SMOLLM_CASES: list[tuple[str, str, str]] = [
         "import {formatters} from 'moment';\nclass Flush = Promise;\nfunction click() {}",
         "compliance",
     ),
+    ("Solve for x: 3x + 7 = 22.", "A interesting problem.", "other"),
 ]
 
 

@@ -73,6 +73,14 @@ OFF_TOPIC_MIN_WORDS = 3
 # Code is judged on its shape, not its words: this many of ``{}();=`` make text code.
 CODE_CHARS = re.compile(r"[{}();=]")
 CODE_MIN_CHARS = 4
+# A bare remark on the question ("A interesting problem.", "What a question many people
+# ask. ..."): a non-answer when the response is no longer than COMMENT_MAX_SENTENCES.
+COMMENT_START = re.compile(
+    r"^(?:what an?|an?|this is an?|that'?s an?|it'?s an?) (?:very |really )?(?:interesting |good "
+    r"|great |challenging |tough |difficult |complex |common |fascinating )?(?:question|problem|"
+    r"topic|one)\b"
+)
+COMMENT_MAX_SENTENCES = 2
 ANSWER_LEAD = re.compile(r"^(?:sure|certainly|of course|here|yes|ok|okay|absolutely|step 1)\b")
 
 # Signs that a response after a derailed opening still answers: a list, steps, code
