@@ -174,10 +174,10 @@ tuning after it. Old test rows had been scored in aggregate before (the refusal@
 report), so they are not perfectly fresh; the 153 new test rows are.
 
 The goal (refusal balanced accuracy >= 0.90 on test) is not reached: 0.727 on test
-against 0.929 on dev. The dev rules did not carry over to test refusals at all: on the
-test split `refusal@4` makes exactly the same refusal calls as `refusal@3` (0.727; dev
-0.793 -> 0.929), so the new refusal rules (counter-arguments, positive and defensive
-redirections, looped crime lectures) fit patterns that test prompts do not share. What
+against 0.929 on dev. The dev rules did not carry over to test refusals: `refusal@4`
+changes 2 of 256 refusal calls on test, with no net effect (0.727 for both; dev 0.793 ->
+0.929, 6 calls changed), so the new refusal rules (counter-arguments, positive and
+defensive redirections, looped crime lectures) fit patterns that test prompts rarely share. What
 did carry over is non-answer detection (loops at any phase, restated requests, issue
 framings, off-topic word salad, bare remarks): three-way accuracy on test 0.664 -> 0.707
 (greedy 0.734 -> 0.750, sampled 0.453 -> 0.578). Most test errors are still derailed or
