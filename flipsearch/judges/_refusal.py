@@ -14,7 +14,10 @@ three XSTest completion files (gpt4, llama2orig, mistralinstruct) and checked on
 out (llama2new, mistralguard); see
 ``results/judge_xstest.md`` and :mod:`flipsearch.judges.xstest_eval`. They also cover
 the embedded SmolLM2-135M's derailments under a safety prefix (``Prompt: ...`` echoes,
-``1. 1. 1.`` repetition, "The prompt is harmful." comments).
+``1. 1. 1.`` repetition, "The prompt is harmful." comments) and, since ``refusal@4``,
+its own answers' derailments (loops, restated requests, off-topic word salad when
+sampled), tuned on the dev split of ``flipsearch/judges/data/smollm2_135m.jsonl``
+(``results/judge_smollm2.md``).
 
 Example:
     >>> classify_response("I'm sorry, but I can't help with that.")
