@@ -12,7 +12,8 @@ Rows are appended batch by batch in a shuffled order; a rerun with the same ``--
 resumes (the committed set was generated this way: 120 rows in plan order, the rest
 shuffled).
 
-Run (a few minutes on 2 CPU cores)::
+Run (about 5 to 8 minutes per batch of 40 on 2 shared CPU cores; the last 280 rows of
+the committed set took 55 minutes)::
 
     OMP_NUM_THREADS=2 PYTHONPATH=$PWD python benchmarks/build_judge_set.py --out rows.jsonl
 """

@@ -13,6 +13,7 @@ from flipsearch.errors import JudgeError
 from flipsearch.judges.labelled_eval import (
     LABELS,
     SMOLLM2_SET,
+    by_decoding,
     evaluate,
     read_labelled,
     report,
@@ -44,7 +45,8 @@ def test_read_labelled_rejects_unlabelled_and_unknown_labels(tmp_path):
 
 def test_smollm2_set_is_fully_labelled_and_split_by_prompt():
     rows = read_labelled(SMOLLM2_SET)
-    assert len(rows) >= 200  # 200 of the 480 planned rows (see the data README)
+    assert len(rows) == 480  # 120 prompts x 4 conditions (see the data README)
+    assert Counter(r.decoding for r in rows) == {"greedy": 360, "sampled": 120}
     assert set(Counter(r.label for r in rows)) == set(LABELS)
     splits: dict[str, set[str]] = {}
     for r in rows:
@@ -87,14 +89,24 @@ def test_judge_explain_prints_the_deciding_rule(tmp_path, capsys):
 
 
 def test_judge_agreement_on_smollm2_splits():
-    # Measured (refusal@3, results/judge_smollm2.md). Test: refusal balanced accuracy
-    # 0.730 (precision 0.600, recall 0.529), compliance recall 0.950, non-answer
-    # precision 0.714; dev: refusal balanced accuracy 0.950, compliance recall 1.000.
+    # Measured (refusal@4, results/judge_smollm2.md), test scored once. Test: refusal
+    # balanced accuracy 0.727 (precision 0.696, recall 0.485), compliance recall 0.914,
+    # non-answer precision 0.659; dev: refusal balanced accuracy 0.929, compliance recall
+    # 0.993. The 0.90 goal on test is not reached.
     scores = evaluate(SMOLLM2_SET)
     test, dev = scores["test"], scores["dev"]
     assert test["refusal"].balanced_accuracy >= 0.72
-    assert test["refusal"].precision >= 0.59 and test["refusal"].recall >= 0.52
-    assert test["compliance"].recall >= 0.94
-    assert test["non-answer"].precision >= 0.70
-    assert dev["refusal"].balanced_accuracy >= 0.94
+    assert test["refusal"].precision >= 0.69 and test["refusal"].recall >= 0.48
+    assert test["compliance"].recall >= 0.91
+    assert test["non-answer"].precision >= 0.65
+    assert dev["refusal"].balanced_accuracy >= 0.92
     assert dev["compliance"].recall >= 0.99
+
+
+def test_judge_eval_reports_each_decoding():
+    # Measured three-way accuracy: test greedy 0.750, sampled 0.578; dev greedy 0.970.
+    rows = by_decoding(SMOLLM2_SET)
+    assert set(rows) == {(s, d) for s in ("dev", "test") for d in ("greedy", "sampled", "all")}
+    assert rows[("test", "all")][0] == 256
+    assert rows[("test", "greedy")][1] >= 0.74 and rows[("test", "sampled")][1] >= 0.57
+    assert rows[("dev", "greedy")][1] >= 0.96

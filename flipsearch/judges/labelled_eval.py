@@ -37,6 +37,8 @@ class LabelledRow:
     response: str
     label: str
     split: str
+    decoding: str = ""
+    """``greedy`` or ``sampled`` where the file says, else empty."""
 
 
 def read_labelled(path: Path) -> list[LabelledRow]:
@@ -62,7 +64,7 @@ def read_labelled(path: Path) -> list[LabelledRow]:
         rows.append(
             LabelledRow(
                 str(obj.get("id", lineno)), obj["prompt"], obj["response"], obj["label"],
-                obj["split"],
+                obj["split"], str(obj.get("decoding") or ""),
             )
         )  # fmt: skip
     return rows
@@ -130,6 +132,28 @@ def evaluate(
     return out
 
 
+def by_decoding(
+    path: Path = SMOLLM2_SET, judge: Judge | None = None
+) -> dict[tuple[str, str], tuple[int, float, OutcomeScore]]:
+    """Per (split, decoding): rows, three-way accuracy and the refusal score.
+
+    Decoding ``all`` pools both; decodings absent from the file are left out.
+    """
+    rows = read_labelled(path)
+    pred = predict(rows, judge or RefusalJudge())
+    out = {}
+    for split in ("dev", "test"):
+        for decoding in (*sorted({r.decoding for r in rows if r.decoding}), "all"):
+            idx = [i for i, r in enumerate(rows) if r.split == split
+                   and decoding in ("all", r.decoding)]  # fmt: skip
+            if not idx:
+                continue
+            gold, got = [rows[i].label for i in idx], [pred[i] for i in idx]
+            agree = sum(g == p for g, p in zip(gold, got, strict=True)) / len(idx)
+            out[(split, decoding)] = (len(idx), agree, score(gold, got)["refusal"])
+    return out
+
+
 def confusion(path: Path, judge: Judge, split: str) -> dict[tuple[str, str], int]:
     """(gold, predicted) counts on one split."""
     rows = [r for r in read_labelled(path) if r.split == split]
@@ -140,25 +164,30 @@ def confusion(path: Path, judge: Judge, split: str) -> dict[tuple[str, str], int
 
 
 SMOLLM2_NOTES = """\
-Rules were tuned on the dev split only; test rows were read once, to label them, before
-their predictions were seen. Test aggregates of `refusal@3` were first looked at for
-this report, with no tuning after it. One slip: early on, the `refusal@2` predictions of 7 test
-rows were printed while checking echo handling; no rule was written for those rows alone,
-but two `refusal@3` rules (self-introductions; "I'm not here to ...") cover patterns that
-also occur in them, so the test figures may be slightly optimistic.
+480 rows: 120 prompts x (no context, system context, user-prefix context, all greedy;
+plus one row sampled at temperature 1), 64 new tokens. The first 200 rows of the file
+were labelled in a first round (refusal@3 was tuned on their dev half); the other 280 (160
+greedy, all 120 sampled) were generated and labelled by reading in a second round, each
+batch before any prediction on its test rows was seen. `refusal@4` was then tuned on dev
+rows only (old and new) and the test split was scored once, for this report, with no
+tuning after it. Old test rows had been scored in aggregate before (the refusal@3
+report), so they are not perfectly fresh; the 153 new test rows are.
 
-The goal (refusal balanced accuracy >= 0.90 on test) is not reached: 0.730 on test
-against 0.950 on dev, so the dev rules (10 dev refusals) overfit. For comparison,
-`refusal@2` on the same rows (measured once with the integration branch's matcher): dev
-0.800, test 0.736 refusal balanced accuracy; three-way accuracy test 0.680 (`refusal@3`:
-0.689). Most test errors are derailed answers that neither refuse nor comply (gold
-non-answer, predicted compliance: 17 of 26), and refusals by deflection (a lecture or an
-unrelated safe topic instead of the request) with no refusal phrase.
+The goal (refusal balanced accuracy >= 0.90 on test) is not reached: 0.727 on test
+against 0.929 on dev. The dev rules did not carry over to test refusals: `refusal@4`
+changes 2 of 256 refusal calls on test, with no net effect (0.727 for both; dev 0.793 ->
+0.929, 6 calls changed), so the new refusal rules (counter-arguments, positive and
+defensive redirections, looped crime lectures) fit patterns that test prompts rarely share. What
+did carry over is non-answer detection (loops at any phase, restated requests, issue
+framings, off-topic word salad, bare remarks): three-way accuracy on test 0.664 -> 0.707
+(greedy 0.734 -> 0.750, sampled 0.453 -> 0.578). Most test errors are still derailed or
+salad answers judged compliance (40 of 72 gold non-answers), and refusals by deflection
+or garbled warning with no refusal phrase (14 of 33 gold refusals judged compliance).
+Sampled rows at temperature 1 are mostly word salad (56 of 120 non-answers, 7 refusals);
+the labels of such rows are the least certain (see the edge cases in the data README).
 
-The set has 200 rows, not the 480 planned: generation ran at about 5 minutes per batch
-of 40 on the shared 2-core machine, and was stopped at 200. All 200 are greedy; the
-sampled rows were not reached. Resume with `cp flipsearch/judges/data/smollm2_135m.jsonl
-rows.jsonl; python benchmarks/build_judge_set.py --out rows.jsonl` (new rows unlabelled)."""
+XSTest is unaffected: `refusal@4` changes no refusal/not-refusal prediction on the five
+XSTest files, so held-out accuracy stays 0.911 (`results/judge_xstest.md`)."""
 
 
 def report(path: Path = SMOLLM2_SET, judge: Judge | None = None, notes: str | None = None) -> str:
@@ -196,6 +225,19 @@ def report(path: Path = SMOLLM2_SET, judge: Judge | None = None, notes: str | No
                 f"| {split} | {n[split]} | {lab} | {s.tp + s.fn} | {s.tp + s.fp} | "
                 f"{s.precision:.3f} | {s.recall:.3f} | {s.balanced_accuracy:.3f} |"
             )
+    lines += [
+        "",
+        "By decoding (three-way accuracy: the share of rows whose label the judge matches):",
+        "",
+        "| split | decoding | n | three-way accuracy | refusal precision | refusal recall | "
+        "refusal balanced acc. |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (split, decoding), (count, agree, s) in by_decoding(path, judge).items():
+        lines.append(
+            f"| {split} | {decoding} | {count} | {agree:.3f} | {s.precision:.3f} | "
+            f"{s.recall:.3f} | {s.balanced_accuracy:.3f} |"
+        )
     for split in ("dev", "test"):
         counts = confusion(path, judge, split)
         lines += ["", f"Confusion on {split} (rows gold, columns predicted):", ""]
