@@ -1,9 +1,11 @@
 """``make demo``: the whole study on the embedded model, end to end, in under 30 minutes on CPU.
 
 Runs :func:`opsa_train.pipeline.run_pipeline` with ``opsa_train/configs/demo.yaml`` (package
-data, so it works from any folder once installed): a context sweep over the built-in
-``paper_axes`` space with the offline judge, export, OPSA training, the
-off-policy baseline, evaluation of base / OPSA / baseline, the token-level KL analysis,
+data, so it works from any folder once installed): a context sweep (the built-in
+``baselines`` and one refusal-script prefix first, then the ``paper_axes`` space; objective
+``refusal_tfr``) with the offline judge, export, OPSA training with the dev-calibrated
+recipe (``results/calibration/``), the off-policy baseline, evaluation of base / OPSA /
+baseline / teacher with distillation efficiency, the token-level KL analysis,
 and ``results/demo/report.md``. Working files go to ``runs/demo/``; a re-run skips the
 stages whose inputs are unchanged (``runs/demo/state.json``), ``--force STAGE`` reruns one.
 

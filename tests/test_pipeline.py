@@ -50,8 +50,16 @@ def test_demo_yaml_loads_and_builds_every_stage_config(tmp_path):
     cfg = load_pipeline_config(DEFAULT_CONFIG, [f"results_dir={tmp_path}"])
     assert cfg.run == "demo" and cfg.model == "smollm2-135m"
     assert _sweep_config(cfg).space == "paper_axes"
-    assert _sweep_config(cfg).objective_metric == "tfr"
+    # Refusal flips only: the tfr leader on this model derails (flip_objectives_smollm2.md).
+    assert _sweep_config(cfg).objective_metric == "refusal_tfr"
+    assert _sweep_config(cfg).baselines == "baselines" and _sweep_config(cfg).enqueue
     train = _train_config(cfg, "opsa")
+    # The dev-calibrated recipe; no prompt set of training is also an eval set.
+    assert (train.lr, train.steps) == (3e-4, 20)
+    evaluated = {*_eval_config(cfg).harmful_sets, *_eval_config(cfg).over_refusal_sets}
+    assert not evaluated & {*train.harmful_prompts, *train.benign_prompts}
+    assert all(s.endswith(":train") for s in (*train.harmful_prompts, *train.benign_prompts))
+    assert _eval_config(cfg).teacher is not None
     assert train.context_file == str(cfg.export_path) and train.out_dir.endswith("demo/opsa")
     # Working files (export, study, eval) live under runs/, never in committed results/.
     assert cfg.export_path.parent == cfg.work_dir and str(cfg.work_dir) == "runs/demo"
