@@ -391,6 +391,23 @@ def load_train_config(
     return coerce.load_config(TrainConfig, yaml_path, overrides, base=values, error=OpsaConfigError)
 
 
+RECORD_EXTRAS = ("baseline",)
+"""Keys ``config.json`` may hold beside TrainConfig's fields (the baseline's options)."""
+
+
+def saved_train_config(path: str | Path) -> TrainConfig:
+    """The TrainConfig a run folder's ``config.json`` records, without its extras."""
+    values = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        raise OpsaConfigError(f"{path}: config.json must hold a mapping, got {values!r}")
+    for key in RECORD_EXTRAS:
+        values.pop(key, None)
+    try:
+        return load_train_config(None, values)
+    except OpsaConfigError as e:
+        raise OpsaConfigError(f"{path}: {e}") from e
+
+
 def _build(cls: type[TrainConfig], values: dict[str, Any]) -> TrainConfig:
     coerce.check_keys(values, [f.name for f in fields(TrainConfig)], error=OpsaConfigError)
     return cls(**values)

@@ -35,7 +35,7 @@ from opsa_train.checkpoint import (
     save_checkpoint,
     save_final,
 )
-from opsa_train.config import TrainConfig
+from opsa_train.config import RECORD_EXTRAS, TrainConfig
 from opsa_train.data import PromptSampler, total_steps
 from opsa_train.errors import CheckpointError
 from opsa_train.metrics_log import MetricsLogger
@@ -87,8 +87,11 @@ def write_model_record(out_dir: Path, spec: str, path: Path) -> Path:
 
 
 def config_record(config: TrainConfig, **extra: object) -> dict[str, Any]:
-    """What ``config.json`` holds: the config plus ``extra``, paths portable, no tokens
-    (:func:`flipsearch.paths.recordable`)."""
+    """What ``config.json`` holds: the config plus ``extra`` (keys of :data:`RECORD_EXTRAS`),
+    paths portable, no tokens (:func:`flipsearch.paths.recordable`)."""
+    unknown = sorted(set(extra) - set(RECORD_EXTRAS))
+    if unknown:
+        raise ValueError(f"config.json extras must be among {RECORD_EXTRAS}, got {unknown}")
     return recordable({**config.to_dict(), **extra})
 
 

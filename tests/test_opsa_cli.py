@@ -28,6 +28,25 @@ def test_run_and_baseline_build_the_same_config_from_the_same_flags(parser, tmp_
     assert (config.model, config.engine, config.batch_size) == ("M", "hf", 2)
 
 
+def test_rerunning_baseline_reads_its_own_config_json_with_the_baseline_options(parser, tmp_path):
+    # A baseline's config.json records its options under `baseline` beside TrainConfig's
+    # fields; a second `opsa-train baseline --out R` once failed on that key.
+    import json
+
+    from opsa_train.config import TrainConfig
+    from opsa_train.loop import config_record
+
+    out = tmp_path / "B"
+    out.mkdir()
+    saved = TrainConfig.cpu_default(context_file="best.json", out_dir=str(out), lr=3e-4)
+    record = config_record(saved, baseline={"sampling": "greedy", "candidates": 1})
+    (out / "config.json").write_text(json.dumps(record))
+    config = build_config(parser.parse_args(["baseline", "--out", str(out), "--steps", "7"]))
+    assert (config.lr, config.steps, config.context_file) == (3e-4, 7, "best.json")
+    with pytest.raises(ValueError, match="extras must be among"):
+        config_record(saved, note="x")
+
+
 def test_flags_override_key_value_overrides(parser, tmp_path):
     argv = ["run", "--context", "a.json", "--out", str(tmp_path), "--steps", "5", "steps=9"]
     assert build_config(parser.parse_args(argv)).steps == 5

@@ -31,7 +31,7 @@ from pathlib import Path
 from flipsearch.errors import ExportFileError
 from flipsearch.export import ExportFile, read_export, write_export
 from opsa_train.commands._common import add_command, add_train_config_args, print_run, set_given
-from opsa_train.config import TrainConfig, load_train_config, parse_overrides
+from opsa_train.config import TrainConfig, load_train_config, parse_overrides, saved_train_config
 from opsa_train.errors import OpsaConfigError
 from opsa_train.preflight import hand_written_export
 
@@ -87,7 +87,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides.update({key: str(value) for key, value in given.items()})
     saved = Path(args.out) / "config.json" if args.out else None
     if args.preset is None and args.config is None and saved is not None and saved.is_file():
-        base = load_train_config(saved)  # resuming a run: its own options are the base
+        base = saved_train_config(saved)  # resuming a run: its own options are the base
     else:
         base = _PRESETS[args.preset or "cpu"]()
     config = load_train_config(args.config, overrides, base=base)
