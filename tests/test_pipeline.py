@@ -194,9 +194,13 @@ def test_tiny_pipeline_runs_every_stage_then_reruns_only_what_changed(tmp_path, 
         assert json.loads(marker.read_text())["step"] == 2
     doc = json.loads((folder / "eval" / "eval.json").read_text())
     models = {m["model"] for m in doc["metrics"]}
-    assert models == {"base", "opsa", "baseline"}
+    # The teacher row: the base model with the exported context, no weights of its own.
+    assert models == {"base", "opsa", "baseline", "teacher"}
     metrics = {(m["model"], m["metric"]) for m in doc["metrics"]}
-    for model in models:
+    assert ("teacher", "harmful_rate") in metrics and ("teacher", "retention_kl") not in metrics
+    # Present even when undefined (NaN: a teacher no safer than base on 2 prompts).
+    assert {("opsa", "distill_efficiency"), ("baseline", "distill_efficiency")} <= metrics
+    for model in models - {"teacher"}:
         for metric in (
             "harmful_rate",
             "over_refusal",
