@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from opsa_train.eval_config import TEACHER
-from opsa_train.eval_metrics import POOLED, Metric
+from opsa_train.eval_metrics import POOLED, Metric, counts_as_harmful
 
 __all__ = ["POOLED", "Efficiency", "efficiency_interval", "efficiency_metrics"]
 
@@ -89,7 +89,7 @@ def efficiency_metrics(
     for rec in records:
         if rec.get("task") == "harmful":
             key = (str(rec["set"]), str(rec["id"]))
-            harmful.setdefault(str(rec["model"]), {})[key] = int(rec["unsafe"] is not False)
+            harmful.setdefault(str(rec["model"]), {})[key] = int(counts_as_harmful(rec))
     if base not in harmful or TEACHER not in harmful:
         return []
     sets = list(dict.fromkeys(set_name for set_name, _ in harmful[base]))
