@@ -48,12 +48,12 @@ PUBLISHED = (
     REPORT,
     "best.json",
     "pipeline.json",
-    "state.json",
     "eval",
     "analysis",
 )
-"""What :func:`publish` copies from the working folder (weights, caches and the Optuna
-storage stay behind)."""
+"""What :func:`publish` copies from the working folder (weights, caches, the Optuna
+storage and the run state ``state.json`` stay behind: a published copy of run state could
+be mistaken for work done; the report's footer gives each stage's key and figures)."""
 _MAX_PUBLISHED_FILE = 2 << 20
 
 
@@ -346,7 +346,7 @@ def write_report(
         f"# OPSA study `{cfg.run}`: model `{model_name(cfg.model)}`",
         "",
         f"Engine `{cfg.engine}`, judge `{cfg.judge}`, training preset `{cfg.preset}`. "
-        "Config: `pipeline.json`; stage records and keys: `state.json`.",
+        "Config: `pipeline.json`; each stage's key and figures: the footer below.",
         "",
     ]
     for section in (_search_section, _training_section, _eval_section, _analysis_section):

@@ -177,6 +177,7 @@ def test_tiny_pipeline_runs_every_stage_then_reruns_only_what_changed(tmp_path, 
         assert f"    {stage}: " in out and "peak RSS" in out
     assert report == folder / "report.md"
     assert not (folder / "stale_leftover.txt").exists()  # published folder = this run only
+    assert not (folder / "state.json").exists()  # run state stays in runs/, never in results/
     text = report.read_text()
     for heading in (
         "## 1. Context search",
