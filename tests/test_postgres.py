@@ -205,10 +205,15 @@ def _worker(tmp: Path, url: str, name: str, env: dict[str, str]) -> subprocess.P
 
 
 def _running_by_pid(cluster: Cluster) -> dict[int, int]:
-    # pid -> number of a RUNNING trial, from the `worker` attribute each trial sets.
+    # pid -> number of a RUNNING trial that has chosen its candidate, from the `worker`
+    # attribute each trial sets first. A trial killed before its proposer records
+    # `candidate_id` is, by design, not retried (its params may be partial), so the test
+    # kills only after that point.
     rows = cluster.query(
         "SELECT t.number, a.value_json FROM trials t JOIN trial_user_attributes a "
-        "ON a.trial_id = t.trial_id AND a.key = 'worker' WHERE t.state::text = 'RUNNING'"
+        "ON a.trial_id = t.trial_id AND a.key = 'worker' JOIN trial_user_attributes c "
+        "ON c.trial_id = t.trial_id AND c.key = 'candidate_id' "
+        "WHERE t.state::text = 'RUNNING'"
     )
     return {json.loads(v)["pid"]: n for n, v in rows}
 
