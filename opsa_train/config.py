@@ -68,9 +68,9 @@ class TrainConfig:
     """flipsearch export file (JSON/YAML) holding the privileged safety context. Required
     to train (preflight raises without it); None only lets configs be built and tested."""
     benign_context: str | None = None
-    """Context text for benign prompts, overriding the export's ``contexts.benign``; None
-    uses the export's benign context, else its harmful one. "" means no context (the
-    teacher then equals the student on benign prompts, and their KL is 0)."""
+    """Context text for benign prompts (I_b), overriding the export's ``contexts.benign``;
+    None uses the export's, and with none there the benign prompts' teacher gets no
+    context. "" also means no context (the teacher then equals the initial model there)."""
     placement: str | None = None
     """Override of the export's placement: ``system``, ``prefix`` or ``suffix``; None
     keeps the placement the context was searched with (changing it voids its scores)."""
@@ -83,6 +83,10 @@ class TrainConfig:
     empty trains on harmful prompts only."""
     max_prompts: int | None = None
     """Cap on prompts taken from each set after a seeded shuffle; None takes all."""
+    benign_share: float | None = None
+    """Share of every batch drawn from the benign prompts, in (0, 1): each type then cycles
+    its own seeded permutations (a small benign set is revisited more often). None: one
+    permutation over all prompts, so batches mirror the sets' own mix."""
 
     # ---- rollout -----------------------------------------------------------------------
     engine: str = "auto"
@@ -205,6 +209,19 @@ class TrainConfig:
                 "OPSA aligns the student on harmful prompts"
             )
         check_int("max_prompts", self.max_prompts, optional=True)
+        check_fraction(
+            "benign_share",
+            self.benign_share,
+            include_0=False,
+            include_1=False,
+            optional=True,
+            why="a batch mixes both types; None keeps the sets' own mix",
+        )
+        if self.benign_share is not None and not self.benign_prompts:
+            raise OpsaConfigError(
+                f"`benign_share` is {self.benign_share!r} but `benign_prompts` is empty: "
+                "name benign prompt sets or set benign_share to None"
+            )
 
     def _verify_rollout_and_loss(self) -> None:
         check_choice("engine", self.engine, ENGINES)

@@ -12,6 +12,8 @@
   retention term of the safety tax). ``benign_context=""`` says the same explicitly.
 - `PromptSampler` walks seeded per-epoch permutations; its `state_dict` is the data
   position saved in checkpoints, so a resumed run sees the same batches.
+  `MixedSampler` (``benign_share``) fills a fixed share of every batch from the benign
+  prompts, each type walking its own permutations; `make_sampler` picks one.
 
 Example:
     >>> from flipsearch.prompts import PromptRow
@@ -230,6 +232,78 @@ class PromptSampler:
         self.epoch = int(state.get("epoch", 0))
         self._order = self._permutation(self.epoch)
         self.offset = min(int(state.get("offset", 0)), len(self._order))
+
+
+class MixedSampler:
+    """Batches holding a fixed share of benign prompts, resumable.
+
+    Harmful and benign rows each walk their own :class:`PromptSampler`. Over the run, the
+    benign count of the first ``n`` prompts drawn is ``round(n * benign_share)``, so a
+    share that does not divide the batch size still holds on average.
+
+    Example:
+        >>> rows = [PromptRow(f"h{i}", "q", "harmful") for i in range(6)]
+        >>> rows += [PromptRow("b0", "q", "benign")]
+        >>> sampler = MixedSampler(rows, seed=0, benign_share=0.5)
+        >>> sorted(r.type for r in sampler.next_batch(4))
+        ['benign', 'benign', 'harmful', 'harmful']
+    """
+
+    def __init__(self, rows: Sequence[PromptRow], *, seed: int, benign_share: float) -> None:
+        harmful = [r for r in rows if r.type == "harmful"]
+        benign = [r for r in rows if r.type == "benign"]
+        if not harmful or not benign:
+            raise PreflightError(
+                f"`benign_share` needs harmful and benign training prompts, got "
+                f"{len(harmful)} harmful and {len(benign)} benign: check `harmful_prompts` "
+                "and `benign_prompts`, or set benign_share to None"
+            )
+        self.harmful = PromptSampler(harmful, seed=seed)
+        self.benign = PromptSampler(benign, seed=seed)
+        self.benign_share = benign_share
+        self.drawn = 0
+
+    def next_batch(self, size: int) -> list[PromptRow]:
+        """The next ``size`` prompts (``size`` >= 1): harmful ones, then benign ones."""
+        if size < 1:
+            raise OpsaConfigError(f"`size` must be >= 1, got {size!r}")
+        share = self.benign_share
+        n_benign = round((self.drawn + size) * share) - round(self.drawn * share)
+        self.drawn += size
+        batch = self.harmful.next_batch(size - n_benign) if n_benign < size else []
+        return batch + (self.benign.next_batch(n_benign) if n_benign else [])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position of both types, JSON-ready."""
+        return {
+            "benign_share": self.benign_share,
+            "drawn": self.drawn,
+            "harmful": self.harmful.state_dict(),
+            "benign": self.benign.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a `state_dict`; warns if it was saved without this share."""
+        if state.get("benign_share") != self.benign_share:
+            logger.warning(
+                "resuming with benign_share=%r from a checkpoint saved with %r: "
+                "batches will differ from the interrupted run",
+                self.benign_share,
+                state.get("benign_share"),
+            )
+            return
+        self.drawn = int(state.get("drawn", 0))
+        self.harmful.load_state_dict(state["harmful"])
+        self.benign.load_state_dict(state["benign"])
+
+
+def make_sampler(
+    rows: Sequence[PromptRow], *, seed: int, benign_share: float | None
+) -> PromptSampler | MixedSampler:
+    """A :class:`MixedSampler` when ``benign_share`` is set, else a :class:`PromptSampler`."""
+    if benign_share is None:
+        return PromptSampler(rows, seed=seed)
+    return MixedSampler(rows, seed=seed, benign_share=benign_share)
 
 
 def total_steps(config: TrainConfig, n_prompts: int) -> int:

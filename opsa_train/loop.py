@@ -36,7 +36,7 @@ from opsa_train.checkpoint import (
     save_final,
 )
 from opsa_train.config import RECORD_EXTRAS, TrainConfig
-from opsa_train.data import PromptSampler, total_steps
+from opsa_train.data import make_sampler, total_steps
 from opsa_train.errors import CheckpointError
 from opsa_train.metrics_log import MetricsLogger
 from opsa_train.optim import load_model, make_adamw, make_scheduler
@@ -159,7 +159,7 @@ class TrainLoop:
             self.model.to(self.device)
         self.total_steps = total_steps(config, len(prepared.rows))
         self.scheduler = make_scheduler(self._raw_optimizer, config, self.total_steps)
-        self.data = PromptSampler(rows, seed=config.seed)
+        self.data = make_sampler(rows, seed=config.seed, benign_share=config.benign_share)
         self.step = 0
         self.resumed_from: int | None = None
 

@@ -44,7 +44,12 @@ from flipsearch.models import fingerprint_matches, model_fingerprint, resolve_mo
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Conversation
 from opsa_train.config import TrainConfig
-from opsa_train.data import TeacherContexts, load_train_prompts, student_conversation
+from opsa_train.data import (
+    TeacherContexts,
+    load_train_prompts,
+    make_sampler,
+    student_conversation,
+)
 from opsa_train.errors import PreflightError
 
 if TYPE_CHECKING:
@@ -353,6 +358,7 @@ def prepare(config: TrainConfig, *, export: ExportFile | None = None) -> Prepare
     contexts = TeacherContexts.from_export(export, config)
     rows = load_train_prompts(config)
     check_has_harmful(rows, has_harmful_context=contexts.harmful is not None)
+    make_sampler(rows, seed=config.seed, benign_share=config.benign_share)  # both types present
 
     student_tok = AutoTokenizer.from_pretrained(model_path)
     teacher_tok = AutoTokenizer.from_pretrained(model_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -12,8 +13,14 @@ from flipsearch.export import ExportFile, write_export
 from flipsearch.prompts import PromptRow
 from opsa_train import preflight
 from opsa_train.config import TrainConfig
-from opsa_train.data import PromptSampler, TeacherContexts, load_train_prompts
-from opsa_train.errors import PreflightError
+from opsa_train.data import (
+    MixedSampler,
+    PromptSampler,
+    TeacherContexts,
+    load_train_prompts,
+    make_sampler,
+)
+from opsa_train.errors import OpsaConfigError, PreflightError
 
 # --------------------------------------------------------------------------------------
 # Fakes
@@ -217,3 +224,44 @@ def test_prompt_sampler_resumes_at_the_same_position():
     # Each epoch visits every prompt once.
     c = PromptSampler(rows, seed=3)
     assert sorted(r.id for r in c.next_batch(5)) == [str(i) for i in range(5)]
+
+
+def _mixed_rows(n_harmful: int, n_benign: int) -> list[PromptRow]:
+    rows = [PromptRow(f"h{i}", f"harm {i}", "harmful") for i in range(n_harmful)]
+    return rows + [PromptRow(f"b{i}", f"fine {i}", "benign") for i in range(n_benign)]
+
+
+def test_mixed_sampler_holds_the_benign_share_and_cycles_each_type():
+    sampler = MixedSampler(_mixed_rows(9, 3), seed=1, benign_share=0.3)
+    batches = [sampler.next_batch(8) for _ in range(10)]
+    benign = [sum(r.type == "benign" for r in b) for b in batches]
+    assert sum(benign) == round(80 * 0.3) and set(benign) <= {2, 3}  # 0.3 x 8 = 2.4 per batch
+    # The 3 benign prompts are revisited (their own epochs); each harmful epoch sees all 9.
+    drawn = [r.id for b in batches for r in b if r.type == "harmful"]
+    assert sorted(drawn[:9]) == sorted(f"h{i}" for i in range(9))
+    assert {r.id for b in batches for r in b if r.type == "benign"} == {"b0", "b1", "b2"}
+
+
+def test_mixed_sampler_resumes_from_a_json_state():
+    rows = _mixed_rows(7, 4)
+    a = MixedSampler(rows, seed=5, benign_share=0.25)
+    for _ in range(3):
+        a.next_batch(6)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = MixedSampler(rows, seed=5, benign_share=0.25)
+    b.load_state_dict(state)
+    assert [r.id for r in a.next_batch(6)] == [r.id for r in b.next_batch(6)]
+    # A checkpoint saved with another share (or none) is not applied: batches restart.
+    c = MixedSampler(rows, seed=5, benign_share=0.5)
+    c.load_state_dict(state)
+    assert c.drawn == 0
+
+
+def test_benign_share_needs_both_prompt_types():
+    with pytest.raises(PreflightError, match=r"0 benign.*benign_prompts"):
+        make_sampler(_mixed_rows(3, 0), seed=0, benign_share=0.5)
+    assert isinstance(make_sampler(_mixed_rows(3, 0), seed=0, benign_share=None), PromptSampler)
+    with pytest.raises(OpsaConfigError, match=r"`benign_share` must be in \(0, 1\).*got 1"):
+        TrainConfig(benign_share=1)
+    with pytest.raises(OpsaConfigError, match="`benign_prompts` is empty"):
+        TrainConfig(benign_share=0.5, benign_prompts=())
