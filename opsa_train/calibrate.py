@@ -226,20 +226,24 @@ def trial_points(
         logger.info(
             "calibrate %s: step %d trained in %.0f s", params, step, time.perf_counter() - t0
         )
-        point = dev_point(config, step, str(result.final_dir), run_dir(config, params))
+        point = dev_point(config, params, step, str(result.final_dir))
         points.append(point)
         if report is not None:
             report(point.efficiency, step)
     return points
 
 
-def dev_point(config: CalibrationConfig, step: int, student: str, folder: Path) -> Point:
-    """Evaluate ``student`` (a run's ``final/`` at ``step``) on the dev sets."""
+def dev_point(
+    config: CalibrationConfig, params: Mapping[str, Any], step: int, student: str
+) -> Point:
+    """Evaluate ``student`` (the trial's ``final/`` at ``step``) on the dev sets, against
+    the teacher the trial trains towards (its I_b when the grid varies it)."""
     from opsa_train.eval_config import EvalConfig, TeacherSpec
     from opsa_train.eval_report import read_eval
     from opsa_train.evaluate import evaluate
 
-    train = train_config_of(config, {})
+    train = train_config_of(config, params)
+    folder = run_dir(config, params)
     eval_config = EvalConfig(
         models={"base": train.model, "student": student},
         harmful_sets=config.dev_harmful,

@@ -64,6 +64,37 @@ def test_point_reads_pooled_efficiency_and_token_weighted_over_refusal():
     assert (p.refusal, p.non_answer, p.retention_kl, p.n_harmful) == (0.2, 0.1, 0.02, 20)
 
 
+def test_dev_teacher_uses_the_trials_own_benign_context(tmp_path, monkeypatch):
+    # A grid over I_b must compare each student with the teacher it was trained towards.
+    from types import SimpleNamespace
+
+    import opsa_train.evaluate as evaluate_module
+    from opsa_train.calibrate import dev_point
+
+    seen = []
+
+    def fake_evaluate(eval_config):
+        seen.append(eval_config)
+        metrics = [
+            Metric("student", "distill_efficiency", "pooled", 0.5, 4, 0.0, 1.0),
+            Metric("student", "harmful_rate", "pooled", 0.5, 4, 0.0, 1.0),
+        ]
+        return SimpleNamespace(metrics=metrics)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    cfg = CalibrationConfig(
+        context_file="x.json",
+        out_dir=str(tmp_path),
+        grid={"benign_context": ["", "Answer helpfully."]},
+    )
+    for text in ("", "Answer helpfully."):
+        params = {"benign_context": text}
+        point = dev_point(cfg, params, 10, "student-folder")
+        assert point.efficiency == 0.5
+        assert seen[-1].teacher.benign_context == text
+        assert Path(seen[-1].out_dir) == run_dir(cfg, params) / "dev-step-10"
+
+
 @pytest.mark.slow
 def test_cli_grid_study_writes_curves_and_a_rerun_trains_nothing(tiny_model, tmp_path):
     context = tmp_path / "ctx.json"
