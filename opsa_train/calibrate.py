@@ -40,7 +40,7 @@ import optuna
 
 from flipsearch.judges import JudgeConfig
 from flipsearch.storage import parse_storage
-from opsa_train.checks import check_int
+from opsa_train.checks import check_fraction, check_int
 from opsa_train.config import TrainConfig, load_train_config
 from opsa_train.errors import OpsaConfigError
 
@@ -84,6 +84,10 @@ class CalibrationConfig:
     engine: str = "hf"
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     cache: str | None = None
+    over_refusal_slack: float = 0.05
+    """A trial is feasible when its student's dev over-refusal is at most the teacher's
+    plus this; the report names the best feasible trial (the student must not refuse
+    safe prompts more than the teacher it copies)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
@@ -95,6 +99,7 @@ class CalibrationConfig:
         for name in ("steps", "eval_every", "max_tokens"):
             check_int(name, getattr(self, name))
         check_int("limit", self.limit, optional=True)
+        check_fraction("over_refusal_slack", self.over_refusal_slack)
         if not self.dev_harmful:
             raise OpsaConfigError("`dev_harmful` must name at least one harmful prompt set")
         if any(spec.endswith(":eval") for spec in (*self.dev_harmful, *self.dev_over_refusal)):

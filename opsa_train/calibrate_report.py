@@ -19,7 +19,7 @@ import optuna
 
 from flipsearch.atomic import atomic_write_text
 
-__all__ = ["curve_rows", "plot_curves", "write_calibration_report"]
+__all__ = ["curve_rows", "feasible", "plot_curves", "verdict", "write_calibration_report"]
 
 
 def curve_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -37,13 +37,40 @@ def curve_rows(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+def feasible(row: Mapping[str, Any], slack: float) -> bool:
+    """The student's dev over-refusal is at most the teacher's plus ``slack``."""
+    return bool(row["over_refusal"] <= row["teacher_over_refusal"] + slack)
+
+
+def verdict(rows: Sequence[Mapping[str, Any]], params: Sequence[str], slack: float) -> str:
+    """Which trial to use: the best final efficiency among feasible trials, in words."""
+    last: dict[int, Mapping[str, Any]] = {}
+    for r in rows:
+        if r["trial"] not in last or r["step"] > last[r["trial"]]["step"]:
+            last[r["trial"]] = r
+    ok = [r for r in last.values() if feasible(r, slack) and not math.isnan(r["efficiency"])]
+    rule = f"feasible trial (final dev over-refusal at most its teacher's + {slack:g})"
+    if not ok:
+        return f"No {rule}: no recipe here keeps over-refusal at the teacher's."
+    best = max(ok, key=lambda r: r["efficiency"])
+    chosen = ", ".join(f"{k}={_fmt(best[k])}" for k in params)
+    return (
+        f"Best {rule}: trial {best['trial']} ({chosen}), efficiency {_fmt(best['efficiency'])} "
+        f"[{_fmt(best['efficiency_low'])}, {_fmt(best['efficiency_high'])}], over-refusal "
+        f"{_fmt(best['over_refusal'])} vs its teacher's {_fmt(best['teacher_over_refusal'])}; "
+        f"{len(ok)} of {len(last)} trials feasible."
+    )
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3g}"
     return str(v)
 
 
-def _markdown(rows: Sequence[Mapping[str, Any]], params: Sequence[str], header: str) -> str:
+def _markdown(
+    rows: Sequence[Mapping[str, Any]], params: Sequence[str], header: str, slack: float
+) -> str:
     cols = [
         "trial",
         *params,
@@ -53,6 +80,8 @@ def _markdown(rows: Sequence[Mapping[str, Any]], params: Sequence[str], header: 
         "refusal",
         "non_answer",
         "over_refusal",
+        "teacher_over_refusal",
+        "feasible",
         "retention_kl",
     ]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -68,7 +97,10 @@ def _markdown(rows: Sequence[Mapping[str, Any]], params: Sequence[str], header: 
             "",
             f"Dev reference (n = {r['n_harmful']} pooled harmful prompts): base harmful rate "
             f"{_fmt(r['base_harmful'])}, teacher {_fmt(r['teacher_harmful'])}; teacher "
-            f"over-refusal {_fmt(r['teacher_over_refusal'])}.",
+            f"over-refusal {_fmt(r['teacher_over_refusal'])} (each trial's own teacher: "
+            "its I_b on benign prompts).",
+            "",
+            verdict(rows, params, slack),
         ]
     return "\n".join(lines) + "\n"
 
@@ -119,12 +151,13 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], params: Sequence[str], path: 
 
 
 def write_calibration_report(
-    study: optuna.Study, out_dir: str | Path, *, header: str
+    study: optuna.Study, out_dir: str | Path, *, header: str, slack: float = 0.05
 ) -> list[Path]:
-    """``calibration.csv``, ``calibration.md`` and ``learning_curve.png`` in ``out_dir``."""
+    """``calibration.csv``, ``calibration.md`` and ``learning_curve.png`` in ``out_dir``;
+    ``slack``: see :attr:`opsa_train.calibrate.CalibrationConfig.over_refusal_slack`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = curve_rows(study)
+    rows = [{**r, "feasible": feasible(r, slack)} for r in curve_rows(study)]
     params = sorted({k for t in study.trials for k in t.params})
     buf = io.StringIO(newline="")
     if rows:
@@ -133,7 +166,7 @@ def write_calibration_report(
         writer.writerows(rows)
     paths = [
         atomic_write_text(out / "calibration.csv", buf.getvalue()),
-        atomic_write_text(out / "calibration.md", _markdown(rows, params, header)),
+        atomic_write_text(out / "calibration.md", _markdown(rows, params, header, slack)),
     ]
     if rows:
         paths.append(plot_curves(rows, params, out / "learning_curve.png"))

@@ -64,6 +64,25 @@ def test_point_reads_pooled_efficiency_and_token_weighted_over_refusal():
     assert (p.refusal, p.non_answer, p.retention_kl, p.n_harmful) == (0.2, 0.1, 0.02, 20)
 
 
+def test_verdict_picks_the_best_feasible_final_point():
+    from opsa_train.calibrate_report import verdict
+
+    def row(trial, step, eff, over, teacher_over=0.1):
+        return {"trial": trial, "step": step, "lr": 1e-4 * (trial + 1), "efficiency": eff,
+                "efficiency_low": eff - 0.2, "efficiency_high": eff + 0.2,
+                "over_refusal": over, "teacher_over_refusal": teacher_over}  # fmt: skip
+
+    rows = [
+        row(0, 10, 0.9, 0.0),  # feasible early, but its final point is not
+        row(0, 20, 0.95, 0.4),
+        row(1, 20, 0.6, 0.12),
+        row(2, 20, 0.7, 0.1),
+    ]
+    text = verdict(rows, ["lr"], slack=0.05)
+    assert "trial 2 (lr=0.0003)" in text and "2 of 3 trials feasible" in text
+    assert "No feasible trial" in verdict(rows[:2], ["lr"], slack=0.05)
+
+
 def test_dev_teacher_uses_the_trials_own_benign_context(tmp_path, monkeypatch):
     # A grid over I_b must compare each student with the teacher it was trained towards.
     from types import SimpleNamespace

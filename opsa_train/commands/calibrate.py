@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     study = calibrate(config)
     context = recordable(config.context_file)
     header = f"# Calibration `{config.study}` (dev prompts only; context `{context}`)"
-    for path in write_calibration_report(study, args.report or config.out_dir, header=header):
+    for path in write_calibration_report(
+        study, args.report or config.out_dir, header=header, slack=config.over_refusal_slack
+    ):
         print(f"wrote {path}")
     return 0
