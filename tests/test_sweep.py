@@ -741,3 +741,29 @@ def test_a_trial_killed_before_choosing_its_candidate_is_not_retried_with_partia
     )
     done = [(t.params["a"], t.params["b"]) for t in study.get_trials(states=(TrialState.COMPLETE,))]
     assert len(done) >= 3 and len(set(done)) == len(done)  # full params, no point twice
+
+
+def test_progress_bar_shows_the_objective_metric_it_ranks_by():
+    # Under refusal_tfr the bar must show the best refusal TFR, not the plain TFR.
+    from types import SimpleNamespace
+
+    import optuna
+
+    from flipsearch.sweep._callbacks import Progress
+
+    def rate(value):
+        return {"value": value, "k": value * 10, "n": 10, "ci_low": 0.0, "ci_high": 1.0}
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("sweep_config", {"objective_metric": "refusal_tfr"})
+    for tfr, refusal in ((0.9, 0.1), (0.5, 0.4)):
+        t = study.ask()
+        t.set_user_attr("scores", {"tfr": rate(tfr), "tfr_refusal": rate(refusal)})
+        study.tell(t, refusal)
+    config = SimpleNamespace(
+        grace_s=60, trials=2, show_progress=True, study="s", objective_metric="refusal_tfr"
+    )
+    progress = Progress(config, n_done=2)  # type: ignore[arg-type]
+    progress(study, study.trials[-1])
+    assert "best_refusal_tfr=0.400" in progress.bar.postfix and "trial=1" in progress.bar.postfix
+    progress.close()

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from flipsearch.contexts import Context
 from flipsearch.proposers import PoolProposer, RewriteProposer, ScoredContext
+from flipsearch.scoring import METRIC_FIELDS
 from flipsearch.sweep._stale import recover_stale_trials
 from flipsearch.sweep._workers import locked
 from flipsearch.trials import ranked_trials, rate_of
@@ -36,7 +37,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 class Progress:
-    """A tqdm bar of the study's finished trials with the best feasible TFR so far.
+    """A tqdm bar of the study's finished trials with the best feasible objective value
+    (``tfr`` or ``refusal_tfr``) so far.
 
     Between trials it also picks up trials of workers that died since this one started
     (:func:`~flipsearch.sweep.recover_stale_trials`). Call :meth:`close` at the end.
@@ -44,6 +46,7 @@ class Progress:
 
     def __init__(self, config: SweepConfig, n_done: int) -> None:
         self.grace_s = config.grace_s
+        self.metric = config.objective_metric
         self.bar = tqdm(
             total=config.trials,
             initial=n_done,
@@ -58,8 +61,9 @@ class Progress:
         best = next((t for t in ranked_trials(study) if t.user_attrs.get("feasible", True)), None)
         if best is not None:
             over = rate_of(best, "over_refusal") or {"value": 0.0}
+            value = rate_of(best, METRIC_FIELDS[self.metric]) or {"value": float("nan")}
             self.bar.set_postfix(
-                best_tfr=f"{rate_of(best, 'tfr')['value']:.3f}",  # type: ignore[index]
+                {f"best_{self.metric}": f"{value['value']:.3f}"},
                 over=f"{over['value']:.3f}",
                 trial=best.number,
             )
