@@ -155,6 +155,18 @@ class TrainConfig:
     """Recompute the student's layer activations in the backward pass instead of keeping
     them: less peak memory, about one more forward pass of compute (TRL turns it on by
     default). Rollouts (eval mode) are not affected."""
+    sort_by_length: bool = True
+    """Order each step's rollouts by teacher length (context + prompt + completion),
+    longest first, before splitting them into micro-batches, so each micro-batch pads
+    its rows to a similar length (logged: ``train/pad_frac``). Exact: the loss is a
+    token mean over the whole step, so the order of micro-batches does not change it.
+    No effect with one micro-batch (``grad_accumulation`` 1)."""
+    reuse_teacher_prefix: bool = True
+    """Teacher pass: compute the KV cache of the rendered prefix that all rows of a type
+    share (chat header, and the context under ``system``/``prefix`` placement) once per
+    run, and run only the rest of each row on top of it; rows that do not start with it
+    take the full pass. Exact up to float rounding; on for Llama/Qwen decoders only, a
+    no-op elsewhere (logged: ``train/teacher_prefix_reused``, tokens not recomputed)."""
     seed: int = 0
     """Seed for data order, sampling and init of anything random, >= 0."""
 
@@ -266,6 +278,8 @@ class TrainConfig:
         check_int("rollout_batch_size", self.rollout_batch_size, optional=True)
         check_choice("dtype", self.dtype, DTYPES)
         check_bool("gradient_checkpointing", self.gradient_checkpointing)
+        check_bool("sort_by_length", self.sort_by_length)
+        check_bool("reuse_teacher_prefix", self.reuse_teacher_prefix)
         check_int("seed", self.seed, minimum=0)
 
     def _verify_schedule(self) -> None:

@@ -58,13 +58,17 @@ import torch
 from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.engines.teacher_forcing import (
     CompletionBatch,
+    PrefixCache,
     build_completion_batch,
     completion_logits,
+    encode_prefix,
+    supports_prefix_cache,
 )
 from flipsearch.judges import make_judge
-from flipsearch.prompts import PromptRow
+from flipsearch.prompts import PROMPT_TYPES, PromptRow
 from flipsearch.types import Sampling
 from opsa_train import diagnostics, preflight
+from opsa_train.batching import common_prefix, length_order, pad_counts, split_prefix
 from opsa_train.checkpoint import FINAL_DIR, FINAL_MARKER, save_final
 from opsa_train.config import TrainConfig
 from opsa_train.loop import (
@@ -105,10 +109,13 @@ FIRST_TOKENS = 16  # kl_by_position split: safety acts mostly on the first token
 class _MicroBatch:
     rollouts: list[Rollout]
     student: CompletionBatch
-    teacher: CompletionBatch
     mask_B_T: torch.Tensor
     kept: tuple[torch.Tensor, ...] = ()
     """What the loss keeps of the teacher's logits (`opsa_train.losses.make_loss`)."""
+    teacher_passes: tuple[CompletionBatch, ...] = ()
+    """The teacher's forward passes: one per shared-prefix group (`Trainer.teacher_logits`)."""
+    prefix_reused: int = 0
+    """Teacher prompt tokens read from a shared-prefix KV cache instead of recomputed."""
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -156,8 +163,28 @@ class Trainer(TrainLoop):
             chunk_size=config.chunk_size,
         )
         self.judge = make_judge("refusal")
+        self.prefix_caches = self._teacher_prefixes() if config.reuse_teacher_prefix else {}
         self._resume(resume)
         self.sampler = self._build_sampler()
+
+    def _teacher_prefixes(self) -> dict[str, PrefixCache]:
+        # Per row type, the token ids all its teacher prompts start with: the common
+        # prefix of two probe prompts rendered with that type's context (chat header, and
+        # the context under system/prefix placement). The teacher is frozen, so each KV
+        # cache holds for the whole run. Rows are matched token by token (`split_prefix`):
+        # one that tokenises differently at the join takes the full pass.
+        if not supports_prefix_cache(self.teacher):
+            return {}
+        out: dict[str, PrefixCache] = {}
+        for kind in PROMPT_TYPES:
+            probes = [PromptRow(f"probe-{t}", t, kind) for t in ("A", "B")]
+            prompts = [
+                render_prompt_ids(self.tokenizer, self.contexts.conversation(r)) for r in probes
+            ]
+            ids = common_prefix(prompts)
+            if ids and all(c.ids != ids for c in out.values()):
+                out[kind] = encode_prefix(self.teacher, ids)
+        return out
 
     def _build_sampler(self) -> RolloutSampler:
         from flipsearch.engines import EngineConfig, choose_engine
@@ -200,6 +227,7 @@ class Trainer(TrainLoop):
             metrics = self.loss_and_backward(micro_batches)
         with timer("time/step"):
             metrics.update(self.optimizer_step())
+        metrics.update(_batch_metrics(micro_batches))
         metrics.update(diagnostics.rollout_metrics(self.judge, rollouts))
         every = self.config.sync_check_every
         if isinstance(self.sampler, VLLMRollouts) and every and step % every == 0:
@@ -233,26 +261,80 @@ class Trainer(TrainLoop):
         """Split into micro-batches and score each with the frozen teacher.
 
         The teacher reads [context + prompt] then the student's exact tokens; of its
-        logits, each micro-batch keeps what ``config.loss`` needs (``mb.kept``).
+        logits, each micro-batch keeps what ``config.loss`` needs (``mb.kept``). With
+        ``config.sort_by_length`` the micro-batches hold rows of similar teacher length
+        (longest first); each keeps its own rollouts (``mb.rollouts``), and the step's
+        loss, a token mean over all of them, does not depend on their order.
         """
+        teacher_prompts = [
+            render_prompt_ids(self.tokenizer, self.contexts.conversation(r.row)) for r in rollouts
+        ]
+        order: Sequence[int] = range(len(rollouts))
+        if self.config.sort_by_length:
+            lengths = [
+                len(p) + len(r.completion_ids)
+                for p, r in zip(teacher_prompts, rollouts, strict=True)
+            ]
+            order = length_order(lengths)
         size = self.config.micro_batch_size * self.config.n_rollouts
         out = []
-        for chunk in _chunks(rollouts, size):
+        for index in _chunks(order, size):
+            chunk = [rollouts[i] for i in index]
             completions = [r.completion_ids for r in chunk]
-            teacher_prompts = [
-                render_prompt_ids(self.tokenizer, self.contexts.conversation(r.row)) for r in chunk
-            ]
             student = build_completion_batch(
                 [r.prompt_ids for r in chunk], completions, self.pad_id
             )
-            teacher = build_completion_batch(teacher_prompts, completions, self.pad_id)
             mask_B_T = student.completion_mask_B_T.to(self.device)
             with torch.no_grad():
-                logits_B_T_V = completion_logits(self.teacher, teacher)
-                kept = self.loss_fn.teacher_side(logits_B_T_V, teacher.targets_B_T.to(self.device))
+                logits_B_T_V, passes, reused = self.teacher_logits(
+                    [teacher_prompts[i] for i in index], completions
+                )
+                kept = self.loss_fn.teacher_side(logits_B_T_V, student.targets_B_T.to(self.device))
                 del logits_B_T_V
-            out.append(_MicroBatch(chunk, student, teacher, mask_B_T, kept))
+            out.append(_MicroBatch(chunk, student, mask_B_T, kept, passes, reused))
         return out
+
+    def teacher_logits(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, tuple[CompletionBatch, ...], int]:
+        """The frozen teacher's logits over each completion, (B, T, V) as `completion_logits`.
+
+        Rows that start with a shared prefix of ``self.prefix_caches`` run only their
+        remaining tokens on its KV cache; the others (and all rows when
+        ``config.reuse_teacher_prefix`` is off) run in full. One forward pass per group.
+
+        Returns:
+            The logits, the forward passes run (for padding counts), and the number of
+            prompt tokens read from a prefix cache instead of recomputed.
+        """
+        prefixes = {key: cache.ids for key, cache in self.prefix_caches.items()}
+        groups = split_prefix(prompt_ids, prefixes)
+        passes: list[CompletionBatch] = []
+        reused = 0
+        out_B_T_V: torch.Tensor | None = None
+        for key, index in groups:
+            cache = None if key is None else self.prefix_caches[key]
+            skip = 0 if cache is None else len(cache.ids)
+            batch = build_completion_batch(
+                [prompt_ids[i][skip:] for i in index],
+                [completion_ids[i] for i in index],
+                self.pad_id,
+            )
+            with torch.no_grad():
+                logits_G_T_V = completion_logits(self.teacher, batch, prefix=cache)
+            passes.append(batch)
+            reused += skip * len(index)
+            if len(groups) == 1:
+                return logits_G_T_V, tuple(passes), reused
+            if out_B_T_V is None:
+                # The width of build_completion_batch over all rows: the longest completion.
+                t_max = max(1, *(len(c) for c in completion_ids))
+                shape = (len(prompt_ids), t_max, logits_G_T_V.shape[-1])
+                out_B_T_V = logits_G_T_V.new_zeros(shape)
+            out_B_T_V[torch.tensor(index), : logits_G_T_V.shape[1]] = logits_G_T_V
+            del logits_G_T_V
+        assert out_B_T_V is not None  # groups is not empty: there is at least one row
+        return out_B_T_V, tuple(passes), reused
 
     # ---- stage 3: loss ------------------------------------------------------------------
 
@@ -331,6 +413,20 @@ class Trainer(TrainLoop):
     def greedy_refusal_rate(self, rows: Sequence[PromptRow], *, max_tokens: int = 32) -> float:
         """The offline judge's refusal rate of the student's greedy responses to ``rows``."""
         return diagnostics.greedy_refusal_rate(self, rows, max_tokens=max_tokens)
+
+
+def _batch_metrics(micro_batches: Sequence[_MicroBatch]) -> dict[str, float]:
+    # Padded share of the input positions of the teacher and student passes (both, and
+    # each), and the teacher prompt tokens read from a shared-prefix cache: what
+    # `sort_by_length` and `reuse_teacher_prefix` save, independent of the machine.
+    t_pad, t_all = pad_counts(p for mb in micro_batches for p in mb.teacher_passes)
+    s_pad, s_all = pad_counts(mb.student for mb in micro_batches)
+    return {
+        "train/pad_frac": (t_pad + s_pad) / max(1, t_all + s_all),
+        "train/pad_frac_teacher": t_pad / max(1, t_all),
+        "train/pad_frac_student": s_pad / max(1, s_all),
+        "train/teacher_prefix_reused": float(sum(mb.prefix_reused for mb in micro_batches)),
+    }
 
 
 def _pad_cat(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

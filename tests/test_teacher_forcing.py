@@ -53,6 +53,38 @@ def test_gradients_flow_through_completion_logits(tiny):
     tiny.zero_grad()
 
 
+def test_rows_run_on_a_prefix_cache_give_the_full_pass_logits(tiny):
+    prefix = [5, 6, 7, 8, 9, 10]
+    prompts = [[*prefix, 11, 12], [*prefix, 13], [*prefix, 14, 15, 16, 17]]
+    completions = [[20, 21, 22], [23], [24, 25]]
+    want = tf.completion_logits(tiny, tf.build_completion_batch(prompts, completions, pad_id=0))
+    cache = tf.encode_prefix(tiny, prefix)
+    assert cache.ids == tuple(prefix) and cache.layers[0][0].shape[:3] == (1, 2, 6)
+    rest = tf.build_completion_batch([p[len(prefix) :] for p in prompts], completions, pad_id=0)
+    for _ in range(2):  # the shared cache is read, never extended
+        got = tf.completion_logits(tiny, rest, prefix=cache)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert cache.layers[0][0].shape[2] == len(prefix)
+
+
+def test_prefix_cache_is_offered_only_to_full_attention_decoders(tiny):
+    from types import SimpleNamespace
+
+    assert tf.supports_prefix_cache(tiny)
+    sliding = SimpleNamespace(config=SimpleNamespace(model_type="qwen2", use_sliding_window=True))
+    assert not tf.supports_prefix_cache(sliding)  # type: ignore[arg-type]
+    assert not tf.supports_prefix_cache(
+        SimpleNamespace(config=SimpleNamespace(model_type="gemma2"))
+    )  # type: ignore[arg-type]
+
+
+def test_encode_prefix_of_no_tokens_names_the_rule(tiny):
+    from flipsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`ids` must hold at least one token id, got \[\]"):
+        tf.encode_prefix(tiny, [])
+
+
 @pytest.mark.parametrize(("pad", "eos", "want"), [(3, 7, 3), (None, 7, 7), (0, 7, 0)])
 def test_pad_token_id_prefers_pad_then_eos(tiny, pad, eos, want):
     from types import SimpleNamespace

@@ -36,6 +36,14 @@ def test_cpu_default_is_small():
     assert cfg.dtype == "float32" and cfg.lr == 5e-5
 
 
+def test_batching_levers_default_on_and_load_from_the_cli():
+    # Both are exact (tested in test_teacher_batching.py) and only remove work.
+    cfg = TrainConfig()
+    assert cfg.sort_by_length and cfg.reuse_teacher_prefix
+    off = load_train_config(None, {"sort_by_length": "false", "reuse_teacher_prefix": "0"})
+    assert (off.sort_by_length, off.reuse_teacher_prefix) == (False, False)
+
+
 def test_presets_reject_unknown_keys_with_close_matches():
     with pytest.raises(OpsaConfigError, match=r"unknown config key `lrr`\. Did you mean `lr`"):
         TrainConfig.paper(lrr=1e-4)
@@ -55,6 +63,8 @@ def test_config_is_frozen():
         ({"top_k": 0}, "`top_k` must be an integer >= 1, got 0"),
         ({"rollout_batch_size": 0}, "`rollout_batch_size` must be an integer >= 1 or None"),
         ({"gradient_checkpointing": "yes"}, "`gradient_checkpointing` must be"),
+        ({"sort_by_length": 1}, "`sort_by_length` must be True or False, got 1"),
+        ({"reuse_teacher_prefix": "yes"}, "`reuse_teacher_prefix` must be True or False"),
         ({"steps": 0}, "`steps` must be an integer >= 1 or None, got 0"),
         ({"epochs": 0.0}, "`epochs` must be > 0, got 0.0"),
         ({"lr": 0.0}, "`lr` must be > 0, got 0.0"),

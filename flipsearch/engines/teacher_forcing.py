@@ -4,6 +4,9 @@ Given conversations and completion token ids (e.g. a student's rollouts), one
 forward pass over ``prompt + completion`` yields the model's logprob of every
 completion token, and optionally its top-k logprobs per position. The trainer
 (teacher scores) and the token-level analysis both build on :func:`completion_logits`.
+When every row starts with the same token ids (the chat header and a privileged
+context), :func:`encode_prefix` computes their KV cache once and ``completion_logits(...,
+prefix=...)`` runs only the rest of each row on top of it.
 
 Example:
     >>> scorer = TeacherForcingScorer.from_pretrained(path)  # doctest: +SKIP
@@ -81,12 +84,65 @@ def build_completion_batch(
     )
 
 
-def completion_logits(model: PreTrainedModel, batch: CompletionBatch) -> torch.Tensor:
+@dataclass(frozen=True)
+class PrefixCache:
+    """The KV cache of token ids that every row of a batch starts with (computed at batch 1).
+
+    Exact only for decoders whose every layer attends to all earlier positions, with
+    rotary positions (the rows continue at position P): see `supports_prefix_cache`.
+    """
+
+    ids: tuple[int, ...]
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    """Per layer (keys, values), each (1, kv_heads, P, head_dim)."""
+
+
+def encode_prefix(model: PreTrainedModel, ids: Sequence[int]) -> PrefixCache:
+    """Run ``ids`` through the decoder once (no grad) and keep its KV cache.
+
+    Raises:
+        ConfigError: ``ids`` is empty.
+    """
+    import torch
+
+    if not ids:
+        raise ConfigError("`ids` must hold at least one token id, got []")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        out = model.get_decoder()(
+            input_ids=torch.tensor([list(ids)], device=device), use_cache=True
+        )
+    layers = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+    return PrefixCache(ids=tuple(int(i) for i in ids), layers=layers)
+
+
+_PREFIX_CACHE_MODEL_TYPES = {"llama", "qwen2", "qwen3"}
+
+
+def supports_prefix_cache(model: PreTrainedModel) -> bool:
+    """Whether ``completion_logits(model, ..., prefix=...)`` is exact for this model: a
+    full-attention decoder of a known type (Llama/SmolLM2, Qwen2/3 without sliding window)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in _PREFIX_CACHE_MODEL_TYPES:
+        return False
+    return not getattr(config, "use_sliding_window", False)
+
+
+def completion_logits(
+    model: PreTrainedModel, batch: CompletionBatch, *, prefix: PrefixCache | None = None
+) -> torch.Tensor:
     """Next-token logits at each completion position, shape (B, T, V).
 
     Row ``b``, position ``t`` holds the logits that predict completion token ``t``
     (taken from sequence position ``prompt_len + t - 1``). Gradients flow when the
-    caller enables them; padded positions hold zeros.
+    caller enables them (not into ``prefix``); padded positions hold zeros.
+
+    Args:
+        model: a causal LM.
+        batch: the rows; with ``prefix``, the part of each row *after* the prefix (its
+            ``prompt_lens`` count the prompt tokens after the prefix, at least one).
+        prefix: the KV cache of the token ids every row starts with (`encode_prefix`);
+            the rows then sit at positions ``len(prefix.ids)`` onwards.
     """
     import torch
 
@@ -97,11 +153,13 @@ def completion_logits(model: PreTrainedModel, batch: CompletionBatch) -> torch.T
     offsets = torch.arange(t_max, device=device)
     width = batch.input_ids_B_L.shape[1]
     positions_B_T = (starts[:, None] + offsets[None, :]).clamp(max=width - 1)
-    inputs = {
+    inputs: dict[str, object] = {
         "input_ids": batch.input_ids_B_L.to(device),
         "attention_mask": batch.attention_mask_B_L.to(device),
         "use_cache": False,
     }
+    if prefix is not None:
+        inputs.update(_on_prefix(batch, prefix, device))
     head = _plain_lm_head(model)
     if head is not None:
         # Only completion positions go through the LM head: teacher prompts carry the
@@ -114,6 +172,35 @@ def completion_logits(model: PreTrainedModel, batch: CompletionBatch) -> torch.T
         index = positions_B_T[:, :, None].expand(-1, -1, logits_B_L_V.shape[-1])
         logits_B_T_V = logits_B_L_V.gather(1, index)
     return logits_B_T_V * batch.completion_mask_B_T.to(device)[:, :, None].to(logits_B_T_V.dtype)
+
+
+def _on_prefix(
+    batch: CompletionBatch, prefix: PrefixCache, device: torch.device
+) -> dict[str, object]:
+    # Forward arguments that put the rows after the prefix: the prefix's KV expanded over
+    # the batch (a view; each layer's update concatenates into a fresh tensor, so the
+    # shared cache is never written), its positions attended, positions shifted by P.
+    import torch
+    from transformers import DynamicCache
+
+    n_rows, width = batch.input_ids_B_L.shape
+    n_prefix = len(prefix.ids)
+    attention_B_PL = torch.cat(
+        [
+            torch.ones((n_rows, n_prefix), dtype=batch.attention_mask_B_L.dtype),
+            batch.attention_mask_B_L,
+        ],
+        dim=1,
+    )
+    cache = DynamicCache(
+        [(k.expand(n_rows, -1, -1, -1), v.expand(n_rows, -1, -1, -1)) for k, v in prefix.layers]
+    )
+    return {
+        "attention_mask": attention_B_PL.to(device),
+        "position_ids": (n_prefix + torch.arange(width, device=device))[None].expand(n_rows, -1),
+        "past_key_values": cache,
+        "use_cache": True,
+    }
 
 
 def _plain_lm_head(model: PreTrainedModel) -> torch.nn.Module | None:
