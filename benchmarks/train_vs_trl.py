@@ -25,12 +25,24 @@ Jensen-Shannon divergence over the *student's* top-k support, opsa_train's is
 0.5 forward + 0.5 reverse KL over the *teacher's* top-k; TRL runs through the
 transformers ``Trainer`` (dataloader, callbacks, its own AdamW).
 
+``--levers`` runs no TRL arm: it measures opsa_train's batching levers each on its own
+(``sort_by_length``, ``reuse_teacher_prefix``, both, neither; see
+:class:`opsa_train.config.TrainConfig`), one subprocess each: s/step, the teacher and
+loss stages' seconds, peak RSS, and two machine-independent counts per step, the padded
+share of the teacher and student passes (``train/pad_frac``) and the teacher prompt
+tokens read from the shared-prefix cache (``train/teacher_prefix_reused``). Length
+sorting only matters with more than one micro-batch, so pass ``--micro-batch``; and
+with rows of different lengths: ``--with-benign`` mixes benign prompts into the
+batches (``max_prompts`` of each set, one shuffled order over both, as a real run's
+default), whose teacher gets no context, so their teacher rows are shorter.
+
 Install the baseline with ``pip install -e '.[bench]'`` (trl >= 0.25). Usage::
 
     python benchmarks/train_vs_trl.py                      # default size, ~10 min on 2 CPU cores
     python benchmarks/train_vs_trl.py --prompts 8 --new-tokens 64 --steps 4
     python benchmarks/train_vs_trl.py --engine auto        # rollouts: the machine default
     python benchmarks/train_vs_trl.py --arm opsa --json out.json   # one arm (used internally)
+    python benchmarks/train_vs_trl.py --levers --prompts 4 --micro-batch 2 --with-benign
 
 ``--engine`` sets opsa_train's rollout engine (default ``hf``: transformers ``generate``, as
 TRL's arm uses; ``auto`` follows the machine, see :func:`flipsearch.engines.choose_engine`).
@@ -90,7 +102,7 @@ def run_opsa(args: argparse.Namespace) -> dict[str, object]:
         context_file=str(ctx),
         out_dir=str(tmp / "run"),
         engine=args.engine,
-        benign_prompts=(),
+        benign_prompts=("benign:train",) if args.with_benign else (),
         max_prompts=args.prompts,
         batch_size=args.prompts,
         grad_accumulation=args.prompts // args.micro_batch,
@@ -104,14 +116,38 @@ def run_opsa(args: argparse.Namespace) -> dict[str, object]:
         checkpoint_every=0,
         dtype="float32",
         gradient_checkpointing=args.gradient_checkpointing,
+        sort_by_length=args.sort_by_length,
+        reuse_teacher_prefix=args.reuse_teacher_prefix,
     )
     trainer = Trainer(cfg)
     step_s = []
+    per_step: dict[str, list[float]] = {key: [] for key in LEVER_METRICS}
     for step in range(1, args.steps + 1):
         start = time.perf_counter()
-        trainer.train_step(step)
+        metrics = trainer.train_step(step)
         step_s.append(time.perf_counter() - start)
-    return {"arm": "opsa_train", "step_s": step_s, "peak_rss_mb": _peak_rss_mb()}
+        for key, values in per_step.items():
+            values.append(metrics[key])
+    return {"arm": "opsa_train", "step_s": step_s, "peak_rss_mb": _peak_rss_mb(), **per_step}
+
+
+LEVER_METRICS = (
+    "time/teacher",
+    "time/loss",
+    "train/pad_frac",
+    "train/pad_frac_teacher",
+    "train/pad_frac_student",
+    "train/teacher_prefix_reused",
+)
+"""What each opsa arm records per step beside its wall time (the lever table's columns)."""
+
+LEVERS = {
+    "none": (False, False),
+    "sort_by_length": (True, False),
+    "reuse_teacher_prefix": (False, True),
+    "both": (True, True),
+}
+"""Lever table rows: (sort_by_length, reuse_teacher_prefix)."""
 
 
 def run_trl(args: argparse.Namespace) -> dict[str, object]:
@@ -215,6 +251,9 @@ def _run_arm(arm: str, args: argparse.Namespace) -> dict[str, object]:
         "--gradient-checkpointing"
         if args.gradient_checkpointing
         else "--no-gradient-checkpointing",
+        "--sort-by-length" if args.sort_by_length else "--no-sort-by-length",
+        "--reuse-teacher-prefix" if args.reuse_teacher_prefix else "--no-reuse-teacher-prefix",
+        *(["--with-benign"] if args.with_benign else []),
     ]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     subprocess.run(cmd, check=True, env=env)
@@ -234,6 +273,35 @@ def _summary(result: dict[str, object]) -> dict[str, float]:
     }
 
 
+def _lever_summary(result: dict[str, object]) -> dict[str, float]:
+    # Means over the timed steps (the first is warm-up) of the lever metrics.
+    out = _summary(result)
+    for key in LEVER_METRICS:
+        values = list(result[key])  # type: ignore[call-overload]  # a JSON list of floats
+        timed = values[1:] if len(values) > 1 else values
+        out[key] = sum(timed) / len(timed)
+    return out
+
+
+def run_levers(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """One opsa arm per row of `LEVERS`; prints the lever table and returns its rows."""
+    head = ("lever", "s/step", "teacher s", "loss s", "peak RSS MB", "pad frac", "(T / S)")
+    print(f"{head[0]:<22}" + "".join(f"{h:>12}" for h in head[1:]) + f"{'prefix reused':>15}")
+    rows = {}
+    for name, (sort, reuse) in LEVERS.items():
+        arm_args = argparse.Namespace(**{**vars(args), "sort_by_length": sort})
+        arm_args.reuse_teacher_prefix = reuse
+        row = rows[name] = _lever_summary(_run_arm("opsa", arm_args))
+        split = f"{row['train/pad_frac_teacher']:.3f}/{row['train/pad_frac_student']:.3f}"
+        print(  # one row per arm as it ends, so a cut-short run still shows what it measured
+            f"{name:<22}{row['s_per_step']:>12.2f}{row['time/teacher']:>12.2f}"
+            f"{row['time/loss']:>12.2f}{row['peak_rss_mb']:>12.0f}"
+            f"{row['train/pad_frac']:>12.3f}{split:>12}{row['train/teacher_prefix_reused']:>15.0f}",
+            flush=True,
+        )
+    return rows
+
+
 def arm_settings(args: argparse.Namespace) -> dict[str, object]:
     """The shared settings and each arm's own (engine, dtype), for the header and --out."""
     from flipsearch.engines import choose_engine
@@ -247,6 +315,7 @@ def arm_settings(args: argparse.Namespace) -> dict[str, object]:
         "steps": args.steps,
         "micro_batch": args.micro_batch,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "with_benign": args.with_benign,
         "arms": {
             "opsa_train": {
                 "rollout_engine": rollout.engine,
@@ -289,6 +358,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", help="also write the comparison as JSON here")
     p.add_argument(
+        "--with-benign",
+        action="store_true",
+        help="opsa_train only (--levers): mix benign:train prompts into the batches "
+        "(default: harmful only, as TRL's arm)",
+    )
+    p.add_argument(
+        "--levers",
+        action="store_true",
+        help="no TRL arm: measure opsa_train's batching levers each on its own",
+    )
+    for lever in ("sort-by-length", "reuse-teacher-prefix"):
+        p.add_argument(
+            f"--{lever}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"opsa_train's `{lever.replace('-', '_')}` (default: on; --levers sets both)",
+        )
+    p.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -300,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.micro_batch < 1 or args.prompts % args.micro_batch:
         p.error(f"--micro-batch must divide --prompts ({args.prompts}), got {args.micro_batch}")
 
+    if args.with_benign and not (args.levers or args.arm == "opsa"):
+        p.error("--with-benign needs --levers: TRL's arm trains on harmful prompts only")
     if args.arm is not None:
         result = run_opsa(args) if args.arm == "opsa" else run_trl(args)
         Path(args.json).write_text(json.dumps(result))
@@ -307,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_header()
     settings = arm_settings(args)
+    if args.levers:
+        shared = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "arms")
+        print(f"opsa_train levers: {shared}", flush=True)
+        levers = run_levers(args)
+        if args.out:
+            report = {"machine": machine, "settings": settings, "levers": levers}
+            Path(args.out).write_text(json.dumps(report, indent=2))
+        return 0
     for name, arm in settings["arms"].items():  # type: ignore[attr-defined]
         print(f"{name}: {', '.join(f'{k} {v}' for k, v in arm.items())}", flush=True)
     arms = {
