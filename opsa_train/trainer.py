@@ -301,7 +301,8 @@ class Trainer(TrainLoop):
 
         Rows that start with a shared prefix of ``self.prefix_caches`` run only their
         remaining tokens on its KV cache; the others (and all rows when
-        ``config.reuse_teacher_prefix`` is off) run in full. One forward pass per group.
+        ``config.reuse_teacher_prefix`` is off) run in full. One forward pass per group;
+        with more than one, the groups' logits are copied into one (B, T, V) tensor.
 
         Returns:
             The logits, the forward passes run (for padding counts), and the number of
@@ -331,7 +332,8 @@ class Trainer(TrainLoop):
                 t_max = max(1, *(len(c) for c in completion_ids))
                 shape = (len(prompt_ids), t_max, logits_G_T_V.shape[-1])
                 out_B_T_V = logits_G_T_V.new_zeros(shape)
-            out_B_T_V[torch.tensor(index), : logits_G_T_V.shape[1]] = logits_G_T_V
+            rows = torch.tensor(index, device=out_B_T_V.device)
+            out_B_T_V[rows, : logits_G_T_V.shape[1]] = logits_G_T_V
             del logits_G_T_V
         assert out_B_T_V is not None  # groups is not empty: there is at least one row
         return out_B_T_V, tuple(passes), reused
