@@ -289,6 +289,15 @@ def train_baseline(
             f"{len(prepared.rows)}: the context made no refusal on harmful prompts and no "
             "answer on benign ones. Check the context file or raise `max_new_tokens`."
         )
+    kinds = {e.type for e in examples}
+    if config.benign_share is not None and kinds != {"harmful", "benign"}:
+        logger.warning(
+            "baseline: benign_share=%s needs kept answers of both types, got only %s; "
+            "training on the kept answers' own mix",
+            config.benign_share,
+            sorted(kinds),
+        )
+        config = dataclasses.replace(config, benign_share=None)
     return SFTTrainer(config, prepared, examples, record=record).run()
 
 

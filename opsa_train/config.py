@@ -367,7 +367,7 @@ class TrainConfig:
     @classmethod
     def cpu_default(cls, **overrides: object) -> TrainConfig:
         """A demo sized for minutes on 2 CPU cores with the embedded 135M model: 20 steps
-        of 8 prompts, 48 new tokens, float32, lr 5e-5 (why: :data:`opsa_train.presets.CPU_DEMO`).
+        of 8 prompts, 24 new tokens, float32, lr 3e-4 (why: :data:`opsa_train.presets.CPU_DEMO`).
 
         Example:
             >>> cfg = TrainConfig.cpu_default()

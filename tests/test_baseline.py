@@ -220,3 +220,26 @@ def test_train_baseline_writes_its_run_folder_resumes_and_reruns_as_a_no_op(tiny
     trained = (out / "final" / "model.safetensors").read_bytes()
     assert trained == (straight / "final" / "model.safetensors").read_bytes()
     assert trained != (tiny_model / "model.safetensors").read_bytes()
+
+
+class RefuseAll(ContextEcho):
+    """A fake engine that refuses every prompt: benign answers are all dropped."""
+
+    def generate(self, conversations, sampling, *, use_tqdm=False):
+        self.seen.extend(conversations)
+        return [[_gen(REFUSE)] for _ in conversations]
+
+
+def test_baseline_with_benign_share_but_no_kept_benign_answer_trains_on_what_it_kept(
+    tiny_model, tmp_path, caplog
+):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    out = tmp_path / "B"
+    with caplog.at_level("WARNING", logger="opsa_train.baseline"):
+        result = _baseline_run(
+            tiny_model, out, 1, RefuseAll(tok), benign_prompts="benign:train", benign_share=0.5
+        )
+    assert result.steps == 1 and (out / "final").is_dir()
+    assert "needs kept answers of both types, got only ['harmful']" in caplog.text

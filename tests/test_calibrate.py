@@ -37,7 +37,7 @@ def test_trial_config_layers_preset_shared_overrides_and_params(tmp_path):
     )
     train = train_config_of(cfg, {"lr": 3e-4})
     assert (train.lr, train.batch_size, train.steps, train.checkpoint_every) == (3e-4, 4, 30, 10)
-    assert train.max_new_tokens == 48  # from cpu_default
+    assert train.max_new_tokens == 24  # from cpu_default
     assert Path(train.out_dir) == run_dir(cfg, {"lr": 3e-4}) == tmp_path / "trials" / "lr=0.0003"
 
 

@@ -32,8 +32,8 @@ def test_paper_preset_pins_the_paper_recipe():
 def test_cpu_default_is_small():
     cfg = TrainConfig.cpu_default()
     assert cfg.model == "smollm2-135m" and cfg.engine == "hf"
-    assert cfg.batch_size == 8 and cfg.max_new_tokens == 48 and cfg.steps == 20
-    assert cfg.dtype == "float32" and cfg.lr == 5e-5
+    assert cfg.batch_size == 8 and cfg.max_new_tokens == 24 and cfg.steps == 20
+    assert cfg.dtype == "float32" and cfg.lr == 3e-4
 
 
 def test_batching_levers_default_on_and_load_from_the_cli():
