@@ -151,6 +151,11 @@ class TrainConfig:
     dtype: str = "bfloat16"
     """Model compute dtype: ``bfloat16`` or ``float32``. Optimiser state and master
     weights should stay float32: a bf16 weight cannot hold an update of 1e-5 relative."""
+    teacher_dtype: str | None = None
+    """The frozen teacher's dtype; None: ``dtype``. ``bfloat16`` halves its memory (and its
+    time where the hardware does bf16: CUDA, AVX512_BF16, AMX) and rounds no update away,
+    as the teacher is never trained; ``benchmarks/teacher_dtype.py`` measures what it
+    changes in the teacher's log-probs."""
     gradient_checkpointing: bool = False
     """Recompute the student's layer activations in the backward pass instead of keeping
     them: less peak memory, about one more forward pass of compute (TRL turns it on by
@@ -277,6 +282,7 @@ class TrainConfig:
             )
         check_int("rollout_batch_size", self.rollout_batch_size, optional=True)
         check_choice("dtype", self.dtype, DTYPES)
+        check_choice("teacher_dtype", self.teacher_dtype, DTYPES, optional=True)
         check_bool("gradient_checkpointing", self.gradient_checkpointing)
         check_bool("sort_by_length", self.sort_by_length)
         check_bool("reuse_teacher_prefix", self.reuse_teacher_prefix)
@@ -343,6 +349,11 @@ class TrainConfig:
         if self.loss in _FIXED_ALPHA:
             return _FIXED_ALPHA[self.loss]
         return _DEFAULT_ALPHA if self.alpha is None else self.alpha
+
+    @property
+    def teacher_dtype_or(self) -> str:
+        """The teacher's dtype: ``teacher_dtype``, else ``dtype``."""
+        return self.teacher_dtype or self.dtype
 
     @property
     def micro_batch_size(self) -> int:

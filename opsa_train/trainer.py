@@ -146,8 +146,8 @@ class Trainer(TrainLoop):
         prepared = prepare(config)
         super().__init__(config, prepared, prepared.rows)  # student, AdamW, schedule, data
         self.contexts = prepared.contexts
-        # Teacher: frozen copy of the initial weights, stored in the compute dtype.
-        self.teacher = load_model(prepared.model_path, getattr(torch, config.dtype))
+        # Teacher: frozen copy of the initial weights, in teacher_dtype (default: dtype).
+        self.teacher = load_model(prepared.model_path, getattr(torch, config.teacher_dtype_or))
         self.teacher.eval().requires_grad_(False).to(self.device)
         preflight.check_tokenizers(
             self.tokenizer,

@@ -86,6 +86,8 @@ def test_config_is_frozen():
         ({"harmful_prompts": ()}, "`harmful_prompts` must name at least one"),
         ({"harmful_prompts": ("a:b:c",)}, "`harmful_prompts` entries must look like"),
         ({"benign_prompts": ("x:",)}, "`benign_prompts` entries must look like"),
+        ({"teacher_dtype": "fp8"}, "`teacher_dtype` must be one of"),
+        ({"benign_share": 0.0}, r"`benign_share` must be in \(0, 1\)"),
         ({"n_rollouts": 0}, "`n_rollouts` must be an integer >= 1"),
         ({"max_new_tokens": 2.5}, "`max_new_tokens` must be an integer >= 1"),
         ({"keep_checkpoints": 0}, "`keep_checkpoints` must be an integer >= 1 or None"),

@@ -411,3 +411,33 @@ def test_kv_cache_gib_grows_with_the_step_and_the_dtype():
     assert sizes == [1, 1, 8]  # 46,080 B/token x 1.25 headroom, rounded up to whole GiB
     with pytest.raises(ValueError, match="num_hidden_layers"):
         kv_bytes_per_token(object(), "float32")
+
+
+def test_a_bfloat16_teacher_trains_a_float32_student(tiny_model, tmp_path):
+    context = tmp_path / "best.json"
+    write_export(context, ExportFile(Context(REFUSE, "system"), provenance={"model": "x"}))
+    config = load_train_config(
+        overrides={
+            "model": str(tiny_model),
+            "context_file": str(context),
+            "engine": "hf",
+            "out_dir": str(tmp_path / "run"),
+            "max_prompts": 2,
+            "batch_size": 2,
+            "max_new_tokens": 4,
+            "top_k": 8,
+            "benign_prompts": "",
+            "steps": 1,
+            "export_model_mismatch": "warn",
+            "dtype": "float32",
+            "teacher_dtype": "bfloat16",
+        }
+    )
+    trainer = Trainer(config)
+    try:
+        assert next(trainer.teacher.parameters()).dtype == torch.bfloat16
+        assert next(trainer.student.parameters()).dtype == torch.float32
+        metrics = trainer.train_step(1)
+    finally:
+        trainer.close()
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
