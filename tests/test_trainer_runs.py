@@ -364,22 +364,8 @@ def test_vllm_rollouts_get_a_kv_cache_sized_to_the_step(tiny_model, tmp_path, mo
         raise Built
 
     monkeypatch.setattr(EngineConfig, "build", capture)
-    context = tmp_path / "best.json"
-    write_export(context, ExportFile(Context(REFUSE, "system"), provenance={"model": "x"}))
-    config = load_train_config(
-        overrides={
-            "model": str(tiny_model),
-            "context_file": str(context),
-            "engine": "vllm",
-            "out_dir": str(tmp_path / "run"),
-            "max_prompts": 2,
-            "batch_size": 4,
-            "n_rollouts": 2,
-            "max_new_tokens": 8,
-            "benign_prompts": "",
-            "export_model_mismatch": "warn",
-            "dtype": "float32",
-        }
+    config = _tiny_config(
+        tiny_model, tmp_path, engine="vllm", batch_size=4, n_rollouts=2, max_new_tokens=8
     )
     with pytest.raises(Built):
         Trainer(config)
@@ -394,6 +380,26 @@ def config_of(model_path: Path):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(model_path)
+
+
+def _tiny_config(tiny_model: Path, tmp_path: Path, **extra: object):
+    # A TrainConfig on the tiny model with a hand-written system context.
+    context = tmp_path / "best.json"
+    write_export(context, ExportFile(Context(REFUSE, "system"), provenance={"model": "x"}))
+    values = {
+        "model": str(tiny_model),
+        "context_file": str(context),
+        "engine": "hf",
+        "out_dir": str(tmp_path / "run"),
+        "max_prompts": 2,
+        "batch_size": 2,
+        "max_new_tokens": 4,
+        "benign_prompts": "",
+        "export_model_mismatch": "warn",
+        "dtype": "float32",
+        **extra,
+    }
+    return load_train_config(overrides=values)
 
 
 def test_kv_cache_gib_grows_with_the_step_and_the_dtype():
@@ -414,25 +420,7 @@ def test_kv_cache_gib_grows_with_the_step_and_the_dtype():
 
 
 def test_a_bfloat16_teacher_trains_a_float32_student(tiny_model, tmp_path):
-    context = tmp_path / "best.json"
-    write_export(context, ExportFile(Context(REFUSE, "system"), provenance={"model": "x"}))
-    config = load_train_config(
-        overrides={
-            "model": str(tiny_model),
-            "context_file": str(context),
-            "engine": "hf",
-            "out_dir": str(tmp_path / "run"),
-            "max_prompts": 2,
-            "batch_size": 2,
-            "max_new_tokens": 4,
-            "top_k": 8,
-            "benign_prompts": "",
-            "steps": 1,
-            "export_model_mismatch": "warn",
-            "dtype": "float32",
-            "teacher_dtype": "bfloat16",
-        }
-    )
+    config = _tiny_config(tiny_model, tmp_path, top_k=8, steps=1, teacher_dtype="bfloat16")
     trainer = Trainer(config)
     try:
         assert next(trainer.teacher.parameters()).dtype == torch.bfloat16
