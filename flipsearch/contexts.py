@@ -42,17 +42,27 @@ class Context:
         if not isinstance(self.text, str):
             raise ConfigError(f"`context.text` must be a string, got {self.text!r}")
 
-    def apply(self, conversation: Conversation) -> Conversation:
-        return apply_context(conversation, self.text, self.placement)
+    def apply(
+        self, conversation: Conversation, *, default_system: str | None = None
+    ) -> Conversation:
+        return apply_context(conversation, self.text, self.placement, default_system=default_system)
 
 
-def apply_context(conversation: Conversation, text: str, placement: str) -> Conversation:
+def apply_context(
+    conversation: Conversation, text: str, placement: str, *, default_system: str | None = None
+) -> Conversation:
     """Return a new conversation with ``text`` placed as ``placement`` says.
 
     - ``system``: a system message; an existing system message gets ``text`` prepended.
     - ``prefix``/``suffix``: joined before/after the content of the last user turn.
 
     An empty ``text`` returns the conversation unchanged (the context-free baseline).
+
+    Args:
+        default_system: the chat template's default system prompt, to keep: with
+            ``system`` placement and no system message yet, the new one is ``text``
+            followed by it. None: a system message replaces the template's default
+            (:mod:`flipsearch.engines.template_caps` detects both).
 
     Raises:
         ConfigError: unknown placement, or no user turn for prefix/suffix.
@@ -64,6 +74,8 @@ def apply_context(conversation: Conversation, text: str, placement: str) -> Conv
     if placement == "system":
         if messages and messages[0]["role"] == "system":
             messages[0]["content"] = text + SEPARATOR + messages[0]["content"]
+        elif default_system:
+            messages.insert(0, {"role": "system", "content": text + SEPARATOR + default_system})
         else:
             messages.insert(0, {"role": "system", "content": text})
         return tuple(messages)

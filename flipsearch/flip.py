@@ -22,6 +22,7 @@ from flipsearch.cache import GenerationCache, cached_generate, cached_judge
 from flipsearch.checks import check_choice, check_int
 from flipsearch.contexts import Context
 from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.template_caps import TemplateCaps, template_caps
 from flipsearch.errors import ConfigError
 from flipsearch.models import model_key
 from flipsearch.scoring import FlipScore, PromptOutcome, summarise
@@ -49,6 +50,10 @@ class ScoreSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    keep_default_system: bool = False
+    """With ``system`` placement on a chat template that has a default system prompt
+    (the embedded SmolLM2's), keep that prompt after the context instead of replacing it
+    (:mod:`flipsearch.engines.template_caps`)."""
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, ("greedy", "sample"))
@@ -108,6 +113,18 @@ class FlipScorer:
             getattr(engine, "config", None), "max_model_len", None
         )
         self.use_tqdm = use_tqdm
+        self.template = _probe_template(engine)
+        """The chat template's system-message handling, probed here once (None for an
+        engine without a chat template, such as a test fake)."""
+        self._kept_default: str | None = None
+        if settings.keep_default_system:
+            if self.template is not None and self.template.default_system is not None:
+                self._kept_default = self.template.default_system
+            else:
+                logger.warning(
+                    "`keep_default_system` is ignored: the chat template has no default "
+                    "system prompt"
+                )
         self.generations = 0
         """New generations made by this scorer (cache misses x samples)."""
         self.new_tokens = 0
@@ -121,6 +138,13 @@ class FlipScorer:
         from flipsearch.judges import judge_cache_id
 
         return judge_cache_id(self.judge)
+
+    def template_record(self) -> dict[str, object]:
+        """What ``system`` placement does with this model's chat template, as results
+        record it (:meth:`TemplateCaps.record`); None values without a chat template."""
+        if self.template is None:
+            return {"system_placement": None, "default_system": None}
+        return self.template.record(keep_default_system=self._kept_default is not None)
 
     # ---------------------------------------------------------------- public
 
@@ -139,7 +163,7 @@ class FlipScorer:
     def outcomes(self, context: Context, rows: Sequence[PromptRow]) -> list[PromptOutcome]:
         """Per-prompt outcomes of ``context`` on ``rows`` (baseline from the cache)."""
         base_convs = [make_conversation(r.prompt) for r in rows]
-        ctx_convs = [context.apply(c) for c in base_convs]
+        ctx_convs = [context.apply(c, default_system=self._kept_default) for c in base_convs]
         self._check_fits(ctx_convs)
         base = self._generate(base_convs)
         ctx = self._generate(ctx_convs)
@@ -208,6 +232,14 @@ class FlipScorer:
                     f"max_tokens {self.sampling.max_tokens} > max_model_len "
                     f"{self.max_model_len}. Shorten the context or raise max_model_len."
                 )
+
+
+def _probe_template(engine: Engine) -> TemplateCaps | None:
+    # At start-up, so a template that raises on system messages is found once, here.
+    tokenizer = getattr(engine, "tokenizer", None)
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return template_caps(tokenizer)
 
 
 def model_fingerprint_of(engine: Engine) -> str:

@@ -58,6 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--k", type=int, default=1, help="samples per prompt and side (sample mode)")
     s.add_argument("--max-tokens", type=int, default=64, help="scoring window (default 64)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--keep-default-system",
+        action="store_true",
+        help="system placement: keep the chat template's default system prompt after the "
+        "context (default: the context replaces it)",
+    )
     add_engine_args(p)
     add_judge_args(p)
     add_cache_args(p)
@@ -67,7 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     context = read_context(args.context, args.context_file, args.placement)
-    settings = ScoreSettings(mode=args.mode, k=args.k, max_tokens=args.max_tokens, seed=args.seed)
+    settings = ScoreSettings(
+        mode=args.mode,
+        k=args.k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        keep_default_system=args.keep_default_system,
+    )
     harmful = load_prompt_set(args.harmful, limit=args.limit).harmful()
     benign = load_prompt_set(args.benign, limit=args.limit).benign() if args.benign else None
     cache = open_cache(args)
@@ -140,6 +152,7 @@ def result_document(
                 **model_identity(spec, scorer.engine.model_path),
                 "engine": scorer.engine.name,
                 "engine_choice": engine_choice_record(scorer.engine),
+                **scorer.template_record(),  # what `system` placement does with the template
                 "judge": scorer.judge_id,
                 "prompt_sets": [ps.describe() for ps in sets],
                 "max_tokens": scorer.settings.max_tokens,

@@ -88,6 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--limit-harmful", type=int, default=None, help="first N harmful prompts")
     d.add_argument("--limit-benign", type=int, default=None, help="first N benign prompts")
     d.add_argument("--max-tokens", type=int, default=64, help="scoring window (default 64)")
+    d.add_argument(
+        "--keep-default-system",
+        action="store_true",
+        help="system placement: keep the chat template's default system prompt after the "
+        "context (default: the context replaces it)",
+    )
     add_engine_args(p)
     add_judge_args(p)
     add_cache_args(p)
@@ -123,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         limit_harmful=args.limit_harmful,
         limit_benign=args.limit_benign,
         max_tokens=args.max_tokens,
+        keep_default_system=args.keep_default_system,
         objective=args.objective,
         objective_metric=args.objective_metric,
         max_over_refusal=args.max_over_refusal,

@@ -1,13 +1,16 @@
 """Render chat conversations to prompt token ids with the model's own chat template.
 
 Both engines and the teacher-forcing scorer tokenize through here, so the same
-conversation always becomes the same token ids: vLLM receives ids, not text.
+conversation always becomes the same token ids: vLLM receives ids, not text. A system
+message on a template without a system role is folded into the first user turn
+(:func:`flipsearch.engines.template_caps.fit_to_template`, probed once per tokenizer).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from flipsearch.engines.template_caps import fit_to_template
 from flipsearch.errors import ConfigError
 from flipsearch.types import Conversation
 
@@ -17,6 +20,9 @@ if TYPE_CHECKING:
 
 def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) -> list[int]:
     """Token ids of ``conversation`` followed by the assistant-turn header.
+
+    A leading system message is folded into the first user turn where the template has
+    no system role (:func:`~flipsearch.engines.template_caps.fit_to_template`).
 
     Raises:
         ConfigError: the tokenizer has no chat template, or the conversation does not
@@ -30,6 +36,7 @@ def render_prompt_ids(tokenizer: PreTrainedTokenizerBase, conversation: Conversa
     if not conversation or conversation[-1]["role"] != "user":
         roles = [m["role"] for m in conversation]
         raise ConfigError(f"a conversation must end with a user turn, got roles {roles!r}")
+    conversation = fit_to_template(tokenizer, conversation)
     ids = tokenizer.apply_chat_template(
         list(conversation), add_generation_prompt=True, tokenize=True, return_dict=False
     )

@@ -48,6 +48,7 @@ IDENTITY_FIELDS = (
     "limit_harmful",
     "limit_benign",
     "max_tokens",
+    "keep_default_system",
 )
 """Fields a resumed study must keep: scores under other values are not comparable."""
 
@@ -92,6 +93,10 @@ class SweepConfig:
     """First N benign prompts; None keeps all."""
     max_tokens: int = 64
     """Scoring window in new tokens (greedy decoding, the paper's scoring mode)."""
+    keep_default_system: bool = False
+    """``system`` placement on a chat template with a default system prompt (the embedded
+    SmolLM2's): keep it after the context instead of replacing it
+    (:class:`flipsearch.flip.ScoreSettings`)."""
 
     # -- how to search
     objective: str = "constrained"

@@ -114,13 +114,15 @@ def provenance(
     config: SweepConfig, scorer: FlipScorer, space: SearchSpace, sets: Sequence[PromptSet]
 ) -> dict[str, object]:
     """What the study's scores were measured with, for its export files: the model by
-    identity, engine, judge, prompt sets, scoring, space and code version (paths
-    portable, no tokens)."""
+    identity, engine, what ``system`` placement does with its chat template, judge,
+    prompt sets, scoring, space and code version (paths portable, no tokens)."""
     return recordable(
         {
             **model_identity(config.engine.model, scorer.engine.model_path),
             "engine": scorer.engine.name,
             "engine_choice": engine_choice_record(scorer.engine),
+            # What `system` placement does with the chat template (folded, default kept...).
+            **scorer.template_record(),
             "judge": scorer.judge_id,
             "prompt_sets": [ps.describe() for ps in sets],
             "max_tokens": scorer.settings.max_tokens,

@@ -157,7 +157,10 @@ def _scorer(
         cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
     judge = judge or config.judge.build()
     engine = engine or config.engine.build()
-    return FlipScorer(engine, judge, cache, ScoreSettings(max_tokens=config.max_tokens))
+    settings = ScoreSettings(
+        max_tokens=config.max_tokens, keep_default_system=config.keep_default_system
+    )
+    return FlipScorer(engine, judge, cache, settings)
 
 
 def _create_study(
