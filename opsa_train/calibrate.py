@@ -265,6 +265,7 @@ def dev_point(
             export=config.context_file,
             benign_context=train.benign_context,
             placement=train.placement,
+            keep_default_system=train.keep_default_system,
         ),
         out_dir=str(folder / f"dev-step-{step}"),
     )

@@ -74,6 +74,10 @@ class TrainConfig:
     placement: str | None = None
     """Override of the export's placement: ``system``, ``prefix`` or ``suffix``; None
     keeps the placement the context was searched with (changing it voids its scores)."""
+    keep_default_system: bool = False
+    """With ``system`` placement on a chat template that has a default system prompt (the
+    embedded SmolLM2's), keep it after the teacher's context instead of replacing it; use
+    the value the context was searched with (``flipsearch sweep --keep-default-system``)."""
 
     # ---- data --------------------------------------------------------------------------
     harmful_prompts: tuple[str, ...] = ("harmful_core:train",)
@@ -218,6 +222,7 @@ class TrainConfig:
         check_str("context_file", self.context_file, optional=True)
         check_str("benign_context", self.benign_context, optional=True, allow_empty=True)
         check_choice("placement", self.placement, PLACEMENTS, optional=True)
+        check_bool("keep_default_system", self.keep_default_system)
         for name in ("harmful_prompts", "benign_prompts"):
             check_prompt_specs(name, getattr(self, name))
         if not self.harmful_prompts:

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -122,6 +123,9 @@ class TeacherContexts:
     """I_h; None only in tests that train without a context."""
     benign: Context | None
     """I_b; None: benign prompts' teacher gets no context (see the module docstring)."""
+    default_system: str | None = None
+    """The chat template's default system prompt to keep after a ``system``-placed
+    context (``keep_default_system``, :meth:`with_template`); None replaces it."""
 
     @classmethod
     def from_export(cls, export: ExportFile, config: ContextOverrides) -> TeacherContexts:
@@ -142,6 +146,28 @@ class TeacherContexts:
                 benign = Context(benign.text, config.placement)  # type: ignore[arg-type]
         return cls(harmful=harmful, benign=benign)
 
+    def with_template(self, tokenizer: Any, *, keep_default_system: bool) -> TeacherContexts:
+        """These contexts on ``tokenizer``'s chat template: with ``keep_default_system``,
+        a ``system``-placed context goes before the template's default system prompt
+        instead of replacing it (:mod:`flipsearch.engines.template_caps`)."""
+        if not keep_default_system:
+            return self
+        from flipsearch.engines.template_caps import template_caps
+
+        default = template_caps(tokenizer).default_system
+        if default is None:
+            logger.warning(
+                "`keep_default_system` is ignored: the chat template has no default system prompt"
+            )
+        return dataclasses.replace(self, default_system=default)
+
+    def apply(self, prompt_type: str, conversation: Conversation) -> Conversation:
+        """``conversation`` with the context of a ``harmful`` or ``benign`` prompt."""
+        context = self.for_type(prompt_type)
+        if context is None:
+            return conversation
+        return context.apply(conversation, default_system=self.default_system)
+
     def for_type(self, prompt_type: str) -> Context | None:
         """The context of a ``harmful`` or ``benign`` prompt."""
         if prompt_type == "harmful":
@@ -153,9 +179,7 @@ class TeacherContexts:
     def conversation(self, row: PromptRow) -> Conversation:
         """The teacher's conversation: the row's context applied to the plain prompt, by
         the same function the context search uses (:meth:`flipsearch.contexts.Context.apply`)."""
-        base = student_conversation(row)
-        context = self.for_type(row.type)
-        return base if context is None else context.apply(base)
+        return self.apply(row.type, student_conversation(row))
 
     def describe(self) -> dict[str, Any]:
         """A JSON summary for logs: each context's placement and length."""

@@ -59,6 +59,8 @@ class TeacherSpec:
     """As :attr:`opsa_train.config.TrainConfig.benign_context` ("" = no I_b)."""
     placement: str | None = None
     """As :attr:`opsa_train.config.TrainConfig.placement`."""
+    keep_default_system: bool = False
+    """As :attr:`opsa_train.config.TrainConfig.keep_default_system`."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.export, str) or not self.export.strip():

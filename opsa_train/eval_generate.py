@@ -158,6 +158,9 @@ def generate_answers(
                     config.retention_max_tokens,
                 )
             if teacher is not None and contexts is not None and teacher.model is None:
+                contexts = contexts.with_template(
+                    engine.tokenizer, keep_default_system=teacher.keep_default_system
+                )
                 _note_engine(answers, TEACHER, model, engine, contexts)
                 answers.responses[TEACHER] = _answer_items(engine, cache, identity, items, contexts)
     if teacher is not None and contexts is not None and teacher.model is not None:
@@ -165,6 +168,9 @@ def generate_answers(
             timed(timings, f"time/generate/{TEACHER}"),
             _engine(engine_factory, teacher.model) as engine,
         ):
+            contexts = contexts.with_template(
+                engine.tokenizer, keep_default_system=teacher.keep_default_system
+            )
             identity = _note_engine(answers, TEACHER, teacher.model, engine, contexts)
             answers.responses[TEACHER] = _answer_items(engine, cache, identity, items, contexts)
     return answers
@@ -224,8 +230,7 @@ def _conversation(item: EvalItem, contexts: TeacherContexts | None) -> Conversat
     conv = make_conversation(item.prompt)
     if contexts is None:
         return conv
-    context = contexts.for_type("harmful" if item.task == "harmful" else "benign")
-    return conv if context is None else context.apply(conv)
+    return contexts.apply("harmful" if item.task == "harmful" else "benign", conv)
 
 
 def _generate_all(

@@ -247,6 +247,7 @@ def _eval_config(cfg: PipelineConfig) -> EvalConfig:
         export=str(cfg.export_path),
         benign_context=train.benign_context,
         placement=train.placement,
+        keep_default_system=train.keep_default_system,
     )
     fields = {
         "teacher": teacher,

@@ -362,6 +362,7 @@ def prepare(config: TrainConfig, *, export: ExportFile | None = None) -> Prepare
 
     student_tok = AutoTokenizer.from_pretrained(model_path)
     teacher_tok = AutoTokenizer.from_pretrained(model_path)
+    contexts = contexts.with_template(teacher_tok, keep_default_system=config.keep_default_system)
     model_config = AutoConfig.from_pretrained(model_path)
     vocab = getattr(model_config, "vocab_size", None)
     check_tokenizers(student_tok, teacher_tok, student_vocab_size=vocab, teacher_vocab_size=vocab)

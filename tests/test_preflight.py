@@ -213,6 +213,34 @@ def test_teacher_contexts_follow_the_export_and_overrides():
     assert moved.conversation(PromptRow("2", "q", "harmful"))[0]["content"] == "q\n\nH"
 
 
+def test_teacher_contexts_keep_the_templates_default_system_prompt_when_asked(
+    embedded_model_path, caplog
+):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_path)
+    harmful = PromptRow("1", "Do X", "harmful")
+    ctx = TeacherContexts(harmful=Context("Refuse.", "system"), benign=None)
+    replaced = ctx.with_template(tok, keep_default_system=False).conversation(harmful)
+    assert replaced[0] == {"role": "system", "content": "Refuse."}
+    kept = ctx.with_template(tok, keep_default_system=True).conversation(harmful)
+    assert kept[0]["content"].startswith("Refuse.\n\nYou are a helpful AI assistant named SmolLM")
+    # Prefix placement and benign rows without I_b are untouched.
+    prefix = TeacherContexts(harmful=Context("Refuse.", "prefix"), benign=None)
+    assert prefix.with_template(tok, keep_default_system=True).conversation(harmful) == (
+        {"role": "user", "content": "Refuse.\n\nDo X"},
+    )
+    assert kept_benign_is_plain(ctx.with_template(tok, keep_default_system=True))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with caplog.at_level(logging.WARNING):
+        plain = ctx.with_template(tok, keep_default_system=True)
+    assert plain.default_system is None and "`keep_default_system` is ignored" in caplog.text
+
+
+def kept_benign_is_plain(ctx: TeacherContexts) -> bool:
+    return ctx.conversation(PromptRow("2", "Hi", "benign")) == ({"role": "user", "content": "Hi"},)
+
+
 def test_prompt_sampler_resumes_at_the_same_position():
     rows = [PromptRow(str(i), f"q{i}", "harmful") for i in range(5)]
     a = PromptSampler(rows, seed=3)

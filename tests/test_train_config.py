@@ -87,6 +87,7 @@ def test_config_is_frozen():
         ({"harmful_prompts": ("a:b:c",)}, "`harmful_prompts` entries must look like"),
         ({"benign_prompts": ("x:",)}, "`benign_prompts` entries must look like"),
         ({"teacher_dtype": "fp8"}, "`teacher_dtype` must be one of"),
+        ({"keep_default_system": "yes"}, "`keep_default_system` must be True or False"),
         ({"benign_share": 0.0}, r"`benign_share` must be in \(0, 1\)"),
         ({"n_rollouts": 0}, "`n_rollouts` must be an integer >= 1"),
         ({"max_new_tokens": 2.5}, "`max_new_tokens` must be an integer >= 1"),
