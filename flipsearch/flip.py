@@ -116,15 +116,11 @@ class FlipScorer:
         self.template = _probe_template(engine)
         """The chat template's system-message handling, probed here once (None for an
         engine without a chat template, such as a test fake)."""
-        self._kept_default: str | None = None
-        if settings.keep_default_system:
-            if self.template is not None and self.template.default_system is not None:
-                self._kept_default = self.template.default_system
-            else:
-                logger.warning(
-                    "`keep_default_system` is ignored: the chat template has no default "
-                    "system prompt"
-                )
+        self._kept_default = (
+            None
+            if self.template is None
+            else self.template.kept_default(settings.keep_default_system)
+        )
         self.generations = 0
         """New generations made by this scorer (cache misses x samples)."""
         self.new_tokens = 0

@@ -154,11 +154,7 @@ class TeacherContexts:
             return self
         from flipsearch.engines.template_caps import template_caps
 
-        default = template_caps(tokenizer).default_system
-        if default is None:
-            logger.warning(
-                "`keep_default_system` is ignored: the chat template has no default system prompt"
-            )
+        default = template_caps(tokenizer).kept_default(keep_default_system)
         return dataclasses.replace(self, default_system=default)
 
     def apply(self, prompt_type: str, conversation: Conversation) -> Conversation:

@@ -77,6 +77,15 @@ class TemplateCaps:
             return "native"
         return "keeps_default" if keep_default_system else "replaces_default"
 
+    def kept_default(self, keep_default_system: bool) -> str | None:
+        """The default system prompt to keep after a ``system``-placed context: the
+        template's, when asked and it has one (else None, logged when asked)."""
+        if keep_default_system and self.default_system is None:
+            logger.warning(
+                "`keep_default_system` is ignored: the chat template has no default system prompt"
+            )
+        return self.default_system if keep_default_system else None
+
     def record(self, *, keep_default_system: bool = False) -> dict[str, object]:
         """The fields results record: ``system_placement`` and ``default_system`` (its
         first :data:`RECORD_CHARS` characters, or None)."""
