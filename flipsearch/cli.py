@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "flipsearch.commands.models",
     "flipsearch.commands.xstest",
     "flipsearch.commands.judge_eval",
+    "flipsearch.commands.proxy",
 )
 
 

@@ -24,6 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from flipsearch.engines.teacher_forcing import common_prefix
+
+__all__ = ["common_prefix", "length_order", "pad_counts", "split_prefix"]
+
 if TYPE_CHECKING:
     from flipsearch.engines.teacher_forcing import CompletionBatch
 
@@ -34,18 +38,6 @@ def length_order(lengths: Sequence[int]) -> list[int]:
     Longest first so that a micro-batch too large for memory fails on the first pass.
     """
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
-
-
-def common_prefix(rows: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """The longest run of token ids every row starts with (() for no rows)."""
-    if not rows:
-        return ()
-    first = rows[0]
-    n = min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != first[i] for r in rows):
-            return tuple(first[:i])
-    return tuple(first[:n])
 
 
 def split_prefix(

@@ -22,6 +22,7 @@ from flipsearch.commands._common import (
     engine_config,
 )
 from flipsearch.contexts import PLACEMENTS
+from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
 
 if TYPE_CHECKING:
     from flipsearch.sweep import SweepConfig
@@ -76,6 +77,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="list-form space (file or built-in name, e.g. baselines) to score first",
     )
     s.add_argument(
+        "--prescreen",
+        type=int,
+        default=None,
+        metavar="N",
+        help="rank every context of the space by a generation-free proxy first and "
+        "enqueue the best N (flipsearch proxy); set --trials to N plus the baselines to "
+        "score only those",
+    )
+    s.add_argument(
+        "--prescreen-by",
+        default="likelihood",
+        choices=PRESCREEN_DESIGNS,
+        help="the proxy the prescreen ranks by (default likelihood)",
+    )
+    s.add_argument(
         "--rewrite-every",
         type=int,
         default=0,
@@ -122,6 +138,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         enqueue=tuple(args.enqueue),
         enqueue_placement=args.enqueue_placement,
         baselines=args.baselines,
+        prescreen=args.prescreen,
+        prescreen_by=args.prescreen_by,
         engine=engine_config(args),
         judge=JudgeConfig(name=args.judge, model=args.judge_model),
         harmful=args.harmful,

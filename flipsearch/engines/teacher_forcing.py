@@ -97,6 +97,18 @@ class PrefixCache:
     """Per layer (keys, values), each (1, kv_heads, P, head_dim)."""
 
 
+def common_prefix(rows: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The longest run of token ids every row starts with (() for no rows)."""
+    if not rows:
+        return ()
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
+            return tuple(first[:i])
+    return tuple(first[:n])
+
+
 def encode_prefix(model: PreTrainedModel, ids: Sequence[int]) -> PrefixCache:
     """Run ``ids`` through the decoder once (no grad) and keep its KV cache.
 
@@ -159,7 +171,7 @@ def completion_logits(
         "use_cache": False,
     }
     if prefix is not None:
-        inputs.update(_on_prefix(batch, prefix, device))
+        inputs.update(prefix_forward_inputs(batch, prefix, device))
     head = _plain_lm_head(model)
     if head is not None:
         # Only completion positions go through the LM head: teacher prompts carry the
@@ -174,12 +186,15 @@ def completion_logits(
     return logits_B_T_V * batch.completion_mask_B_T.to(device)[:, :, None].to(logits_B_T_V.dtype)
 
 
-def _on_prefix(
+def prefix_forward_inputs(
     batch: CompletionBatch, prefix: PrefixCache, device: torch.device
 ) -> dict[str, object]:
-    # Forward arguments that put the rows after the prefix: the prefix's KV expanded over
-    # the batch (a view; each layer's update concatenates into a fresh tensor, so the
-    # shared cache is never written), its positions attended, positions shifted by P.
+    """Decoder arguments that run ``batch``'s rows on top of ``prefix``.
+
+    The prefix's KV is expanded over the batch (a view; each layer's update concatenates
+    into a fresh tensor, so the shared cache is never written), its positions are
+    attended, and the rows' positions start at ``len(prefix.ids)``.
+    """
     import torch
     from transformers import DynamicCache
 

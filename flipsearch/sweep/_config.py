@@ -15,6 +15,7 @@ from flipsearch.contexts import PLACEMENTS
 from flipsearch.engines import EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.judges import JudgeConfig
+from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
 from flipsearch.scoring import OBJECTIVE_METRICS, check_metric
 from flipsearch.storage import (
     StorageSpec,
@@ -121,6 +122,13 @@ class SweepConfig:
     """Harmful prompts scored between two pruning checks, >= 1."""
     seed: int = 0
     """Sampler seed of the first worker; concurrent workers add their worker index."""
+    prescreen: int | None = None
+    """Score every context of the space with a generation-free proxy first
+    (:mod:`flipsearch.proxy`) and enqueue the best N, which the sweep then scores by
+    generation (raced by the pruner); None: no prescreen. Set ``trials`` to N plus the
+    baselines and enqueued contexts to score only those."""
+    prescreen_by: str = "likelihood"
+    """The proxy design the prescreen ranks by: ``likelihood`` or ``direction``."""
 
     # -- where to store
     results_dir: str = "results"
@@ -207,6 +215,16 @@ class SweepConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"`{name}` must be None or an integer >= 1, got {value!r}")
+        if self.prescreen is not None and (
+            not isinstance(self.prescreen, int) or self.prescreen < 1
+        ):
+            raise ConfigError(
+                f"`prescreen` must be None or an integer >= 1, got {self.prescreen!r}"
+            )
+        if self.prescreen_by not in PRESCREEN_DESIGNS:
+            raise ConfigError(
+                f"`prescreen_by` must be one of {PRESCREEN_DESIGNS}, got {self.prescreen_by!r}"
+            )
         if self.rewrite_every < 0:
             raise ConfigError(f"`rewrite_every` must be >= 0, got {self.rewrite_every!r}")
         if self.rewrite_n < 1:

@@ -74,6 +74,8 @@ def run_sweep(
             logger.warning("marked stale trials %s FAIL and enqueued them again", failed)
         PoolProposer(pool).enqueue(study, _seed_pool(config, pool))
         _baseline(study, config, scorer, space, prompts)
+        if config.prescreen:
+            _prescreen(study, config, scorer, space, prompts)
 
     n_done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if n_done >= config.trials:
@@ -225,4 +227,73 @@ def _baseline(
         config.study,
         base.base_unsafe_rate,
         scorer.generations - before,
+    )
+
+
+def _prescreen(
+    study: optuna.Study,
+    config: SweepConfig,
+    scorer: FlipScorer,
+    space: SearchSpace,
+    prompts: _Prompts,
+) -> None:
+    # Once per study: rank every context of the space by the proxy, enqueue the best
+    # `prescreen` choices, and record what was kept and what the ranking cost.
+    import time
+
+    from flipsearch.proxy import (
+        DIRECTION_HARMFUL,
+        DIRECTION_HARMLESS,
+        hf_model_of,
+        prepare_proxies,
+        score_candidates,
+        top_candidates,
+    )
+
+    if "prescreen" in study.user_attrs:
+        return
+    assert config.prescreen is not None
+    start = time.perf_counter()
+    model, tokenizer = hf_model_of(scorer.engine)
+    references = (
+        [c.context for c in load_search_space(config.baselines).enumerate()]
+        if config.baselines
+        else [c.context for c in load_search_space("baselines").enumerate()]
+    )
+    setup = prepare_proxies(
+        scorer,
+        model,
+        tokenizer,
+        prompts.harmful_set,
+        designs=[config.prescreen_by],
+        opening_contexts=references,
+        direction_harmful=[r.prompt for r in load_prompt_set(DIRECTION_HARMFUL).harmful()],
+        direction_harmless=[r.prompt for r in load_prompt_set(DIRECTION_HARMLESS).benign()],
+    )
+    candidates = space.enumerate(limit=None, unique=True)
+    rows = list(score_candidates(setup, model, tokenizer, candidates))
+    keep = top_candidates(rows, config.prescreen, by=config.prescreen_by)
+    by_id = {c.id: c for c in candidates}
+    for cid in keep:
+        study.enqueue_trial(dict(by_id[cid].choice), skip_if_exists=True)
+    scores = {r.candidate_id: getattr(r, config.prescreen_by) for r in rows}
+    study.set_user_attr(
+        "prescreen",
+        {
+            "by": config.prescreen_by,
+            "n": config.prescreen,
+            "contexts": len(candidates),
+            "kept": [[cid, scores[cid]] for cid in keep],
+            "forward_tokens": sum(r.forward_tokens for r in rows),
+            "setup_generations": setup.generations,
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+    )
+    logger.info(
+        "study %r: prescreened %d contexts by %s in %.0f s, enqueued the best %d",
+        config.study,
+        len(candidates),
+        config.prescreen_by,
+        time.perf_counter() - start,
+        len(keep),
     )

@@ -1,0 +1,74 @@
+"""Generation-free flip proxies: rank contexts by forward passes before generating.
+
+Two designs (issue #13), both scored per context from one forward pass per row:
+
+- ``likelihood`` (:mod:`._likelihood`): how the context lowers the likelihood of the
+  model's own unsafe context-free answers and raises that of its own refusal openings;
+- ``direction`` (:mod:`._direction`): how far the context moves harmful prompts along
+  the refusal direction of Arditi et al. 2024 (prompt tokens only).
+
+Each context's common prefix (chat header + context) is encoded once and reused by all
+its rows. :func:`rank_agreement` measures a proxy against measured flip rates
+(``benchmarks/proxy.py``).
+
+Example:
+    >>> setup = prepare_proxies(scorer, model, tokenizer, harmful)  # doctest: +SKIP
+    >>> rows = list(score_candidates(setup, model, tokenizer, space.enumerate()))  # doctest: +SKIP
+    >>> top_candidates(rows, 16, by="likelihood")  # doctest: +SKIP
+"""
+
+from flipsearch.proxy._direction import (
+    DirectionScore,
+    DirectionTargets,
+    RefusalDirection,
+    direction_shift,
+    fit_refusal_direction,
+)
+from flipsearch.proxy._forward import AnswerScores, ForwardCount, answer_scores, last_token_states
+from flipsearch.proxy._likelihood import (
+    LikelihoodScore,
+    LikelihoodTargets,
+    likelihood_shift,
+    refusal_openings,
+)
+from flipsearch.proxy._rank import RankAgreement, rank_agreement, ranks, spearman
+from flipsearch.proxy._screen import (
+    DESIGNS,
+    DIRECTION_HARMFUL,
+    DIRECTION_HARMLESS,
+    ProxyRow,
+    ProxySetup,
+    hf_model_of,
+    prepare_proxies,
+    score_candidates,
+    top_candidates,
+)
+
+__all__ = [
+    "DESIGNS",
+    "DIRECTION_HARMFUL",
+    "DIRECTION_HARMLESS",
+    "AnswerScores",
+    "DirectionScore",
+    "DirectionTargets",
+    "ForwardCount",
+    "LikelihoodScore",
+    "LikelihoodTargets",
+    "ProxyRow",
+    "ProxySetup",
+    "RankAgreement",
+    "RefusalDirection",
+    "answer_scores",
+    "direction_shift",
+    "fit_refusal_direction",
+    "hf_model_of",
+    "last_token_states",
+    "likelihood_shift",
+    "prepare_proxies",
+    "rank_agreement",
+    "ranks",
+    "refusal_openings",
+    "score_candidates",
+    "spearman",
+    "top_candidates",
+]

@@ -1,0 +1,192 @@
+"""Forward passes the proxies share: one context's rows, its KV computed once.
+
+Every row of one context starts with the same token ids (the chat header and, for
+``system`` and ``prefix`` placement, the context itself). :func:`run_rows` encodes that
+common prefix once and runs only the rest of each row, and counts the forward tokens it
+ran, the unit in which the proxies' cost is compared with generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flipsearch.engines.teacher_forcing import (
+    PrefixCache,
+    build_completion_batch,
+    common_prefix,
+    completion_logits,
+    encode_prefix,
+    prefix_forward_inputs,
+    supports_prefix_cache,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+@dataclass
+class ForwardCount:
+    """Tokens run through the model: the prefix once, plus every row's own tokens.
+
+    ``tokens`` counts whole-model equivalents: a pass that stops after a fraction of the
+    decoder blocks is charged that fraction per token.
+    """
+
+    tokens: float = 0.0
+    passes: int = 0
+
+    def add(self, tokens: int, *, fraction: float = 1.0) -> None:
+        self.tokens += tokens * fraction
+        self.passes += 1
+
+
+def shared_prefix(
+    model: PreTrainedModel,
+    rows: Sequence[Sequence[int]],
+    count: ForwardCount,
+    *,
+    fraction: float = 1.0,
+) -> PrefixCache | None:
+    """The KV cache of the ids all ``rows`` start with, leaving each row at least one
+    token of its own; None where the model type cannot reuse it or nothing is shared."""
+    if not rows or not supports_prefix_cache(model):
+        return None
+    ids = common_prefix(rows)[: min(len(r) for r in rows) - 1]
+    if not ids:
+        return None
+    count.add(len(ids), fraction=fraction)
+    return encode_prefix(model, ids)
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Per row: the completion's mean token log-probability, and the log of the
+    probability mass the first completion position puts on ``first_tokens``."""
+
+    mean_logprob: tuple[float, ...]
+    first_token_mass: tuple[float, ...]
+
+
+def answer_scores(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    first_tokens: Sequence[int],
+    *,
+    count: ForwardCount,
+    micro_batch: int = 32,
+) -> AnswerScores:
+    """Teacher-force ``completions[i]`` after ``prompts[i]``, one forward pass per row.
+
+    Every completion must hold at least one token. All prompts' common prefix is
+    encoded once. ``first_token_mass`` is log sum_j p(first_tokens[j] | prompt) at the
+    position that predicts the first completion token (-inf for no ``first_tokens``).
+    """
+    import torch
+
+    if any(not c for c in completions):
+        raise ValueError("every completion must hold at least one token")
+    prefix = shared_prefix(model, prompts, count)
+    cut = len(prefix.ids) if prefix is not None else 0
+    first = torch.tensor(sorted(set(first_tokens)), dtype=torch.long)
+    means: list[float] = []
+    masses: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), micro_batch):
+            p = [list(x[cut:]) for x in prompts[start : start + micro_batch]]
+            c = [list(x) for x in completions[start : start + micro_batch]]
+            batch = build_completion_batch(p, c, pad_id=0)
+            count.add(int(batch.attention_mask_B_L.sum()))
+            logits_B_T_V = completion_logits(model, batch, prefix=prefix)
+            logp_B_T_V = torch.log_softmax(logits_B_T_V.float(), dim=-1)
+            targets_B_T = batch.targets_B_T.to(logp_B_T_V.device)
+            chosen_B_T = logp_B_T_V.gather(-1, targets_B_T[:, :, None])[:, :, 0]
+            mask_B_T = batch.completion_mask_B_T.to(logp_B_T_V.device)
+            sums_B = (chosen_B_T * mask_B_T).sum(dim=1)
+            means.extend((sums_B / mask_B_T.sum(dim=1)).tolist())
+            if len(first):
+                mass_B = torch.logsumexp(logp_B_T_V[:, 0, first.to(logp_B_T_V.device)], dim=-1)
+                masses.extend(mass_B.tolist())
+            else:
+                masses.extend([float("-inf")] * len(p))
+    return AnswerScores(tuple(means), tuple(masses))
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last needed layer has run (early exit)."""
+
+
+def last_token_states(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    count: ForwardCount,
+    micro_batch: int = 32,
+) -> dict[int, torch.Tensor]:
+    """Residual-stream states at each prompt's last token: layer -> (N, H) float32.
+
+    Layer 0 is the embedding output, layer ``l`` the output of decoder block ``l``
+    (transformers' ``hidden_states`` indexing). Only blocks up to the highest requested
+    layer run (a hook stops the forward pass there); ``count`` is charged that fraction
+    of the model per token.
+    """
+    import torch
+
+    n_layers = int(model.config.num_hidden_layers)
+    top = max(layers)
+    fraction = top / n_layers
+    prefix = shared_prefix(model, prompts, count)  # every block: the KV of all layers
+    cut = len(prefix.ids) if prefix is not None else 0
+    decoder = model.get_decoder()
+    device = next(model.parameters()).device
+    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    with torch.no_grad():
+        for start in range(0, len(prompts), micro_batch):
+            p = [list(x[cut:]) for x in prompts[start : start + micro_batch]]
+            batch = build_completion_batch(p, [[] for _ in p], pad_id=0)
+            count.add(int(batch.attention_mask_B_L.sum()), fraction=fraction)
+            inputs: dict[str, object] = {
+                "input_ids": batch.input_ids_B_L.to(device),
+                "attention_mask": batch.attention_mask_B_L.to(device),
+                "use_cache": False,
+                "output_hidden_states": True,
+            }
+            if prefix is not None:
+                inputs.update(prefix_forward_inputs(batch, prefix, device))
+            hidden = _hidden_states_up_to(decoder, inputs, top)
+            last_B = torch.tensor(batch.prompt_lens, device=device) - 1
+            rows_B = torch.arange(len(p), device=device)
+            for layer in layers:
+                parts[layer].append(hidden[layer][rows_B, last_B].float().cpu())
+    return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
+
+
+def _hidden_states_up_to(decoder: torch.nn.Module, inputs: dict[str, object], top: int) -> list:
+    # hidden_states[0..top]: the embeddings, then each block's output, collected by hooks;
+    # the hook on block `top` stops the pass, so later blocks never run.
+    blocks = list(decoder.layers)  # type: ignore[arg-type]
+    states: list = []
+    handles = [decoder.embed_tokens.register_forward_hook(_collect(states))]  # type: ignore[union-attr]
+    for i, block in enumerate(blocks[:top]):
+        handles.append(block.register_forward_hook(_collect(states, stop=i + 1 == top)))
+    try:
+        decoder(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return states
+
+
+def _collect(states: list, *, stop: bool = False) -> Callable[..., None]:
+    def hook(_module: object, _args: object, output: object) -> None:
+        states.append(output[0] if isinstance(output, tuple) else output)
+        if stop:
+            raise _StopForward
+
+    return hook
