@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "opsa_train.commands.analyze",
     "opsa_train.commands.pipeline",
     "opsa_train.commands.calibrate",
+    "opsa_train.commands.validate",
 )
 
 
