@@ -94,6 +94,41 @@ def design_costs(setup, model, tokenizer, candidates) -> dict[str, tuple[float, 
     return out
 
 
+def prescreen_lines(rows, measured, n_prompts, setup_generations, cost, gen_tokens) -> list[str]:
+    """The prescreened search these numbers imply: keep the proxy's top N, score those by
+    generation; is its winner the exhaustive winner (or inside its TFR 95% CI), and at
+    what share of the exhaustive generations, the proxy's forward tokens counted as
+    generations of the measured size (``gen_tokens`` forward tokens per context), and the
+    set-up's generations (``setup_generations``) counted as if the cache were cold?"""
+    best = max(rows, key=lambda r: measured[r.candidate_id]["tfr"])
+    top = measured[best.candidate_id]
+    exhaustive = (len(rows) + 1) * n_prompts  # every context + the context-free answers
+    out = [
+        f"Prescreened search over these {len(rows)} contexts (exhaustive: {exhaustive} "
+        f"generations; winner TFR {top['tfr']:.3f} [{top['tfr_low']:.3f}, "
+        f"{top['tfr_high']:.3f}]):",
+        "",
+        "| ranked by | N kept | winner's TFR | same winner | inside CI | generations incl. "
+        "set-up (+ proxy as generations) | share of exhaustive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for design in ("likelihood", "direction"):
+        ranked = sorted(rows, key=lambda r: -float(getattr(r, design)))
+        proxy_generations = cost[design][1] * len(rows) / gen_tokens * n_prompts
+        for n in [n for n in (1, 2, 4, 8) if n < len(rows)]:
+            kept = ranked[:n]
+            win = max(kept, key=lambda r: measured[r.candidate_id]["tfr"])
+            tfr = measured[win.candidate_id]["tfr"]
+            gens = (n + 1) * n_prompts + setup_generations
+            total = gens + proxy_generations
+            out.append(
+                f"| {design} | {n} | {tfr:.3f} | {win.candidate_id == best.candidate_id} | "
+                f"{top['tfr_low'] <= tfr <= top['tfr_high']} | {gens} (+{proxy_generations:.0f}) "
+                f"| {total / exhaustive:.1%} |"
+            )
+    return [*out, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="harmful_core:search,advbench:search")
@@ -137,7 +172,12 @@ def main() -> None:
         start = time.perf_counter()
         for name, ctx in contexts:
             s = scorer.score(ctx, harmful).score
-            measured[name] = {"tfr": s.tfr.value, "tfr_refusal": s.tfr_refusal.value}
+            measured[name] = {
+                "tfr": s.tfr.value,
+                "tfr_low": s.tfr.ci_low,
+                "tfr_high": s.tfr.ci_high,
+                "tfr_refusal": s.tfr_refusal.value,
+            }
         seconds = time.perf_counter() - start
         print(f"{set_name}: measured {len(contexts)} contexts in {seconds:.0f} s")
         setup = prepare_proxies(
@@ -210,6 +250,9 @@ def main() -> None:
             f"({setup.new_tokens} tokens; 0 with a warm cache), {setup.seconds:.1f} s.",
             "",
         ]
+        # Set-up counted cold: the reference contexts' answers that give the refusal openings.
+        setup_generations = len(references) * len(harmful)
+        lines += prescreen_lines(rows, measured, len(harmful), setup_generations, cost, gen_tokens)
         for r in rows:
             row = {"set": set_name, **r.to_dict(), **extra[r.candidate_id]}
             csv_rows.append({**row, **measured[r.candidate_id]})

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial
 
 from flipsearch.judges import JudgeConfig
 from flipsearch.proxy import RankAgreement, rank_agreement
+from flipsearch.scoring import METRIC_FIELDS, check_metric
 from opsa_train.checks import check_int
 from opsa_train.errors import OpsaConfigError
 from opsa_train.eval_metrics import POOLED, counts_as_harmful
@@ -60,7 +61,7 @@ class ValidateConfig:
     contexts: int = 5
     """K: contexts picked evenly by rank over the study's distinct COMPLETE trials."""
     metric: str | None = None
-    """The flip rate correlated (``tfr``, ``tfr_refusal``); None: the study's objective."""
+    """The flip rate correlated (``tfr``, ``refusal_tfr``); None: the study's objective."""
     out_dir: str = "runs/validate"
     """One folder per context: its export file, training run and evaluation."""
     train: Mapping[str, Any] = field(default_factory=dict)
@@ -118,14 +119,15 @@ class ValidationRow:
 
 
 def distinct_ranked(study: optuna.Study, metric: str) -> list[FrozenTrial]:
-    """COMPLETE trials that measured ``metric``, by it down (ties: trial order), one per
-    distinct (context, placement). Feasibility is ignored: the question is what the flip
-    rate predicts, whatever the context's over-refusal."""
+    """COMPLETE trials that measured ``metric`` (``tfr`` or ``refusal_tfr``), by it down
+    (ties: trial order), one per distinct (context, placement). Feasibility is ignored:
+    the question is what the flip rate predicts, whatever the context's over-refusal."""
     from flipsearch.trials import rate_of
 
+    key = METRIC_FIELDS[check_metric(metric)]
     scored = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        rate = rate_of(t, metric)
+        rate = rate_of(t, key)
         if rate is not None:
             scored.append((-float(rate["value"]), t.number, t))
     seen: set[tuple[object, object]] = set()
@@ -189,13 +191,13 @@ def validate(config: ValidateConfig) -> list[ValidationRow]:
     from flipsearch.trials import objective_metric_of, open_study, rate_of
 
     study = open_study(config.study, storage=config.storage, results_dir=config.results_dir)
-    metric = config.metric or objective_metric_of(study)
+    metric = check_metric(config.metric or objective_metric_of(study))
     ranked = distinct_ranked(study, metric)
     proxies = _proxy_scores(config)
     rows = []
     for index in pick_spanning(len(ranked), config.contexts):
         trial = ranked[index]
-        rate = rate_of(trial, metric)
+        rate = rate_of(trial, METRIC_FIELDS[metric])
         if rate is None:
             raise OpsaConfigError(f"trial {trial.number} of {config.study!r} has no {metric!r}")
         context = str(trial.user_attrs.get("context"))

@@ -117,6 +117,7 @@ def test_validate_trains_each_picked_context_and_a_rerun_skips_them(tmp_path, ti
     rows = validate(config)
     picked = [ranked[i] for i in pick_spanning(len(ranked), 3)]
     assert [r.trial for r in rows] == [t.number for t in picked]
+    assert [t.number for t in distinct_ranked(study, "refusal_tfr")]  # scores key tfr_refusal
     assert [r.flip_rate for r in rows] == sorted((r.flip_rate for r in rows), reverse=True)
     assert all(r.n_harmful == 4 and -1 <= r.gain <= 1 for r in rows)
     folders = sorted((tmp_path / "runs").iterdir())
