@@ -124,10 +124,10 @@ def distinct_ranked(study: optuna.Study, metric: str) -> list[FrozenTrial]:
     the question is what the flip rate predicts, whatever the context's over-refusal."""
     from flipsearch.trials import rate_of
 
-    key = METRIC_FIELDS[check_metric(metric)]
+    field_name = METRIC_FIELDS[check_metric(metric)]
     scored = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        rate = rate_of(t, key)
+        rate = rate_of(t, field_name)
         if rate is not None:
             scored.append((-float(rate["value"]), t.number, t))
     seen: set[tuple[object, object]] = set()

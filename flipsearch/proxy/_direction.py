@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flipsearch.contexts import Context
-from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.errors import ConfigError
 from flipsearch.prompts._split import prompt_bucket
-from flipsearch.proxy._forward import ForwardCount, last_token_states
-from flipsearch.types import make_conversation
+from flipsearch.proxy._forward import ForwardCount, context_prompt_ids, last_token_states
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +89,7 @@ def fit_refusal_direction(
     count = ForwardCount()
 
     def states(prompts: Sequence[str]) -> dict[int, torch.Tensor]:
-        ids = [render_prompt_ids(tokenizer, make_conversation(p)) for p in prompts]
+        ids = context_prompt_ids(tokenizer, prompts, None)
         return last_token_states(model, ids, layers, count=count, micro_batch=micro_batch)
 
     fit_h, held_h = (states(x) for x in halves["harmful"])
@@ -146,12 +144,9 @@ class DirectionTargets:
         count: ForwardCount,
         micro_batch: int = 32,
     ) -> list[float]:
-        ids = []
-        for prompt in self.prompts:
-            conv = make_conversation(prompt)
-            if context is not None:
-                conv = context.apply(conv, default_system=self.default_system)
-            ids.append(render_prompt_ids(tokenizer, conv))
+        ids = context_prompt_ids(
+            tokenizer, self.prompts, context, default_system=self.default_system
+        )
         layer = self.direction.layer
         states = last_token_states(model, ids, [layer], count=count, micro_batch=micro_batch)
         return [float(x) for x in self.direction.project(states[layer])]

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from flipsearch.contexts import Context
+from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.engines.teacher_forcing import (
     PrefixCache,
     build_completion_batch,
@@ -21,10 +23,29 @@ from flipsearch.engines.teacher_forcing import (
     prefix_forward_inputs,
     supports_prefix_cache,
 )
+from flipsearch.types import make_conversation
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def context_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    context: Context | None,
+    *,
+    default_system: str | None = None,
+) -> list[list[int]]:
+    """Each prompt as a chat turn with ``context`` applied (None: none), rendered to ids
+    with the generation prompt, as generation-based scoring renders it."""
+    ids = []
+    for prompt in prompts:
+        conv = make_conversation(prompt)
+        if context is not None:
+            conv = context.apply(conv, default_system=default_system)
+        ids.append(render_prompt_ids(tokenizer, conv))
+    return ids
 
 
 @dataclass

@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from flipsearch.contexts import Context
-from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.errors import ConfigError
-from flipsearch.proxy._forward import ForwardCount, answer_scores
-from flipsearch.types import make_conversation
+from flipsearch.proxy._forward import ForwardCount, answer_scores, context_prompt_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -113,12 +111,9 @@ class LikelihoodTargets:
     ) -> tuple[list[float], list[float]]:
         """Per prompt: mean log p(answer), and log P(first token opens a refusal), each
         after ``context`` + prompt (None: no context)."""
-        prompt_ids = []
-        for prompt in self.prompts:
-            conv = make_conversation(prompt)
-            if context is not None:
-                conv = context.apply(conv, default_system=self.default_system)
-            prompt_ids.append(render_prompt_ids(tokenizer, conv))
+        prompt_ids = context_prompt_ids(
+            tokenizer, self.prompts, context, default_system=self.default_system
+        )
         scores = answer_scores(
             model,
             prompt_ids,
