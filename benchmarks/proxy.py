@@ -157,7 +157,9 @@ def main() -> None:
     lines = [
         "# Flip proxies against measured flip rates",
         "",
-        f"Machine: {machine}. Engine `{engine.name}`, greedy, {args.max_tokens} tokens, "
+        f"Machine: {machine['cpu_model']}, capability {machine['capability']}, "
+        f"native bf16 {machine['bf16_native']}, {machine['threads']} thread(s), "
+        f"{machine['cores']} cores. Engine `{engine.name}`, greedy, {args.max_tokens} tokens, "
         f"judge `{judge.name}`; {len(contexts)} contexts ({len(contexts) - 4} distinct "
         "paper_axes texts evenly spaced over the grammar, alternately system and prefix, "
         "plus the 4 built-in references); "
