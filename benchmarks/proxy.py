@@ -188,8 +188,6 @@ def main() -> None:
             tokenizer,
             harmful,
             opening_contexts=references,
-            direction_harmful=[r.prompt for r in load_prompt_set("harmful_core:train").harmful()],
-            direction_harmless=[r.prompt for r in load_prompt_set("benign:train").benign()],
         )
         rows = list(score_candidates(setup, model, tokenizer, candidates))
         # A variant: the direction restricted to the middle half of the blocks (Arditi et

@@ -261,12 +261,7 @@ def dev_point(
         engine=config.engine,
         judge=config.judge,
         cache=config.cache,
-        teacher=TeacherSpec(
-            export=config.context_file,
-            benign_context=train.benign_context,
-            placement=train.placement,
-            keep_default_system=train.keep_default_system,
-        ),
+        teacher=TeacherSpec.of_training(config.context_file, train),
         out_dir=str(folder / f"dev-step-{step}"),
     )
     found = read_eval(eval_config.out_dir)

@@ -20,6 +20,7 @@ from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import OpsaConfigError
 
 if TYPE_CHECKING:
+    from opsa_train.config import TrainConfig
     from opsa_train.data import TeacherContexts
 
 __all__ = [
@@ -72,6 +73,17 @@ class TeacherSpec:
             raise OpsaConfigError(
                 f"`teacher.model` must be a model path or null, got {self.model!r}"
             )
+
+    @classmethod
+    def of_training(cls, export: str, train: TrainConfig) -> TeacherSpec:
+        """The teacher a training run distils: ``export``'s contexts with ``train``'s
+        I_b, placement and default-system overrides."""
+        return cls(
+            export=export,
+            benign_context=train.benign_context,
+            placement=train.placement,
+            keep_default_system=train.keep_default_system,
+        )
 
     def contexts(self) -> TeacherContexts:
         """I_h and I_b from the export file, with this spec's overrides applied.

@@ -243,12 +243,7 @@ def _trained_models(cfg: PipelineConfig) -> dict[str, str]:
 
 def _eval_config(cfg: PipelineConfig) -> EvalConfig:
     train = _train_config(cfg, "opsa")
-    teacher = TeacherSpec(
-        export=str(cfg.export_path),
-        benign_context=train.benign_context,
-        placement=train.placement,
-        keep_default_system=train.keep_default_system,
-    )
+    teacher = TeacherSpec.of_training(str(cfg.export_path), train)
     fields = {
         "teacher": teacher,
         "engine": cfg.engine,

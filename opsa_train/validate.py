@@ -276,12 +276,7 @@ def _train_and_evaluate(
                 engine=config.engine,
                 judge=config.judge,
                 cache=config.cache,
-                teacher=TeacherSpec(
-                    export=str(export),
-                    benign_context=train_config.benign_context,
-                    placement=train_config.placement,
-                    keep_default_system=train_config.keep_default_system,
-                ),
+                teacher=TeacherSpec.of_training(str(export), train_config),
                 out_dir=str(eval_dir),
             )
         )

@@ -15,7 +15,7 @@ from flipsearch.proxy._likelihood import (
     likelihood_shift,
     refusal_openings,
 )
-from flipsearch.space import Candidate
+from flipsearch.space import Candidate, load_search_space
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,9 +65,9 @@ def prepare_proxies(
     harmful: PromptSet,
     *,
     designs: Sequence[str] = DESIGNS,
-    opening_contexts: Sequence[Context] = (),
-    direction_harmful: Sequence[str] = (),
-    direction_harmless: Sequence[str] = (),
+    opening_contexts: Sequence[Context] | None = None,
+    direction_harmful: Sequence[str] | None = None,
+    direction_harmless: Sequence[str] | None = None,
     direction_layers: Sequence[int] | None = None,
     answer_tokens: int = 16,
     opening_tokens: int = 8,
@@ -77,10 +77,12 @@ def prepare_proxies(
     """Build the targets of ``designs`` on ``harmful``.
 
     ``likelihood`` reads (or makes, through ``scorer`` and its cache) the context-free
-    answers to ``harmful`` and the answers with each of ``opening_contexts``; refusals
-    among them give the openings. ``direction`` is fitted on ``direction_harmful`` vs
-    ``direction_harmless`` (use train splits: never the prompts it scores), at the best
-    separating layer of ``direction_layers`` (default: every block but the last).
+    answers to ``harmful`` and the answers with each of ``opening_contexts`` (default: the
+    built-in ``baselines`` space); refusals among them give the openings. ``direction`` is
+    fitted on ``direction_harmful`` vs ``direction_harmless`` (default
+    :data:`DIRECTION_HARMFUL` vs :data:`DIRECTION_HARMLESS`; use train splits, never the
+    prompts it scores), at the best separating layer of ``direction_layers`` (default:
+    every block but the last).
 
     Raises:
         ConfigError: an unknown design.
@@ -101,6 +103,8 @@ def prepare_proxies(
         pairs = zip(rows, base, strict=True)
         unsafe = [(r.prompt, o.base_text) for r, o in pairs if o.base_unsafe[0]]
         refusals = [o.base_text for o in base if o.base_refusal[0]]
+        if opening_contexts is None:
+            opening_contexts = [c.context for c in load_search_space("baselines").enumerate()]
         for context in opening_contexts:
             refusals += [o.ctx_text for o in scorer.outcomes(context, rows) if o.ctx_refusal[0]]
         likelihood = LikelihoodTargets.build(
@@ -113,6 +117,12 @@ def prepare_proxies(
             micro_batch=micro_batch,
         )
     if "direction" in designs:
+        from flipsearch.prompts import load_prompt_set
+
+        if direction_harmful is None:
+            direction_harmful = [r.prompt for r in load_prompt_set(DIRECTION_HARMFUL).harmful()]
+        if direction_harmless is None:
+            direction_harmless = [r.prompt for r in load_prompt_set(DIRECTION_HARMLESS).benign()]
         fitted = fit_refusal_direction(
             model,
             tokenizer,

@@ -241,14 +241,7 @@ def _prescreen(
     # `prescreen` choices, and record what was kept and what the ranking cost.
     import time
 
-    from flipsearch.proxy import (
-        DIRECTION_HARMFUL,
-        DIRECTION_HARMLESS,
-        hf_model_of,
-        prepare_proxies,
-        score_candidates,
-        top_candidates,
-    )
+    from flipsearch.proxy import hf_model_of, prepare_proxies, score_candidates, top_candidates
 
     if "prescreen" in study.user_attrs:
         return
@@ -258,7 +251,7 @@ def _prescreen(
     references = (
         [c.context for c in load_search_space(config.baselines).enumerate()]
         if config.baselines
-        else [c.context for c in load_search_space("baselines").enumerate()]
+        else None  # the built-in references
     )
     setup = prepare_proxies(
         scorer,
@@ -267,8 +260,6 @@ def _prescreen(
         prompts.harmful_set,
         designs=[config.prescreen_by],
         opening_contexts=references,
-        direction_harmful=[r.prompt for r in load_prompt_set(DIRECTION_HARMFUL).harmful()],
-        direction_harmless=[r.prompt for r in load_prompt_set(DIRECTION_HARMLESS).benign()],
     )
     candidates = space.enumerate(limit=None, unique=True)
     rows = list(score_candidates(setup, model, tokenizer, candidates))
