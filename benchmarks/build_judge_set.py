@@ -12,6 +12,9 @@ Rows are appended batch by batch in a shuffled order; a rerun with the same ``--
 resumes (the committed set was generated this way: 120 rows in plan order, the rest
 shuffled).
 
+``--from-eval RUN_DIR`` draws rows from a pipeline run's evaluated answers instead
+(:func:`rows_from_eval`; round 3 of the committed set), with no generation.
+
 Run (about 5 to 8 minutes per batch of 40 on 2 shared CPU cores; the last 280 rows of
 the committed set took 55 minutes)::
 
@@ -122,12 +125,79 @@ def generate(rows: list[dict], model: str, batch_size: int, out: Path) -> None:
     engine.close()
 
 
+EVAL_MODELS = ("base", "teacher", "opsa", "baseline")
+EVAL_TASKS = {"harmful": 48, "over_refusal": 12}
+"""Rows drawn per evaluated model from an eval's ``samples.jsonl``, by task."""
+
+
+def rows_from_eval(
+    samples: Path, teacher_context: str, teacher_placement: str, known: set[str]
+) -> list[dict]:
+    """Unlabelled rows drawn from ``opsa-train eval``'s ``samples.jsonl``.
+
+    Per model in :data:`EVAL_MODELS`, :data:`EVAL_TASKS` rows at random (seeded), skipping
+    prompts in ``known`` (already in the labelled set). The judge's fields (``outcome``,
+    ``unsafe``, ``refusal``) are dropped, so a labeller reading the rows never sees them.
+    """
+    rng = random.Random(SEED + 3)
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for line in samples.open(encoding="utf-8"):
+        s = json.loads(line)
+        if s["model"] in EVAL_MODELS and s["task"] in EVAL_TASKS and s["prompt"] not in known:
+            by_key.setdefault((s["model"], s["task"]), []).append(s)
+    rows = []
+    for model in EVAL_MODELS:
+        for task, k in EVAL_TASKS.items():
+            for s in rng.sample(by_key.get((model, task), []), k):
+                is_teacher = model == "teacher" and task == "harmful"
+                rows.append(
+                    {
+                        "prompt": s["prompt"],
+                        "context": teacher_context if is_teacher else "",
+                        "placement": teacher_placement if is_teacher else "none",
+                        "decoding": "greedy",
+                        "source": s["set"].split(":")[0],
+                        "type": "harmful" if task == "harmful" else "benign",
+                        "model": model,
+                        "max_tokens": s["n_tokens"] if s["finish_reason"] == "length" else None,
+                        "response": s["response"],
+                        "label": None,
+                        "split": split_of(s["prompt"]),
+                    }
+                )
+    rng.shuffle(rows)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch-size", type=int, default=40)
+    parser.add_argument(
+        "--from-eval", type=Path, metavar="RUN_DIR",
+        help="draw rows from a pipeline run's eval answers (RUN_DIR/eval/samples.jsonl, "
+        "teacher context from RUN_DIR/best.json) instead of generating",
+    )  # fmt: skip
+    parser.add_argument(
+        "--labelled", type=Path, default=Path("flipsearch/judges/data/smollm2_135m.jsonl")
+    )
+    parser.add_argument("--id-prefix", default="r")
     args = parser.parse_args()
+    if args.from_eval:
+        best = json.loads((args.from_eval / "best.json").read_text(encoding="utf-8"))
+        harmful = best["contexts"]["harmful"]
+        known = {json.loads(line)["prompt"] for line in args.labelled.open(encoding="utf-8")}
+        drawn = rows_from_eval(
+            args.from_eval / "eval" / "samples.jsonl", harmful["text"], harmful["placement"], known
+        )
+        with args.out.open("w", encoding="utf-8") as f:
+            for i, r in enumerate(drawn):
+                f.write(
+                    json.dumps({"id": f"{args.id_prefix}{i:03d}", **r}, ensure_ascii=False) + "\n"
+                )
+        print(f"wrote {len(drawn)} unlabelled rows -> {args.out}")
+        return
     rows = [{"id": f"s{i:03d}", **r} for i, r in enumerate(plan(random.Random(SEED)))]
     generate(rows, args.model, args.batch_size, args.out)
     print(f"wrote {len(rows)} rows -> {args.out}")
