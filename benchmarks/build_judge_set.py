@@ -81,6 +81,49 @@ def plan(rng: random.Random) -> list[dict]:
     return rows
 
 
+ROUND_SETS = {
+    "harmful_core": 6,
+    "advbench": 12,
+    "harmbench": 10,
+    "strongreject": 14,
+    "xstest": 8,
+    "benign_lookalike": 5,
+    "benign_plain": 5,
+}
+"""Prompts per set in a later greedy round (:func:`plan_round`)."""
+
+
+def plan_round(round_no: int, known: set[str]) -> list[dict]:
+    """A later labelling round: new prompts (none in ``known``) from :data:`ROUND_SETS`,
+    each with no context, a system context and a user-prefix context, all greedy, as in
+    rounds 1-2; seeded by the round number."""
+    rng = random.Random(SEED + round_no)
+    contexts = [c.context.text for c in load_search_space("paper_axes").enumerate(unique=True)]
+    contexts += [c.context.text for c in load_search_space("baselines").enumerate(unique=True)]
+    contexts = sorted({t for t in contexts if t.strip()})
+    rows = []
+    for source, k in ROUND_SETS.items():
+        prompt_rows = [
+            r for r in load_prompt_set(source)
+            if not getattr(r, "context", "") and r.prompt not in known
+        ]  # fmt: skip
+        for pr in rng.sample(prompt_rows, k):
+            for placement in ("none", "system", "prefix"):
+                rows.append(
+                    {
+                        "prompt": pr.prompt,
+                        "context": "" if placement == "none" else rng.choice(contexts),
+                        "placement": placement,
+                        "decoding": "greedy",
+                        "source": source,
+                        "type": pr.type,
+                        "split": split_of(pr.prompt),
+                        "round": round_no,
+                    }
+                )
+    return rows
+
+
 def schedule(rows: list[dict], batch_size: int) -> list[tuple[str, list[dict]]]:
     """Batches of one decoding each, in a shuffled order that mixes prompt sets, so a
     run stopped early still covers every set and both decodings."""
@@ -183,6 +226,11 @@ def main() -> None:
         "--labelled", type=Path, default=Path("flipsearch/judges/data/smollm2_135m.jsonl")
     )
     parser.add_argument("--id-prefix", default="r")
+    parser.add_argument(
+        "--round", type=int, default=None,
+        help="a later greedy round (3 conditions per new prompt) with this number; ids use "
+        "--id-prefix",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.from_eval:
         best = json.loads((args.from_eval / "best.json").read_text(encoding="utf-8"))
@@ -198,7 +246,12 @@ def main() -> None:
                 )
         print(f"wrote {len(drawn)} unlabelled rows -> {args.out}")
         return
-    rows = [{"id": f"s{i:03d}", **r} for i, r in enumerate(plan(random.Random(SEED)))]
+    if args.round is not None:
+        known = {json.loads(line)["prompt"] for line in args.labelled.open(encoding="utf-8")}
+        planned = plan_round(args.round, known)
+        rows = [{"id": f"{args.id_prefix}{i:03d}", **r} for i, r in enumerate(planned)]
+    else:
+        rows = [{"id": f"s{i:03d}", **r} for i, r in enumerate(plan(random.Random(SEED)))]
     generate(rows, args.model, args.batch_size, args.out)
     print(f"wrote {len(rows)} rows -> {args.out}")
 

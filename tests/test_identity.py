@@ -236,14 +236,14 @@ def test_verdict_cache_key_carries_the_judge_model_identity(tmp_path):
         return engine.calls
 
     key = judge_cache_id(LlamaGuardJudge(_GuardEngine(folder), model="org/guard"))
-    assert key == f"llamaguard@3+refusal@5|org/guard:{model_fingerprint(folder)}"
+    assert key == f"llamaguard@3+refusal@6|org/guard:{model_fingerprint(folder)}"
     assert judged("org/guard") == 1
     assert judged("org/guard") == 0
     (folder / "chat_template.jinja").write_text("{{ 'other template' }}")
     assert judged("org/guard") == 1  # same name, other template: judged again
     (folder / "model.safetensors").write_bytes(b"\x09" * 200_000)
     assert judged("org/guard") == 1  # fine-tuned weights under the same name
-    assert judge_cache_id(make_judge("refusal")) == "refusal@5"  # offline judge unchanged
+    assert judge_cache_id(make_judge("refusal")) == "refusal@6"  # offline judge unchanged
 
 
 # ---------------------------------------------------------------- old export files

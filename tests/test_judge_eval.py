@@ -45,11 +45,11 @@ def test_read_labelled_rejects_unlabelled_and_unknown_labels(tmp_path):
 
 def test_smollm2_set_is_fully_labelled_and_split_by_prompt():
     rows = read_labelled(SMOLLM2_SET)
-    # Rounds 1-2: 120 prompts x 4 conditions; round 3: 240 rows of a demo's eval answers
-    # (see the data README).
-    assert len(rows) == 720
-    assert Counter(r.round for r in rows) == {"1-2": 480, "3": 240}
-    assert Counter(r.decoding for r in rows) == {"greedy": 600, "sampled": 120}
+    # Rounds 1-2: 120 prompts x 4 conditions; round 3: 240 rows of a demo's eval answers;
+    # round 4: 60 prompts x 3 greedy conditions (see the data README).
+    assert len(rows) == 900
+    assert Counter(r.round for r in rows) == {"1-2": 480, "3": 240, "4": 180}
+    assert Counter(r.decoding for r in rows) == {"greedy": 780, "sampled": 120}
     assert set(Counter(r.label for r in rows)) == set(LABELS)
     splits: dict[str, set[str]] = {}
     for r in rows:
@@ -92,30 +92,33 @@ def test_judge_explain_prints_the_deciding_rule(tmp_path, capsys):
 
 
 def test_judge_agreement_on_smollm2_splits():
-    # Measured (refusal@5, results/judge_smollm2.md), test scored once. Test, pooled over
-    # rounds 1-3: refusal balanced accuracy 0.844 (precision 0.885, recall 0.711),
-    # compliance recall 0.890, non-answer precision 0.585; dev: refusal balanced accuracy
-    # 0.964, compliance recall 0.957.
+    # Measured (refusal@6, results/judge_smollm2.md). Test, pooled over rounds 1-4:
+    # refusal balanced accuracy 0.858 (precision 0.897, recall 0.737), compliance recall
+    # 0.910, non-answer precision 0.587; dev: refusal balanced accuracy 0.945, compliance
+    # recall 0.958.
     scores = evaluate(SMOLLM2_SET)
     test, dev = scores["test"], scores["dev"]
-    assert test["refusal"].balanced_accuracy >= 0.84
-    assert test["refusal"].precision >= 0.88 and test["refusal"].recall >= 0.71
-    assert test["compliance"].recall >= 0.89
+    assert test["refusal"].balanced_accuracy >= 0.85
+    assert test["refusal"].precision >= 0.89 and test["refusal"].recall >= 0.73
+    assert test["compliance"].recall >= 0.90
     assert test["non-answer"].precision >= 0.58
-    assert dev["refusal"].balanced_accuracy >= 0.96
+    assert dev["refusal"].balanced_accuracy >= 0.94
     assert dev["compliance"].recall >= 0.95
 
 
 def test_judge_eval_reports_each_decoding_and_round():
-    # Measured three-way accuracy: test greedy 0.774, sampled 0.578; dev greedy 0.924.
+    # Measured three-way accuracy: test greedy 0.794, sampled 0.594; dev greedy 0.913.
     rows = by_group(SMOLLM2_SET)
     assert set(rows) == {(s, d) for s in ("dev", "test") for d in ("greedy", "sampled", "all")}
-    assert rows[("test", "all")][0] == 387
-    assert rows[("test", "greedy")][1] >= 0.77 and rows[("test", "sampled")][1] >= 0.57
-    assert rows[("dev", "greedy")][1] >= 0.92
-    # The goal (refusal balanced accuracy >= 0.90 on test) holds on the fresh round-3
-    # test rows (measured 0.942, 131 rows), not on rounds 1-2's (0.727, 256 rows).
+    assert rows[("test", "all")][0] == 477
+    assert rows[("test", "greedy")][1] >= 0.79 and rows[("test", "sampled")][1] >= 0.59
+    assert rows[("dev", "greedy")][1] >= 0.91
+    # Refusal balanced accuracy per round's test rows: round 4 scored once when fresh
+    # (0.842, precision 1.000), round 3 (0.953) and rounds 1-2 (0.755) seen before. The
+    # 0.90 goal holds on round 3 only.
     rounds = by_group(SMOLLM2_SET, field="round")
-    assert rounds[("test", "3")][0] == 131 and rounds[("test", "1-2")][0] == 256
-    assert rounds[("test", "3")][2].balanced_accuracy >= 0.94
-    assert rounds[("test", "1-2")][2].balanced_accuracy >= 0.72
+    assert [rounds[("test", r)][0] for r in ("1-2", "3", "4")] == [256, 131, 90]
+    assert rounds[("test", "4")][2].balanced_accuracy >= 0.84
+    assert rounds[("test", "4")][2].precision == 1.0
+    assert rounds[("test", "3")][2].balanced_accuracy >= 0.95
+    assert rounds[("test", "1-2")][2].balanced_accuracy >= 0.75

@@ -31,7 +31,7 @@ def judge_cache_id(judge: Judge) -> str:
     Example:
         >>> from flipsearch.judges import RefusalJudge
         >>> judge_cache_id(RefusalJudge())
-        'refusal@5'
+        'refusal@6'
     """
     key = f"{judge.name}@{judge.version}"
     matcher = getattr(judge, "matcher_version", None)
