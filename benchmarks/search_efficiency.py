@@ -7,7 +7,12 @@ contexts of ``paper_axes`` plus the four of ``baselines``) on the same prompts:
 - sweep: :func:`flipsearch.sweep.run_sweep` as a user runs it: the known baselines
   first (``SweepConfig.baselines``), then each searched context once (``bruteforce``),
   with the default ``race`` pruner checking after every harmful minibatch; only trials
-  that survive are scored on the benign prompts.
+  that survive are scored on the benign prompts;
+- batched race: the same sweep with ``race_width`` (``--race-width``, default all the
+  contexts): each round, one generation request holds the next minibatch of every live
+  context, so the engine batches across contexts (:mod:`flipsearch.sweep._waves`).
+
+Each arm reports generations, generated tokens, engine calls and wall time.
 
 The default prompt sets are the search splits of the built-in sets, 27 harmful and 27
 benign prompts, scored in a 24-token window.
@@ -26,6 +31,7 @@ Example (CPU, a few minutes with the embedded model)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -36,7 +42,7 @@ from _common import machine_header
 
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context, check_placement
-from flipsearch.engines import EngineConfig, engine_choice_record
+from flipsearch.engines import Engine, EngineConfig, engine_choice_record
 from flipsearch.flip import FlipScorer, ScoreSettings
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import load_prompt_set
@@ -80,6 +86,24 @@ def write_list_space(path: Path, contexts: list[tuple[str, Context]]) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+class CountingEngine:
+    """Delegates to an engine and counts its generate calls and generated tokens."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.calls = 0
+        self.tokens = 0
+
+    def generate(self, conversations, sampling, **kw):  # type: ignore[no-untyped-def]
+        outs = self._engine.generate(conversations, sampling, **kw)
+        self.calls += 1
+        self.tokens += sum(len(g.token_ids) for gens in outs for g in gens)
+        return outs
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+
 def rank_key(tfr: float, over: float, max_over: float) -> tuple[bool, float, float]:
     # The sweep's ranking: feasible first, then TFR down, over-refusal up.
     return (over > max_over, -tfr, over)
@@ -97,6 +121,10 @@ def main() -> None:
     ap.add_argument("--minibatch", type=int, default=2)
     ap.add_argument("--pruner", default="race", choices=PRUNERS)
     ap.add_argument("--max-over-refusal", type=float, default=0.1)
+    ap.add_argument(
+        "--race-width", type=int, default=None,
+        help="contexts per wave in the batched-race arm (default: all of them)",
+    )  # fmt: skip
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
     machine = machine_header()
@@ -105,7 +133,7 @@ def main() -> None:
     harmful = load_prompt_set(args.harmful, limit=args.n_harmful).harmful()
     benign = load_prompt_set(args.benign, limit=args.n_benign).benign()
     engine_cfg = EngineConfig(engine=args.engine)
-    engine = engine_cfg.build()
+    engine = CountingEngine(engine_cfg.build())
     judge = JudgeConfig().build()
     tmp = Path(tempfile.mkdtemp(prefix="search-efficiency-"))
     print(
@@ -116,16 +144,16 @@ def main() -> None:
     # ---- exhaustive: every context on every prompt
     t0 = time.perf_counter()
     cache_a = GenerationCache(tmp / "exhaustive.sqlite")
-    scorer = FlipScorer(engine, judge, cache_a, ScoreSettings(max_tokens=args.max_tokens))
+    scorer = FlipScorer(engine, judge, cache_a, ScoreSettings(max_tokens=args.max_tokens))  # type: ignore[arg-type]
     exhaustive = {}
     for name, ctx in contexts:
         s = scorer.score(ctx, harmful, benign).score
         exhaustive[(ctx.text, ctx.placement)] = (name, s)
     gens_a = cache_a.stats.generation_misses
     secs_a = time.perf_counter() - t0
+    tokens_a, calls_a = engine.tokens, engine.calls
 
-    # ---- the pruned sweep over the same list
-    t0 = time.perf_counter()
+    # ---- the pruned sweep over the same list, one trial at a time and in waves
     space = tmp / "efficiency.yaml"
     n_searched = len(contexts) - 4
     write_list_space(space, contexts[:n_searched])  # the baselines come through `baselines`
@@ -147,10 +175,24 @@ def main() -> None:
         results_dir=str(tmp / "results"),
         show_progress=False,
     )
-    cache_b = GenerationCache(tmp / "sweep.sqlite")
-    study = run_sweep(config, engine=engine, judge=judge, cache=cache_b)
-    gens_b = cache_b.stats.generation_misses
-    secs_b = time.perf_counter() - t0
+    arms = {}
+    width = args.race_width or len(contexts)
+    for arm, cfg in (
+        ("sweep", config),
+        ("batched race", dataclasses.replace(config, race_width=width, study="batched")),
+    ):
+        before_tokens, before_calls = engine.tokens, engine.calls
+        t0 = time.perf_counter()
+        cache = GenerationCache(tmp / f"{cfg.study}.sqlite")
+        arm_study = run_sweep(cfg, engine=engine, judge=judge, cache=cache)  # type: ignore[arg-type]
+        arms[arm] = (
+            arm_study,
+            cache.stats.generation_misses,
+            time.perf_counter() - t0,
+            engine.tokens - before_tokens,
+            engine.calls - before_calls,
+        )
+    gens_b = arms["sweep"][1]
 
     # ---- compare winners
     m = args.max_over_refusal
@@ -158,27 +200,35 @@ def main() -> None:
         exhaustive.values(),
         key=lambda v: rank_key(v[1].tfr.value, v[1].over_refusal.value, m),
     )
-    best = ranked_trials(study)[0]
-    sw_key = (best.user_attrs["context"], best.user_attrs["placement"])
-    sw_name, sw_exh = exhaustive[sw_key]
-    same = sw_name == ex_name
-    inside = ex_best.tfr.ci_low <= sw_exh.tfr.value <= ex_best.tfr.ci_high
-    pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+    print(
+        f"exhaustive:   {gens_a} generations, {tokens_a} tokens, {calls_a} engine calls in "
+        f"{secs_a:.0f} s; winner {ex_name}: TFR {ex_best.tfr}, over-refusal "
+        f"{ex_best.over_refusal.value:.3f}"
+    )
+    results = {}
+    for arm, (arm_study, gens, secs, tokens, calls) in arms.items():
+        best = ranked_trials(arm_study)[0]
+        name, exh = exhaustive[(best.user_attrs["context"], best.user_attrs["placement"])]
+        same = name == ex_name
+        inside = ex_best.tfr.ci_low <= exh.tfr.value <= ex_best.tfr.ci_high
+        pruned = sum(t.state.name == "PRUNED" for t in arm_study.trials)
+        results[arm] = {
+            "generations": gens, "ratio": gens / gens_a, "tokens": tokens,
+            "engine_calls": calls, "seconds": round(secs, 1), "time_ratio": secs / secs_a,
+            "same_winner": same, "inside_ci": inside, "pruned": pruned, "winner": name,
+        }  # fmt: skip
+        print(
+            f"{arm + ':':13s} {gens} generations ({gens / gens_a:.1%}), {tokens} tokens, "
+            f"{calls} engine calls in {secs:.0f} s ({secs / secs_a:.0%} of exhaustive); "
+            f"{pruned} of {len(arm_study.trials)} trials pruned; winner {name} "
+            # The best trial is a scored one: its tfr rate is there.
+            f"(TFR {rate_of(best, 'tfr')['value']:.3f}); the exhaustive winner: {same}; "  # type: ignore[index]
+            f"inside its TFR CI: {inside}"
+        )
     ratio = gens_b / gens_a
-    print(
-        f"exhaustive: {gens_a} generations in {secs_a:.0f} s; winner {ex_name}: "
-        f"TFR {ex_best.tfr}, over-refusal {ex_best.over_refusal.value:.3f}"
-    )
-    print(
-        f"sweep:      {gens_b} generations in {secs_b:.0f} s ({pruned} of {len(study.trials)} "
-        # The best trial is a scored one: its tfr rate is there.
-        f"trials pruned); winner {sw_name}: TFR {rate_of(best, 'tfr')['value']:.3f}"  # type: ignore[index]
-    )
-    print(f"ratio: {ratio:.1%} of the exhaustive generations (goal <= 35%)")
-    print(
-        f"sweep winner is the exhaustive winner: {same}; inside its TFR CI: {inside} "
-        f"(exhaustive TFR of the sweep winner {sw_exh.tfr.value:.3f})"
-    )
+    same = bool(results["sweep"]["same_winner"])
+    inside = bool(results["sweep"]["inside_ci"])
+    pruned = int(results["sweep"]["pruned"])  # type: ignore[call-overload]
     if args.out:
         Path(args.out).write_text(
             json.dumps(
@@ -194,6 +244,10 @@ def main() -> None:
                     "exhaustive_generations": gens_a,
                     "sweep_generations": gens_b,
                     "ratio": ratio,
+                    "exhaustive_tokens": tokens_a,
+                    "exhaustive_engine_calls": calls_a,
+                    "exhaustive_seconds": round(secs_a, 1),
+                    "arms": results,
                     "same_winner": same,
                     "inside_ci": inside,
                     "pruned": pruned,

@@ -125,6 +125,9 @@ class FlipScorer:
         """New generations made by this scorer (cache misses x samples)."""
         self.new_tokens = 0
         """Tokens in those new generations."""
+        self.job_generations: list[int] = []
+        """New context answers per job of the last :meth:`outcomes_many` call."""
+        self._generated: set[int] = set()
 
     @property
     def judge_id(self) -> str:
@@ -158,17 +161,38 @@ class FlipScorer:
 
     def outcomes(self, context: Context, rows: Sequence[PromptRow]) -> list[PromptOutcome]:
         """Per-prompt outcomes of ``context`` on ``rows`` (baseline from the cache)."""
+        return self.outcomes_many([(context, rows)])[0]
+
+    def outcomes_many(
+        self, jobs: Sequence[tuple[Context, Sequence[PromptRow]]]
+    ) -> list[list[PromptOutcome]]:
+        """:meth:`outcomes` of several (context, rows) pairs through one engine call for
+        all their uncached answers, so the engine batches across contexts (the batched
+        race of :mod:`flipsearch.sweep`)."""
+        rows = [r for _, rs in jobs for r in rs]
         base_convs = [make_conversation(r.prompt) for r in rows]
-        ctx_convs = [context.apply(c, default_system=self._kept_default) for c in base_convs]
+        ctx_convs = []
+        for context, rs in jobs:
+            ctx_convs += [
+                context.apply(make_conversation(r.prompt), default_system=self._kept_default)
+                for r in rs
+            ]
         self._check_fits(ctx_convs)
         base = self._generate(base_convs)
+        self._generated = set()
         ctx = self._generate(ctx_convs)
+        self.job_generations = []
+        start = 0
+        for _, rs in jobs:
+            convs = ctx_convs[start : start + len(rs)]
+            self.job_generations.append(sum(id(c) in self._generated for c in convs))
+            start += len(rs)
         prompts = [r.prompt for r in rows]
         base_v = self._judge(prompts, base)
         ctx_v = self._judge(prompts, ctx)
-        out = []
+        flat = []
         for r, bg, cg, bv, cv in zip(rows, base, ctx, base_v, ctx_v, strict=True):
-            out.append(
+            flat.append(
                 PromptOutcome(
                     id=r.id,
                     type=r.type,
@@ -182,7 +206,19 @@ class FlipScorer:
                     ctx_text=cg[0].text,
                 )
             )
+        out, start = [], 0
+        for _, rs in jobs:
+            out.append(flat[start : start + len(rs)])
+            start += len(rs)
         return out
+
+    def check_fits(self, context: Context, rows: Sequence[PromptRow]) -> None:
+        """Raise :class:`ConfigError` if ``context`` on any of ``rows`` plus ``max_tokens``
+        exceeds the model window (no generation)."""
+        self._check_fits(
+            [context.apply(make_conversation(r.prompt), default_system=self._kept_default)
+             for r in rows]
+        )  # fmt: skip
 
     # ---------------------------------------------------------------- steps
 
@@ -200,6 +236,7 @@ class FlipScorer:
         return outs
 
     def _generate_new(self, convs: list[Conversation]) -> list[list[Generation]]:
+        self._generated.update(id(c) for c in convs)
         outs = self.engine.generate(convs, self.sampling, use_tqdm=self.use_tqdm)
         self.new_tokens += sum(len(g.token_ids) for gens in outs for g in gens)
         return outs

@@ -28,17 +28,21 @@ gives the race a strong incumbent early, which is where most of the savings come
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import optuna
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from optuna.study import Study
     from optuna.trial import FrozenTrial
 
-__all__ = ["RacePruner", "prob_at_most", "prob_better"]
+__all__ = ["RacePruner", "prob_at_most", "prob_better", "race_round"]
 
+K = TypeVar("K", bound=Hashable)
 _GRID = np.linspace(0.0, 1.0, 2001)
 
 
@@ -78,6 +82,35 @@ def prob_at_most(k: int, n: int, limit: float) -> float:
     return float(beta.cdf(limit, k + 1, n - k + 1))
 
 
+def race_round(
+    live: Mapping[K, tuple[int, int]], incumbent: tuple[int, int] | None, threshold: float
+) -> set[K]:
+    """The live contexts to stop after one round of a batched race.
+
+    ``live`` maps each context still racing to its (flips, prompts) so far; ``incumbent``
+    is the best finished context's, if any. The leader is whichever of the incumbent and
+    the live contexts has the highest posterior mean flip rate; every other live context
+    whose P(beats the leader) < ``threshold`` is stopped. Nothing is stopped while the
+    leader flipped nothing (the rule of :class:`RacePruner`).
+
+    >>> sorted(race_round({"a": (6, 8), "b": (0, 8), "c": (4, 8)}, None, 0.1))
+    ['b']
+    >>> race_round({"a": (0, 8), "b": (0, 8)}, None, 0.1)
+    set()
+    """
+    candidates = list(live.values()) + ([incumbent] if incumbent is not None else [])
+    if not candidates:
+        return set()
+    leader = max(candidates, key=lambda fn: (fn[0] + 1) / (fn[1] + 2))
+    if leader[0] == 0:
+        return set()
+    return {
+        key
+        for key, (flips, n) in live.items()
+        if (flips, n) != leader and n and prob_better(flips, n, *leader) < threshold
+    }
+
+
 class RacePruner(optuna.pruners.BasePruner):
     """Prune a trial unlikely to beat the incumbent's flip rate (see the module docstring).
 
@@ -104,7 +137,7 @@ class RacePruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or step < self.n_warmup_steps:
             return False
-        incumbent = self._incumbent(study)
+        incumbent = self.incumbent(study)
         if incumbent is None:
             return False
         best_flips, best_n = incumbent
@@ -114,7 +147,7 @@ class RacePruner(optuna.pruners.BasePruner):
         return prob_better(flips, step, best_flips, best_n) < self.threshold
 
     @staticmethod
-    def _incumbent(study: Study) -> tuple[int, int] | None:
+    def incumbent(study: Study) -> tuple[int, int] | None:
         """(flips, prompts) of the best COMPLETE trial, feasible trials first."""
         done = [
             t

@@ -92,6 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the proxy the prescreen ranks by (default likelihood)",
     )
     s.add_argument(
+        "--race-width",
+        type=int,
+        default=None,
+        metavar="N",
+        help="race N contexts together, one engine call per minibatch round for all live "
+        "ones (default: one trial at a time)",
+    )
+    s.add_argument(
         "--rewrite-every",
         type=int,
         default=0,
@@ -140,6 +148,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         baselines=args.baselines,
         prescreen=args.prescreen,
         prescreen_by=args.prescreen_by,
+        race_width=args.race_width,
         engine=engine_config(args),
         judge=JudgeConfig(name=args.judge, model=args.judge_model),
         harmful=args.harmful,

@@ -120,6 +120,12 @@ class SweepConfig:
     prune)."""
     minibatch: int = 8
     """Harmful prompts scored between two pruning checks, >= 1."""
+    race_width: int | None = None
+    """Score up to this many trials together (:mod:`flipsearch.sweep._waves`): each round,
+    one engine call scores the next minibatch of every live context, then the race stops
+    the hopeless ones, so the engine batches across contexts. Needs the ``race`` or
+    ``none`` pruner and the ``constrained`` objective. None: one trial at a time
+    (``study.optimize``)."""
     seed: int = 0
     """Sampler seed of the first worker; concurrent workers add their worker index."""
     prescreen: int | None = None
@@ -221,6 +227,17 @@ class SweepConfig:
             raise ConfigError(
                 f"`prescreen` must be None or an integer >= 1, got {self.prescreen!r}"
             )
+        if self.race_width is not None:
+            if not isinstance(self.race_width, int) or self.race_width < 1:
+                raise ConfigError(
+                    f"`race_width` must be None or an integer >= 1, got {self.race_width!r}"
+                )
+            if self.objective == "multi" or self.pruner not in ("race", "none"):
+                raise ConfigError(
+                    f"`race_width` needs objective 'constrained' and pruner 'race' or 'none', "
+                    f"got objective {self.objective!r} and pruner {self.pruner!r}: unset "
+                    "race_width or change them"
+                )
         if self.prescreen_by not in PRESCREEN_DESIGNS:
             raise ConfigError(
                 f"`prescreen_by` must be one of {PRESCREEN_DESIGNS}, got {self.prescreen_by!r}"

@@ -12,6 +12,7 @@ another worker is scoring right now is waited for.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Sequence
@@ -93,16 +94,19 @@ class Objective:
         self.metric = config.objective_metric
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        with Heartbeat(trial.study, trial._trial_id, self.config.heartbeat_interval):
+            return self._run(trial)
+
+    def start(self, trial: optuna.Trial) -> tuple[str, Context] | FrozenTrial:
+        """The trial's candidate (id, context), or the finished trial that already scored
+        it (to :meth:`copy`). Raises :class:`SurplusTrial` when the study has its trials."""
         trial.set_user_attr("worker", worker_id())
         choice = engine_choice_record(self.scorer.engine)
         if choice is not None:  # the engine/dtype decision and this worker's machine
             trial.set_user_attr("engine_choice", choice)
-        with Heartbeat(trial.study, trial._trial_id, self.config.heartbeat_interval):
-            return self._run(trial)
-
-    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
         if self._surplus(trial):
-            trial.study.stop()
+            with contextlib.suppress(RuntimeError):  # outside study.optimize: no loop to stop
+                trial.study.stop()
             raise SurplusTrial(
                 f"trial {trial.number}: the study has its {self.config.trials} trials"
             )
@@ -114,8 +118,13 @@ class Objective:
             trial.set_user_attr("source", "space")
         self._wait_for_running_duplicate(trial.study, cid, trial.number)
         done = self._finished_duplicate(trial.study, cid, trial.number)
-        if done is not None:
-            return self._copy(trial, done)
+        return done if done is not None else (cid, context)
+
+    def _run(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        started = self.start(trial)
+        if isinstance(started, FrozenTrial):
+            return self.copy(trial, started)
+        _, context = started
 
         before = self.scorer.generations
         outs: list[PromptOutcome] = []
@@ -134,7 +143,7 @@ class Objective:
             else:
                 trial.report(summarise(outs).metric(self.metric).value, len(outs))
             if start + k < len(self.harmful) and trial.should_prune():
-                self._record(trial, outs + benign, before, pruned=True)
+                self.record(trial, outs + benign, self.scorer.generations - before, pruned=True)
                 value = summarise(outs).metric(self.metric).value
                 raise optuna.TrialPruned(f"{self.metric} {value:.3f} after {len(outs)}")
             if screen and start == 0:
@@ -143,7 +152,7 @@ class Objective:
                 benign = self._score_benign(trial, context, outs, before, benign, stop=k)
         if self.benign:
             benign = self._score_benign(trial, context, outs, before, benign, stop=None)
-        score = self._record(trial, outs + benign, before, pruned=False)
+        score = self.record(trial, outs + benign, self.scorer.generations - before, pruned=False)
         value, over = score.metric(self.metric).value, score.over_refusal.value
         return (value, over) if self.multi else value
 
@@ -183,21 +192,23 @@ class Objective:
             over = summarise(benign).over_refusal
             last = len(benign) >= len(self.benign)
             if not last and prob_at_most(round(over.k), over.n, limit) < threshold:
-                self._record(trial, outs + benign, before, pruned=True)
+                self.record(trial, outs + benign, self.scorer.generations - before, pruned=True)
                 raise optuna.TrialPruned(
                     f"over-refusal {over.value:.3f} after {over.n} benign prompts (limit {limit})"
                 )
         return benign
 
-    def _record(
-        self, trial: optuna.Trial, outs: list[PromptOutcome], before: int, *, pruned: bool
+    def record(
+        self, trial: optuna.Trial, outs: list[PromptOutcome], generations: int, *, pruned: bool
     ) -> FlipScore:
+        """Store what the trial measured (scores, per-prompt outcomes, counts, ``generations``
+        new answers) as user attributes; a finished one also gets its feasibility."""
         score = summarise(outs)
         trial.set_user_attr("scores", score.to_dict())
         trial.set_user_attr("outcomes", _outcome_attrs(outs, len(self.harmful)))
         trial.set_user_attr("n_harmful", sum(o.type == "harmful" for o in outs))
         trial.set_user_attr("n_benign", sum(o.type == "benign" for o in outs))
-        trial.set_user_attr("generations", self.scorer.generations - before)
+        trial.set_user_attr("generations", generations)
         if not pruned:
             over = score.over_refusal.value if self.benign else 0.0
             excess = over - self.config.max_over_refusal
@@ -233,7 +244,11 @@ class Objective:
             running = [
                 t
                 for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                if t.number != number and t.user_attrs.get("candidate_id") == cid
+                if t.number != number
+                and t.user_attrs.get("candidate_id") == cid
+                # This worker's own running trials are its current wave (the batched
+                # race), which copies its twins itself.
+                and t.user_attrs.get("worker") != worker_id()
             ]
             if not running:
                 return
@@ -250,7 +265,7 @@ class Objective:
                 return t
         return None
 
-    def _copy(self, trial: optuna.Trial, done: FrozenTrial) -> float | tuple[float, float]:
+    def copy(self, trial: optuna.Trial, done: FrozenTrial) -> float | tuple[float, float]:
         # The same candidate was already scored (greedy scoring is deterministic): reuse.
         for key in ("scores", "outcomes", "n_harmful", "n_benign", "constraints", "feasible"):
             if key in done.user_attrs:

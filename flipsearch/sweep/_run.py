@@ -28,6 +28,7 @@ from flipsearch.sweep._factories import make_pruner, make_sampler
 from flipsearch.sweep._objective import Objective, SurplusTrial, ordered
 from flipsearch.sweep._provenance import check_config, provenance, recorded_config
 from flipsearch.sweep._stale import recover_stale_trials, retry_trial
+from flipsearch.sweep._waves import run_waves
 from flipsearch.sweep._workers import locked, register_worker, unregister_worker
 
 __all__ = ["run_sweep"]
@@ -87,6 +88,9 @@ def run_sweep(
     progress = Progress(config, n_done)
     rewrite = Rewrite(config, scorer.engine, pool, prompts.harmful, folder)
     try:
+        if config.race_width is not None:
+            run_waves(study, objective, [progress, rewrite])
+            return study
         study.optimize(
             objective,
             n_trials=config.trials - n_done,
