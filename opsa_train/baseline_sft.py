@@ -62,7 +62,7 @@ class SFTTrainer(TrainLoop):
     def train_step(self, step: int) -> dict[str, float]:
         """One SFT step over ``batch_size`` kept answers, micro-batch by micro-batch."""
         start = time.perf_counter()
-        batch = [self.examples[r.id] for r in self.data.next_batch(self.config.batch_size)]
+        batch = [self.examples[r.id] for r in self.next_local_batch()]
         num_tokens = float(self._global_tokens(sum(len(e.completion_ids) for e in batch)))
         total, size = 0.0, self.config.micro_batch_size
         for i in range(0, len(batch), size):
@@ -73,7 +73,8 @@ class SFTTrainer(TrainLoop):
                     )
                 self._backward(loss * self.num_processes)  # DDP averages: want the sum
             total += nll_sum
-        metrics = {"train/loss": total / max(num_tokens, 1.0), "train/tokens": num_tokens}
+        nll_sum = self.sum_over_processes({"nll": total})["nll"]  # the global batch's
+        metrics = {"train/loss": nll_sum / max(num_tokens, 1.0), "train/tokens": num_tokens}
         metrics.update(self.optimizer_step())
         metrics["time/total"] = time.perf_counter() - start
         return metrics

@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from flipsearch.judges import Judge
     from opsa_train.trainer import Trainer
 
-__all__ = ["check_sync", "greedy_refusal_rate", "mean_kl", "rollout_metrics", "trainer_logprobs"]
+__all__ = [
+    "check_sync",
+    "greedy_refusal_rate",
+    "mean_kl",
+    "rollout_counts",
+    "rollout_metrics",
+    "rollout_rates",
+    "trainer_logprobs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,20 +105,40 @@ def rollout_metrics(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, floa
     harmful rollouts' ``rollout/compliance_harmful`` and ``rollout/non_answer_harmful``
     shares (with ``rollout/refusal_harmful`` they sum to 1, less any invalid verdicts;
     NaN without harmful rollouts)."""
+    return rollout_rates(rollout_counts(judge, rollouts))
+
+
+def rollout_counts(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, float]:
+    """The counts behind `rollout_metrics` (``count/...`` keys, always the same ones), so
+    the processes of a distributed run can add theirs up before `rollout_rates`."""
     verdicts = judge.judge([r.row.prompt for r in rollouts], [r.text for r in rollouts])
     out: dict[str, float] = {
-        "rollout/length_mean": sum(len(r.completion_ids) for r in rollouts) / len(rollouts),
-        "rollout/truncated_frac": sum(r.finish_reason == "length" for r in rollouts)
-        / len(rollouts),
+        "count/rollouts": float(len(rollouts)),
+        "count/completion_tokens": float(sum(len(r.completion_ids) for r in rollouts)),
+        "count/truncated": float(sum(r.finish_reason == "length" for r in rollouts)),
     }
     for kind in ("harmful", "benign"):
         picked = [v for r, v in zip(rollouts, verdicts, strict=True) if r.row.type == kind]
-        out[f"rollout/refusal_{kind}"] = (
-            sum(bool(v.refusal) for v in picked) / len(picked) if picked else math.nan
-        )
+        out[f"count/{kind}"] = float(len(picked))
+        out[f"count/refusal_{kind}"] = float(sum(bool(v.refusal) for v in picked))
     harmful = [v for r, v in zip(rollouts, verdicts, strict=True) if r.row.type == "harmful"]
     for outcome, name in (("compliance", "compliance"), ("other", "non_answer")):
-        out[f"rollout/{name}_harmful"] = (
-            sum(v.outcome == outcome for v in harmful) / len(harmful) if harmful else math.nan
-        )
+        out[f"count/{name}_harmful"] = float(sum(v.outcome == outcome for v in harmful))
+    return out
+
+
+def rollout_rates(counts: dict[str, float]) -> dict[str, float]:
+    """`rollout_metrics` from (possibly summed) `rollout_counts`."""
+
+    def share(part: str, whole: str) -> float:
+        return counts[part] / counts[whole] if counts[whole] else math.nan
+
+    out = {
+        "rollout/length_mean": share("count/completion_tokens", "count/rollouts"),
+        "rollout/truncated_frac": share("count/truncated", "count/rollouts"),
+    }
+    for kind in ("harmful", "benign"):
+        out[f"rollout/refusal_{kind}"] = share(f"count/refusal_{kind}", f"count/{kind}")
+    for name in ("compliance", "non_answer"):
+        out[f"rollout/{name}_harmful"] = share(f"count/{name}_harmful", "count/harmful")
     return out

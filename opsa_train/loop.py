@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from opsa_train.checkpoint import (
 )
 from opsa_train.config import RECORD_EXTRAS, TrainConfig
 from opsa_train.data import make_sampler, total_steps
-from opsa_train.errors import CheckpointError
+from opsa_train.errors import CheckpointError, OpsaConfigError
 from opsa_train.metrics_log import MetricsLogger
 from opsa_train.optim import load_model, make_adamw, make_scheduler
 from opsa_train.preflight import Prepared
@@ -139,9 +140,31 @@ class TrainLoop:
             self.accelerator = _make_accelerator(config)
         else:
             self.accelerator = _make_accelerator(config, mixed=False)
+        if getattr(self.accelerator, "distributed_type", None) == "FSDP":
+            raise OpsaConfigError(
+                "`accelerate launch` with FSDP is not supported by opsa_train yet, got "
+                "distributed_type=FSDP: checkpoints and final/ would hold one process's "
+                "shards and a resume would load them wrongly. Launch DDP instead "
+                "(accelerate launch --multi_gpu: every GPU holds the whole model; "
+                "docs/SCALE.md)"
+            )
         self.device = self.accelerator.device if self.accelerator else torch.device("cpu")
         self.is_main = self.accelerator.is_main_process if self.accelerator else True
         self.num_processes = self.accelerator.num_processes if self.accelerator else 1
+        self.process_index = self.accelerator.process_index if self.accelerator else 0
+        launched = int(os.environ.get("WORLD_SIZE", self.num_processes))
+        if launched != self.num_processes:
+            raise OpsaConfigError(
+                f"the launcher started WORLD_SIZE={launched} processes but accelerate sees "
+                f"{self.num_processes}: each would train and write alone. On CPU set "
+                "ACCELERATE_USE_CPU=true (accelerate launch --multi_gpu; see docs/SCALE.md)"
+            )
+        if config.batch_size % self.num_processes:
+            raise OpsaConfigError(
+                f"`batch_size` must be a multiple of the {self.num_processes} processes "
+                f"(each trains an equal share of the global batch), got {config.batch_size}: "
+                "choose a multiple or launch another number of processes"
+            )
 
         # float32 master weights (autocast gives bf16 compute).
         self.model = load_model(prepared.model_path, torch.float32)
@@ -189,6 +212,26 @@ class TrainLoop:
         if self.accelerator is not None:
             return self.accelerator.autocast()
         return contextlib.nullcontext()
+
+    def next_local_batch(self) -> list[PromptRow]:
+        """This process's share of the next global batch of ``batch_size`` prompts.
+
+        Every process draws the whole batch (so the data position, saved by the main
+        process, is the same on all) and keeps every ``num_processes``-th row from its
+        index on: the processes together train each prompt of the batch once.
+        """
+        rows = self.data.next_batch(self.config.batch_size)
+        return rows[self.process_index :: self.num_processes]
+
+    def sum_over_processes(self, values: Mapping[str, float]) -> dict[str, float]:
+        """``values`` summed key by key over the processes (one all-reduce; a copy with one
+        process). Every process must pass the same keys, or a distributed run hangs."""
+        if self.accelerator is None or self.num_processes == 1:
+            return dict(values)
+        keys = sorted(values)
+        local = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        summed = self.accelerator.reduce(local.to(self.device), reduction="sum")
+        return dict(zip(keys, summed.cpu().tolist(), strict=True))
 
     def _global_tokens(self, local: float) -> torch.Tensor:
         # The step's token count summed over processes: the loss is a global token mean.

@@ -58,9 +58,10 @@ class Rollout:
     finish_reason: str
 
 
-def rollout_seed(seed: int, step: int) -> int:
-    """The sampling seed of optimiser step ``step`` (1-based) of a run seeded ``seed``."""
-    return (seed * 1_000_003 + step) % (2**31 - 1)
+def rollout_seed(seed: int, step: int, *, process: int = 0) -> int:
+    """The sampling seed of optimiser step ``step`` (1-based) of a run seeded ``seed``, on
+    process ``process`` of a distributed run (0, the default, for a single process)."""
+    return (seed * 1_000_003 + step + process * 1_000_000_007) % (2**31 - 1)
 
 
 class RolloutSampler(Protocol):

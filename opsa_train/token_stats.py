@@ -17,7 +17,13 @@ import torch.nn.functional as F
 
 from opsa_train.errors import OpsaConfigError
 
-__all__ = ["kl_by_position", "masked_token_mean", "per_token_kl", "token_logprobs"]
+__all__ = [
+    "kl_by_position",
+    "kl_sums_by_position",
+    "masked_token_mean",
+    "per_token_kl",
+    "token_logprobs",
+]
 
 
 def token_logprobs(logits_B_T_V: torch.Tensor, targets_B_T: torch.Tensor) -> torch.Tensor:
@@ -106,13 +112,35 @@ def kl_by_position(
         >>> kl_by_position(kl, torch.tensor([[0, 1, 1, 1]]), first_n=1)
         (1.0, 2.5)
     """
+    sums = kl_sums_by_position(per_token_kl_B_T, mask_B_T, first_n=first_n)
+    first_sum, first_count, rest_sum, rest_count = sums
+    return (
+        first_sum / first_count if first_count else math.nan,
+        rest_sum / rest_count if rest_count else math.nan,
+    )
+
+
+def kl_sums_by_position(
+    per_token_kl_B_T: torch.Tensor, mask_B_T: torch.Tensor, *, first_n: int = 16
+) -> tuple[float, float, float, float]:
+    """The sums and token counts behind `kl_by_position`: (first sum, first count, rest
+    sum, rest count), so processes of a distributed run can add theirs up.
+
+    Example:
+        >>> kl = torch.tensor([[9.0, 1.0, 2.0, 3.0]])
+        >>> kl_sums_by_position(kl, torch.tensor([[0, 1, 1, 1]]), first_n=1)
+        (1.0, 1.0, 5.0, 2.0)
+    """
     if first_n < 1:
         raise OpsaConfigError(f"`first_n` must be >= 1, got {first_n!r}")
     keep_B_T = mask_B_T.bool()
     rank_B_T = keep_B_T.long().cumsum(dim=1)  # 1-based position within the response
     kl_B_T = per_token_kl_B_T.detach().float()
-
-    def _mean(select_B_T: torch.Tensor) -> float:
-        return kl_B_T[select_B_T].mean().item() if bool(select_B_T.any()) else math.nan
-
-    return _mean(keep_B_T & (rank_B_T <= first_n)), _mean(keep_B_T & (rank_B_T > first_n))
+    first_B_T = keep_B_T & (rank_B_T <= first_n)
+    rest_B_T = keep_B_T & (rank_B_T > first_n)
+    return (
+        float(kl_B_T[first_B_T].sum()),
+        float(first_B_T.sum()),
+        float(kl_B_T[rest_B_T].sum()),
+        float(rest_B_T.sum()),
+    )

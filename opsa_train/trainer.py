@@ -22,9 +22,11 @@ How it departs from the textbook recipe: the teacher is the *initial* model, nev
 updated (no EMA), and it differs from the student only by the privileged context, so
 the KL at step 0 is exactly the context's effect on the student's own responses.
 
-Multi-GPU: the loop runs under ``accelerate launch`` (see ``opsa_train/fsdp_config.yaml``
-and the README); the token count is summed over processes so the loss stays a global
-token mean. The single-process CPU path needs no launcher and is the tested one.
+Multi-GPU: the loop runs under ``accelerate launch --multi_gpu`` (DDP; ``docs/SCALE.md``):
+each process trains its share of the global batch (`TrainLoop.next_local_batch`), the
+token count is summed over processes so the loss stays a global token mean, and the
+logged metrics are global. Tested on 2 CPU processes (``tests/test_distributed.py``);
+FSDP is refused at start-up (checkpoints would hold shards).
 
 Example (a CPU smoke run of a few minutes)::
 
@@ -79,10 +81,11 @@ from opsa_train.loop import (
     TrainResult,
     write_model_record,
 )
-from opsa_train.losses import kl_by_position, make_loss, masked_token_mean
+from opsa_train.losses import make_loss, masked_token_mean
 from opsa_train.optim import load_model, lr_factor, make_adamw
 from opsa_train.preflight import prepare
 from opsa_train.rollout import HFRollouts, Rollout, RolloutSampler, VLLMRollouts, rollout_seed
+from opsa_train.token_stats import kl_sums_by_position
 
 # Re-exported: these lived here before the loop, optimiser, pre-flight and checkpoint
 # code got modules of their own.
@@ -227,7 +230,7 @@ class Trainer(TrainLoop):
     def train_step(self, step: int) -> dict[str, float]:
         """One optimiser step (1-based ``step``): the whole loop body, timed stage by stage."""
         timer = Timer()
-        rows = self.data.next_batch(self.config.batch_size)
+        rows = self.next_local_batch()
         with timer("time/rollout"):
             rollouts = self.sample(rows, step)
         with timer("time/teacher"):
@@ -236,8 +239,11 @@ class Trainer(TrainLoop):
             metrics = self.loss_and_backward(micro_batches)
         with timer("time/step"):
             metrics.update(self.optimizer_step())
-        metrics.update(_batch_metrics(micro_batches))
-        metrics.update(diagnostics.rollout_metrics(self.judge, rollouts))
+        # Padding and rollout figures of the global batch: counts summed over processes.
+        counts = _batch_counts(micro_batches) | diagnostics.rollout_counts(self.judge, rollouts)
+        counts = self.sum_over_processes(counts)
+        metrics.update(_batch_rates(counts))
+        metrics.update(diagnostics.rollout_rates(counts))
         every = self.config.sync_check_every
         if isinstance(self.sampler, VLLMRollouts) and every and step % every == 0:
             with timer("time/sync_check"):
@@ -250,13 +256,14 @@ class Trainer(TrainLoop):
     # ---- stage 1: sample ----------------------------------------------------------------
 
     def sampling(self, step: int) -> Sampling:
-        """The rollout options of optimiser step ``step`` (seeded by step, for resume)."""
+        """The rollout options of optimiser step ``step`` (seeded by step, for resume, and
+        by process, so the processes of a distributed run draw independent samples)."""
         return Sampling(
             n=self.config.n_rollouts,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
             max_tokens=self.config.max_new_tokens,
-            seed=rollout_seed(self.config.seed, step),
+            seed=rollout_seed(self.config.seed, step, process=self.process_index),
         )
 
     def sample(self, rows: Sequence[PromptRow], step: int) -> list[Rollout]:
@@ -361,7 +368,8 @@ class Trainer(TrainLoop):
 
         Returns:
             ``train/loss``, ``train/kl``, the first-tokens/rest split and, for top-k
-            losses, ``train/kl_fwd``/``train/kl_rev`` (this process's tokens).
+            losses, ``train/kl_fwd``/``train/kl_rev``: token means over the global batch
+            (every process's tokens; one all-reduce when there are several).
         """
         num_tokens = self._global_tokens(sum(float(mb.mask_B_T.sum()) for mb in micro_batches))
         # DDP averages gradients over processes; the token mean wants their sum.
@@ -383,16 +391,33 @@ class Trainer(TrainLoop):
                 extra_sums[key] = extra_sums.get(key, 0.0) + float(kept.sum())
             del logits_B_T_V, loss_B_T, loss
         kl_B_T, mask_B_T = _pad_cat(kl_rows)
-        first, rest = kl_by_position(kl_B_T, mask_B_T, first_n=FIRST_TOKENS)
-        n_local = max(1.0, float(mask_B_T.sum()))
+        first_sum, first_count, rest_sum, rest_count = kl_sums_by_position(
+            kl_B_T, mask_B_T, first_n=FIRST_TOKENS
+        )
+        sums = {
+            "loss": float(total),
+            "kl": float(torch.where(mask_B_T.bool(), kl_B_T, torch.zeros_like(kl_B_T)).sum()),
+            "tokens": float(mask_B_T.sum()),
+            "first": first_sum,
+            "first_count": first_count,
+            "rest": rest_sum,
+            "rest_count": rest_count,
+            **{f"extra/{k}": v for k, v in extra_sums.items()},
+        }
+        sums = self.sum_over_processes(sums)
+        tokens = max(1.0, sums["tokens"])
+
+        def mean(key: str, count: str) -> float:
+            return sums[key] / sums[count] if sums[count] else math.nan
+
         metrics = {
-            "train/loss": float(total),
-            "train/kl": float(masked_token_mean(kl_B_T, mask_B_T)),
-            f"train/kl_first{FIRST_TOKENS}": first,
-            "train/kl_rest": rest,
+            "train/loss": sums["loss"],
+            "train/kl": sums["kl"] / tokens,
+            f"train/kl_first{FIRST_TOKENS}": mean("first", "first_count"),
+            "train/kl_rest": mean("rest", "rest_count"),
             "train/tokens": float(num_tokens),
         }
-        metrics.update({f"train/{k}": v / n_local for k, v in extra_sums.items()})
+        metrics.update({f"train/{k}": sums[f"extra/{k}"] / tokens for k in extra_sums})
         return metrics
 
     # ---- stage 4: step --------------------------------------------------------------------
@@ -426,17 +451,30 @@ class Trainer(TrainLoop):
         return diagnostics.greedy_refusal_rate(self, rows, max_tokens=max_tokens)
 
 
-def _batch_metrics(micro_batches: Sequence[_MicroBatch]) -> dict[str, float]:
-    # Padded share of the input positions of the teacher and student passes (both, and
-    # each), and the teacher prompt tokens read from a shared-prefix cache: what
-    # `sort_by_length` and `reuse_teacher_prefix` save, independent of the machine.
+def _batch_counts(micro_batches: Sequence[_MicroBatch]) -> dict[str, float]:
+    # Padded and all input positions of the teacher and student passes, and the teacher
+    # prompt tokens read from a shared-prefix cache (summable over processes).
     t_pad, t_all = pad_counts(p for mb in micro_batches for p in mb.teacher_passes)
     s_pad, s_all = pad_counts(mb.student for mb in micro_batches)
     return {
-        "train/pad_frac": (t_pad + s_pad) / max(1, t_all + s_all),
-        "train/pad_frac_teacher": t_pad / max(1, t_all),
-        "train/pad_frac_student": s_pad / max(1, s_all),
-        "train/teacher_prefix_reused": float(sum(mb.prefix_reused for mb in micro_batches)),
+        "count/teacher_pad": float(t_pad),
+        "count/teacher_all": float(t_all),
+        "count/student_pad": float(s_pad),
+        "count/student_all": float(s_all),
+        "count/teacher_prefix_reused": float(sum(mb.prefix_reused for mb in micro_batches)),
+    }
+
+
+def _batch_rates(counts: dict[str, float]) -> dict[str, float]:
+    # Padded share of the input positions (both passes, and each), and the prefix-cache
+    # reuse: what `sort_by_length` and `reuse_teacher_prefix` save, independent of the machine.
+    t_pad, t_all = counts["count/teacher_pad"], counts["count/teacher_all"]
+    s_pad, s_all = counts["count/student_pad"], counts["count/student_all"]
+    return {
+        "train/pad_frac": (t_pad + s_pad) / max(1.0, t_all + s_all),
+        "train/pad_frac_teacher": t_pad / max(1.0, t_all),
+        "train/pad_frac_student": s_pad / max(1.0, s_all),
+        "train/teacher_prefix_reused": counts["count/teacher_prefix_reused"],
     }
 
 

@@ -145,6 +145,7 @@ class _FakeAccelerator:
 
     def __init__(self, rank: int) -> None:
         self.is_main_process = rank == 0
+        self.process_index = rank
         self.num_processes = 2
         self.device = torch.device("cpu")
         self.calls: list[str] = []
