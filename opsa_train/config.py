@@ -96,6 +96,10 @@ class TrainConfig:
     engine: str = "auto"
     """Student sampler: ``vllm``, ``hf``, or ``auto`` (vLLM on a CUDA machine where it
     imports, else ``hf``)."""
+    gpu_memory_utilization: float | None = None
+    """The vLLM sampler's share of the GPU, in (0, 1]; None: vLLM's default (0.9). The
+    student, its optimiser state and the frozen teacher live beside it on the same GPU:
+    give vLLM what the rollouts need (e.g. 0.3 for a 0.6B model)."""
     n_rollouts: int = 1
     """Responses sampled per prompt per step, >= 1."""
     max_new_tokens: int = 512
@@ -247,6 +251,13 @@ class TrainConfig:
 
     def _verify_rollout_and_loss(self) -> None:
         check_choice("engine", self.engine, ENGINES)
+        if self.gpu_memory_utilization is not None:
+            check_fraction(
+                "gpu_memory_utilization",
+                self.gpu_memory_utilization,
+                include_0=False,
+                why="the vLLM sampler's share of the GPU",
+            )
         check_int("n_rollouts", self.n_rollouts)
         check_int("max_new_tokens", self.max_new_tokens)
         check_number(

@@ -65,7 +65,11 @@ class PipelineConfig:
     judge_engine: str = "auto"
     """Engine of a model judge (``hf`` keeps it off vLLM's GPU memory pool)."""
     gpu_memory_utilization: float | None = None
-    """vLLM GPU memory fraction of the sweep and eval generators; None: vLLM's default."""
+    """vLLM GPU memory fraction of the sweep and eval generators; None: vLLM's default, or
+    0.55 beside a vLLM model judge (:mod:`flipsearch.engines.gpu_shares`)."""
+    judge_gpu_memory_utilization: float | None = None
+    """A vLLM model judge's GPU share; None: 0.35 beside a vLLM generator. The two must add
+    up to < 1.0 (checked before the sweep loads a model)."""
     results_dir: str = "results"
     runs_dir: str = "runs"
     cache: str | None = None
@@ -203,7 +207,9 @@ def _engine_config(cfg: PipelineConfig) -> EngineConfig:
 def _judge_config(cfg: PipelineConfig) -> JudgeConfig:
     if cfg.judge == "refusal":
         return JudgeConfig("refusal")
-    return JudgeConfig(cfg.judge, engine=cfg.judge_engine)
+    return JudgeConfig(
+        cfg.judge, engine=cfg.judge_engine, gpu_memory_utilization=cfg.judge_gpu_memory_utilization
+    )
 
 
 def _sweep_config(cfg: PipelineConfig) -> SweepConfig:

@@ -211,6 +211,7 @@ class Trainer(TrainLoop):
             dtype=self.config.dtype,
             max_model_len=min(self.prepared.window, 256 * math.ceil(need / 256)),
             cpu_kv_cache_gib=kv_gib,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
         ).build()
         preflight.check_tokenizers(self.tokenizer, engine.tokenizer)
         sampler = VLLMRollouts(engine)  # type: ignore[arg-type]

@@ -366,12 +366,15 @@ def test_vllm_rollouts_get_a_kv_cache_sized_to_the_step(tiny_model, tmp_path, mo
 
     monkeypatch.setattr(EngineConfig, "build", capture)
     config = _tiny_config(
-        tiny_model, tmp_path, engine="vllm", batch_size=4, n_rollouts=2, max_new_tokens=8
-    )
+        tiny_model, tmp_path, engine="vllm", batch_size=4, n_rollouts=2, max_new_tokens=8,
+        gpu_memory_utilization=0.3,
+    )  # fmt: skip
     with pytest.raises(Built):
         Trainer(config)
     (engine_config,) = built
     assert engine_config.engine == "vllm" and engine_config.cpu_kv_cache_gib == 1
+    # On a GPU the sampler takes the configured share, leaving room for student and teacher.
+    assert engine_config.gpu_memory_utilization == 0.3
     assert engine_config.cpu_kv_cache_gib == kv_cache_gib(
         config_of(tiny_model), sequences=8, tokens_per_sequence=64, dtype="float32"
     )

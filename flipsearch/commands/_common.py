@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from flipsearch.cache import GenerationCache
     from flipsearch.contexts import Context
     from flipsearch.engines import Engine, EngineConfig
-    from flipsearch.judges import Judge
+    from flipsearch.judges import Judge, JudgeConfig
 
 
 RECORDED_STORAGE_HELP = "default: the one in results/<study>/config.json"
@@ -61,6 +61,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-model-len", type=int, default=2048)
     g.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vLLM's share of the GPU (default: vLLM's 0.9, or 0.55 beside a vLLM model judge)",
+    )
+    g.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run model code from the model folder (off by default)",
@@ -75,6 +81,18 @@ def add_judge_args(parser: argparse.ArgumentParser) -> None:
         help="refusal (offline, default), llamaguard, wildguard or harmbench",
     )
     g.add_argument("--judge-model", default=None, help="model of a model judge (default: its own)")
+    g.add_argument(
+        "--judge-engine",
+        default="auto",
+        choices=["auto", "vllm", "hf"],
+        help="engine of a model judge (auto: vLLM on CUDA)",
+    )
+    g.add_argument(
+        "--judge-gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="a vLLM judge's share of the GPU (default 0.35 beside a vLLM generator)",
+    )
 
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:
@@ -94,6 +112,38 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         trust_remote_code=args.trust_remote_code,
+        gpu_memory_utilization=getattr(args, "gpu_memory_utilization", None),
+    )
+
+
+def judge_config(args: argparse.Namespace) -> JudgeConfig:
+    from flipsearch.judges import JudgeConfig
+
+    return JudgeConfig(
+        name=args.judge,
+        model=args.judge_model,
+        engine=getattr(args, "judge_engine", "auto"),
+        gpu_memory_utilization=getattr(args, "judge_gpu_memory_utilization", None),
+    )
+
+
+def engine_and_judge_configs(args: argparse.Namespace) -> tuple[EngineConfig, JudgeConfig]:
+    """The generator's and the judge's configs, with their GPU shares planned
+    (:func:`~flipsearch.engines.gpu_shares.plan_gpu_shares`): a ConfigError before any
+    model loads when a vLLM generator and a vLLM judge cannot both fit on the GPU."""
+    import dataclasses
+
+    from flipsearch.engines.gpu_shares import judge_shares_gpu, plan_gpu_shares
+
+    engine, judge = engine_config(args), judge_config(args)
+    generator_share, judge_share = plan_gpu_shares(
+        engine.gpu_memory_utilization,
+        judge.gpu_memory_utilization,
+        shared=judge_shares_gpu(engine, judge),
+    )
+    return (
+        dataclasses.replace(engine, gpu_memory_utilization=generator_share),
+        dataclasses.replace(judge, gpu_memory_utilization=judge_share),
     )
 
 
@@ -102,9 +152,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
 
 
 def build_judge(args: argparse.Namespace) -> Judge:
-    from flipsearch.judges import JudgeConfig
-
-    return JudgeConfig(name=args.judge, model=args.judge_model).build()
+    return judge_config(args).build()
 
 
 def open_cache(args: argparse.Namespace) -> GenerationCache:

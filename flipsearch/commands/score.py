@@ -16,8 +16,7 @@ from flipsearch.commands._common import (
     add_cache_args,
     add_engine_args,
     add_judge_args,
-    build_engine,
-    build_judge,
+    engine_and_judge_configs,
     open_cache,
     read_context,
     write_json,
@@ -83,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     harmful = load_prompt_set(args.harmful, limit=args.limit).harmful()
     benign = load_prompt_set(args.benign, limit=args.limit).benign() if args.benign else None
     cache = open_cache(args)
-    judge = build_judge(args)
-    engine = build_engine(args)
+    engine_cfg, judge_cfg = engine_and_judge_configs(args)
+    judge = judge_cfg.build()
+    engine = engine_cfg.build()
     scorer = FlipScorer(engine, judge, cache, settings, use_tqdm=sys.stderr.isatty())
     start = time.perf_counter()
     result = scorer.score(context, harmful, benign)

@@ -19,7 +19,7 @@ from flipsearch.commands._common import (
     add_engine_args,
     add_judge_args,
     add_study_args,
-    engine_config,
+    engine_and_judge_configs,
 )
 from flipsearch.contexts import PLACEMENTS
 from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
@@ -136,9 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The :class:`~flipsearch.sweep.SweepConfig` the options describe."""
-    from flipsearch.judges import JudgeConfig
     from flipsearch.sweep import SweepConfig
 
+    engine, judge = engine_and_judge_configs(args)
     return SweepConfig(
         space=args.space,
         study=args.study,
@@ -149,8 +149,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         prescreen=args.prescreen,
         prescreen_by=args.prescreen_by,
         race_width=args.race_width,
-        engine=engine_config(args),
-        judge=JudgeConfig(name=args.judge, model=args.judge_model),
+        engine=engine,
+        judge=judge,
         harmful=args.harmful,
         benign=args.benign or None,
         limit_harmful=args.limit_harmful,

@@ -100,6 +100,9 @@ class JudgeConfig:
     """Context window for vLLM; guard prompts plus long responses need room."""
     batch_size: int = 16
     """Prompts per ``generate`` call in the HF engine."""
+    gpu_memory_utilization: float | None = None
+    """A vLLM judge's share of the GPU; None: vLLM's default, or, when it shares the GPU
+    with the generator, :data:`flipsearch.engines.gpu_shares.DEFAULT_JUDGE_SHARE`."""
 
     def __post_init__(self) -> None:
         check_choice("name", self.name, sorted(JUDGES))
@@ -153,6 +156,7 @@ def _start_engine(config: JudgeConfig, model: str) -> Engine:
         dtype=config.dtype,
         max_model_len=config.max_model_len,
         batch_size=config.batch_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
     )
     try:
         return engine_config.build()

@@ -311,4 +311,8 @@ class SweepConfig:
         for name in IDENTITY_FIELDS:
             head, _, tail = name.partition(".")
             out[name] = d[head][tail] if tail else d[head]  # type: ignore[index]
+        # A judge's GPU share changes where it runs, not its verdicts.
+        judge = dict(out["judge"])  # type: ignore[call-overload]
+        judge.pop("gpu_memory_utilization", None)
+        out["judge"] = judge
         return out

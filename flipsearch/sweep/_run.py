@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 from optuna.storages import BaseStorage
@@ -14,6 +14,7 @@ from optuna.storages import BaseStorage
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context
 from flipsearch.engines import Engine
+from flipsearch.engines.gpu_shares import judge_shares_gpu, plan_gpu_shares
 from flipsearch.errors import ConfigError
 from flipsearch.flip import FlipScorer, ScoreSettings
 from flipsearch.judges import Judge
@@ -161,8 +162,14 @@ def _scorer(
     # Objects given by the caller win; the rest is built from the config.
     if cache is None:
         cache = GenerationCache(config.cache or cache_dir() / "generations.sqlite")
-    judge = judge or config.judge.build()
-    engine = engine or config.engine.build()
+    # A vLLM generator and a vLLM judge on one GPU: shares that fit, or an error now.
+    generator_share, judge_share = plan_gpu_shares(
+        config.engine.gpu_memory_utilization,
+        config.judge.gpu_memory_utilization,
+        shared=engine is None and judge is None and judge_shares_gpu(config.engine, config.judge),
+    )
+    judge = judge or replace(config.judge, gpu_memory_utilization=judge_share).build()
+    engine = engine or replace(config.engine, gpu_memory_utilization=generator_share).build()
     settings = ScoreSettings(
         max_tokens=config.max_tokens, keep_default_system=config.keep_default_system
     )
