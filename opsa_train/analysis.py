@@ -11,7 +11,11 @@ same response tokens and compared position by position over the full vocabulary:
   "Sure" / "Here" on the base model are where the context acts);
 - per outcome: each rollout is judged (the configured judge, verdicts cached as in
   evaluation) and the KL is summarised separately over refusals, compliances and
-  non-answers (:mod:`opsa_train.analysis_outcomes`).
+  non-answers (:mod:`opsa_train.analysis_outcomes`);
+- reasoning models: each token row says whether it lies in the ``<think>`` trace
+  (``in_trace``, ``</think>`` included), so where the trace ends shows in
+  ``token_kl.csv``; the KL is taken over the whole sequence, trace included, as the
+  trainer distils it.
 
 Rollouts (``rollouts=``): ``own`` (default) scores each model on *its own* greedy
 responses, i.e. the on-policy view the OPSA loss sees, and the quantity a trained
@@ -189,10 +193,26 @@ def run_analysis(
     prompts = [r.prompt for r in rows]
     gens = rollouts_by_model(config, prompts, cache)
     texts = {name: [g.text for g in gs] for name, gs in gens.items()}
-    outcomes = judge_rollouts(judge or config.judge.build(), cache, prompts, texts)
+    outcomes = judge_rollouts(
+        judge or config.judge.build(),
+        cache,
+        prompts,
+        texts,
+        opened_in_prompt=_template_opens_trace(config.teacher_model),
+    )
     completions = {name: [list(g.token_ids) for g in gs] for name, gs in gens.items()}
     token_rows, identities = _score_models(config, rows, export.harmful, completions, outcomes)
     return write_analysis(config, token_rows, identities=identities)
+
+
+def _template_opens_trace(model: str) -> bool:
+    # Whether the model's chat template opens <think> in the prompt (tokenizer only).
+    from transformers import AutoTokenizer
+
+    from flipsearch.engines.chat import template_opens_trace
+    from flipsearch.models import resolve_model
+
+    return template_opens_trace(AutoTokenizer.from_pretrained(resolve_model(model)))
 
 
 def _score_models(
@@ -261,7 +281,9 @@ def _token_rows(
     # outcome of its rollout.
     import torch
 
+    from flipsearch.engines.chat import template_opens_trace
     from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from flipsearch.think import trace_token_end
     from opsa_train.losses import per_token_kl, token_logprobs
 
     s_batch = build_completion_batch(list(student_prompts), list(completions), pad)
@@ -273,9 +295,12 @@ def _token_rows(
         targets = s_batch.targets_B_T.to(s_logits.device)
         t_lp = token_logprobs(t_logits, targets)
         s_lp = token_logprobs(s_logits, targets)
+    opened = template_opens_trace(tokenizer)
     out: list[dict[str, object]] = []
     for b, n_tok in enumerate(s_batch.completion_lens):
         ids = completions[b]
+        pieces = [tokenizer.decode([i]) for i in ids[:n_tok]]
+        trace_end = trace_token_end(pieces, opened_in_prompt=opened)
         for t in range(n_tok):
             out.append(
                 {
@@ -283,7 +308,9 @@ def _token_rows(
                     "prompt_id": rows[b].id,
                     "position": t,
                     "token_id": ids[t],
-                    "token": tokenizer.decode([ids[t]]),
+                    "token": pieces[t],
+                    # A reasoning model's <think> trace, </think> included.
+                    "in_trace": trace_end is not None and t < trace_end,
                     "kl": 0.5 * (float(fwd[b, t]) + float(rev[b, t])),
                     "kl_fwd": float(fwd[b, t]),
                     "kl_rev": float(rev[b, t]),

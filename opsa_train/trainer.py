@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.chat import render_prompt_ids, template_opens_trace
 from flipsearch.engines.teacher_forcing import (
     CompletionBatch,
     PrefixCache,
@@ -208,6 +208,7 @@ class Trainer(TrainLoop):
             dtype=self.config.dtype,
             max_model_len=min(self.prepared.window, 256 * math.ceil(need / 256)),
             cpu_kv_cache_gib=kv_gib,
+            enable_thinking=self.config.enable_thinking,
         ).build()
         preflight.check_tokenizers(self.tokenizer, engine.tokenizer)
         sampler = VLLMRollouts(engine)  # type: ignore[arg-type]
@@ -237,7 +238,11 @@ class Trainer(TrainLoop):
         with timer("time/step"):
             metrics.update(self.optimizer_step())
         metrics.update(_batch_metrics(micro_batches))
-        metrics.update(diagnostics.rollout_metrics(self.judge, rollouts))
+        metrics.update(
+            diagnostics.rollout_metrics(
+                self.judge, rollouts, opened_in_prompt=template_opens_trace(self.tokenizer)
+            )
+        )
         every = self.config.sync_check_every
         if isinstance(self.sampler, VLLMRollouts) and every and step % every == 0:
             with timer("time/sync_check"):

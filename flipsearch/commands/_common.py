@@ -65,6 +65,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run model code from the model folder (off by default)",
     )
+    g.add_argument(
+        "--enable-thinking",
+        default=None,
+        choices=["true", "false"],
+        help="the chat template's thinking switch (Qwen3's enable_thinking), passed to every "
+        "prompt render; default: not passed (the template's own default)",
+    )
 
 
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +101,13 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         trust_remote_code=args.trust_remote_code,
+        enable_thinking=thinking_flag(getattr(args, "enable_thinking", None)),
     )
+
+
+def thinking_flag(value: str | None) -> bool | None:
+    """``--enable-thinking true|false`` as a bool; None when not given."""
+    return None if value is None else value == "true"
 
 
 def build_engine(args: argparse.Namespace) -> Engine:
