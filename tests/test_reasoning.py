@@ -409,3 +409,32 @@ def test_trace_token_end_marks_the_answer_start_on_real_tokens(plain_tokenizer):
     assert "".join(pieces[end:]) == "I can't help."
     assert trace_token_end(pieces[:3]) == 3  # cut inside the trace: all of it is trace
     assert trace_token_end([plain_tokenizer.decode([i]) for i in ids[-4:]]) is None
+
+
+@pytest.mark.slow
+def test_the_real_engine_renders_with_its_enable_thinking():
+    from flipsearch.engines.chat import render_prompt_ids
+    from flipsearch.types import Sampling
+
+    engine = EngineConfig(model="smollm2-135m", engine="hf", enable_thinking=False).build()
+    try:
+        assert enable_thinking_of(engine.tokenizer) is False
+        engine.tokenizer.chat_template = THINK_TEMPLATE
+        conv = make_conversation("Name a colour.")
+        ids = render_prompt_ids(engine.tokenizer, conv)
+        assert engine.tokenizer.decode(ids).endswith("<think>\n\n</think>\n\n")
+        sent: list[list[int]] = []
+        generate_ids = engine.generate_ids
+
+        def recording(prompts, sampling, *, use_tqdm=False):
+            sent.extend(prompts)
+            return generate_ids(prompts, sampling, use_tqdm=use_tqdm)
+
+        engine.generate_ids = recording  # type: ignore[method-assign]
+        out = engine.generate([conv], Sampling(greedy=True, max_tokens=6))
+        assert sent == [ids]  # generate() rendered with the engine's switch
+        assert out[0][0].token_ids  # and the model answered
+        set_enable_thinking(engine.tokenizer, True)
+        assert render_prompt_ids(engine.tokenizer, conv) != ids
+    finally:
+        engine.close()
