@@ -438,3 +438,26 @@ def test_the_real_engine_renders_with_its_enable_thinking():
         assert render_prompt_ids(engine.tokenizer, conv) != ids
     finally:
         engine.close()
+
+
+def test_opsa_eval_cli_passes_enable_thinking():
+    from opsa_train.cli import COMMAND_MODULES, build_parser
+    from opsa_train.commands.eval import build_config
+
+    parser = build_parser(COMMAND_MODULES, prog="opsa-train")
+    argv = ["eval", "--models", "base=smollm2-135m", "--out", "x"]
+    args = parser.parse_args([*argv, "--enable-thinking", "false"])
+    assert build_config(args).enable_thinking is False
+    assert build_config(parser.parse_args(argv)).enable_thinking is None
+
+
+def test_training_takes_enable_thinking_as_an_override():
+    from opsa_train.config import load_train_config, parse_overrides
+    from opsa_train.errors import OpsaConfigError
+
+    assert (
+        load_train_config(None, parse_overrides(["enable_thinking=false"])).enable_thinking is False
+    )
+    assert load_train_config(None, {}).enable_thinking is None
+    with pytest.raises(OpsaConfigError, match="`enable_thinking`"):
+        load_train_config(None, {"enable_thinking": 3})
