@@ -461,3 +461,32 @@ def test_training_takes_enable_thinking_as_an_override():
     assert load_train_config(None, {}).enable_thinking is None
     with pytest.raises(OpsaConfigError, match="`enable_thinking`"):
         load_train_config(None, {"enable_thinking": 3})
+
+
+def test_a_sweep_resumes_only_with_its_enable_thinking(tmp_path):
+    from flipsearch.sweep import SweepConfig
+    from flipsearch.sweep._provenance import _check_identity
+
+    def config(value):
+        engine = EngineConfig(enable_thinking=value)
+        return SweepConfig(study="s", trials=3, results_dir=str(tmp_path), engine=engine)
+
+    _check_identity(config(True))
+    _check_identity(config(True))  # same switch: resumes
+    with pytest.raises(ConfigError, match=r"`engine\.enable_thinking` must match"):
+        _check_identity(config(False))
+
+
+def test_a_sweep_warns_when_a_thinking_model_gets_a_short_window(think_tokenizer, caplog):
+    from flipsearch.sweep import SweepConfig
+    from flipsearch.sweep._run import _scorer
+
+    engine = CannedThinker(think_tokenizer, {}, {})
+    cache = GenerationCache(":memory:")
+    with caplog.at_level("WARNING", logger="flipsearch.sweep._run"):
+        _scorer(SweepConfig(study="s", trials=1, max_tokens=64), engine, RefusalJudge(), cache)
+    assert "will leave many answers unfinished" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="flipsearch.sweep._run"):
+        _scorer(SweepConfig(study="s", trials=1, max_tokens=1024), engine, RefusalJudge(), cache)
+    assert "unfinished" not in caplog.text
