@@ -130,9 +130,16 @@ class AnalysisConfig:
     out_dir: str = "results/analysis"
     cache: str | None = None
     """Generation cache; None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
+    enable_thinking: bool | None = None
+    """The chat template's thinking switch (Qwen3's ``enable_thinking``) for rollouts and
+    teacher forcing; None passes nothing. Use the evaluation's value to reuse its answers."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", dict(self.models))
+        if self.enable_thinking is not None and not isinstance(self.enable_thinking, bool):
+            raise OpsaConfigError(
+                f"`enable_thinking` must be true, false or null, got {self.enable_thinking!r}"
+            )
         object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
         if not self.models:
             raise OpsaConfigError("`models` must name at least one model, got {}")
@@ -198,21 +205,23 @@ def run_analysis(
         cache,
         prompts,
         texts,
-        opened_in_prompt=_template_opens_trace(config.teacher_model),
+        opened_in_prompt=_template_opens_trace(config.teacher_model, config.enable_thinking),
     )
     completions = {name: [list(g.token_ids) for g in gs] for name, gs in gens.items()}
     token_rows, identities = _score_models(config, rows, export.harmful, completions, outcomes)
     return write_analysis(config, token_rows, identities=identities)
 
 
-def _template_opens_trace(model: str) -> bool:
+def _template_opens_trace(model: str, enable_thinking: bool | None) -> bool:
     # Whether the model's chat template opens <think> in the prompt (tokenizer only).
     from transformers import AutoTokenizer
 
-    from flipsearch.engines.chat import template_opens_trace
+    from flipsearch.engines.chat import set_enable_thinking, template_opens_trace
     from flipsearch.models import resolve_model
 
-    return template_opens_trace(AutoTokenizer.from_pretrained(resolve_model(model)))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    set_enable_thinking(tokenizer, enable_thinking)
+    return template_opens_trace(tokenizer)
 
 
 def _score_models(
@@ -226,7 +235,7 @@ def _score_models(
     import torch
 
     from flipsearch.engines._hf import load_hf_model
-    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
+    from flipsearch.engines.chat import pad_token_id, render_prompt_ids, set_enable_thinking
     from flipsearch.models import model_identity, resolve_model
     from flipsearch.types import make_conversation
 
@@ -234,6 +243,7 @@ def _score_models(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, tokenizer = load_hf_model(str(resolve_model(config.teacher_model)), dtype)
     teacher.to(device)
+    set_enable_thinking(tokenizer, config.enable_thinking)
     pad = pad_token_id(tokenizer)
     convs = [make_conversation(r.prompt) for r in rows]
     student_prompts = [render_prompt_ids(tokenizer, c) for c in convs]

@@ -286,4 +286,5 @@ def score_retention(
         rows=rows,
         answers=answers.retention,
         batch_size=config.batch_size,
+        enable_thinking=config.enable_thinking,
     )

@@ -265,7 +265,13 @@ def _eval_config(cfg: PipelineConfig) -> EvalConfig:
 
 
 def _analysis_config(cfg: PipelineConfig) -> AnalysisConfig:
-    fields = {"engine": cfg.engine, "judge": _judge_config(cfg), "cache": cfg.cache, **cfg.analysis}
+    fields = {
+        "engine": cfg.engine,
+        "judge": _judge_config(cfg),
+        "cache": cfg.cache,
+        "enable_thinking": cfg.enable_thinking,
+        **cfg.analysis,
+    }
     return AnalysisConfig(
         context_file=str(cfg.export_path),
         models=_trained_models(cfg),

@@ -383,6 +383,7 @@ def test_rollout_metrics_count_unfinished_rollouts():
 def test_the_pipeline_passes_enable_thinking_to_every_stage():
     from opsa_train.pipeline_config import (
         PipelineConfig,
+        _analysis_config,
         _engine_config,
         _eval_config,
         _train_config,
@@ -393,6 +394,7 @@ def test_the_pipeline_passes_enable_thinking_to_every_stage():
     assert _train_config(cfg, "opsa").enable_thinking is False
     assert _eval_config(cfg).enable_thinking is True  # a stage's own value wins
     assert _eval_config(cfg).to_dict()["enable_thinking"] is True  # recorded in eval.json
+    assert _analysis_config(cfg).enable_thinking is False
     assert PipelineConfig().enable_thinking is None
 
 

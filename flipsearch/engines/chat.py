@@ -55,7 +55,15 @@ def rendered_model_key(model_key: str, tokenizer: PreTrainedTokenizerBase | None
         'm:abc'
     """
     value = None if tokenizer is None else enable_thinking_of(tokenizer)
-    return model_key if value is None else f"{model_key}|enable_thinking={str(value).lower()}"
+    return thinking_model_key(model_key, value)
+
+
+def thinking_model_key(model_key: str, enable_thinking: bool | None) -> str:
+    """``model_key`` plus ``|enable_thinking=<v>`` when the switch is set (see
+    :func:`rendered_model_key`)."""
+    if enable_thinking is None:
+        return model_key
+    return f"{model_key}|enable_thinking={str(enable_thinking).lower()}"
 
 
 def template_kwargs(tokenizer: PreTrainedTokenizerBase) -> dict[str, bool]:
