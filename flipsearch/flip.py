@@ -18,22 +18,45 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from flipsearch.cache import GenerationCache, cached_generate, cached_judge
+from flipsearch.cache import GenerationCache, cached_generate
 from flipsearch.checks import check_choice, check_int
 from flipsearch.contexts import Context
-from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.chat import (
+    enable_thinking_of,
+    render_prompt_ids,
+    rendered_model_key,
+    template_opens_trace,
+    template_thinks,
+)
 from flipsearch.engines.template_caps import TemplateCaps, template_caps
 from flipsearch.errors import ConfigError
+from flipsearch.judges.final_answer import JUDGE_READS, judge_responses
 from flipsearch.models import model_key
 from flipsearch.scoring import FlipScore, PromptOutcome, summarise
 from flipsearch.types import Conversation, Generation, Sampling, Verdict, make_conversation
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from flipsearch.engines import Engine
     from flipsearch.judges import Judge
     from flipsearch.prompts import PromptRow, PromptSet
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 64
+"""Scoring window of a model that answers at once: refusals show in the first tokens."""
+REASONING_MAX_TOKENS = 1024
+"""Scoring window of a reasoning model, whose refusal comes after its trace."""
+
+
+def default_max_tokens(tokenizer: PreTrainedTokenizerBase | None) -> int:
+    """The scoring window for a model: :data:`REASONING_MAX_TOKENS` when its chat template
+    lets it think (:func:`flipsearch.engines.chat.template_thinks`), else (or without a
+    tokenizer) :data:`DEFAULT_MAX_TOKENS`."""
+    if tokenizer is not None and template_thinks(tokenizer):
+        return REASONING_MAX_TOKENS
+    return DEFAULT_MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -44,12 +67,17 @@ class ScoreSettings:
     """``greedy`` (the paper: one argmax answer per prompt and side) or ``sample``."""
     k: int = 1
     """Samples per prompt and side in ``sample`` mode."""
-    max_tokens: int = 64
+    max_tokens: int = DEFAULT_MAX_TOKENS
     """Scoring window: refusals show in the first tokens, so short windows are cheap
-    and enough for refusal judges. Raise it for judges that read whole answers."""
+    and enough for refusal judges. Raise it for judges that read whole answers. A
+    reasoning model refuses after its trace: :func:`default_max_tokens` gives
+    ``flipsearch score`` a model-aware default."""
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    judge_reads: str = "answer"
+    """What the judge reads of a reasoning model's response: its final ``answer`` (after
+    ``</think>``) or its ``trace`` (:mod:`flipsearch.judges.final_answer`)."""
     keep_default_system: bool = False
     """With ``system`` placement on a chat template that has a default system prompt
     (the embedded SmolLM2's), keep that prompt after the context instead of replacing it
@@ -60,6 +88,7 @@ class ScoreSettings:
         if self.mode == "greedy" and self.k != 1:
             raise ConfigError(f"`k` must be 1 in greedy mode, got {self.k!r}. Use mode='sample'.")
         check_int("k", self.k)
+        check_choice("judge_reads", self.judge_reads, JUDGE_READS)
         self.sampling()  # validates max_tokens, temperature, top_p
 
     def sampling(self) -> Sampling:
@@ -116,6 +145,11 @@ class FlipScorer:
         self.template = _probe_template(engine)
         """The chat template's system-message handling, probed here once (None for an
         engine without a chat template, such as a test fake)."""
+        tokenizer = getattr(engine, "tokenizer", None)
+        self.opens_trace = (
+            tokenizer is not None and self.template is not None and template_opens_trace(tokenizer)
+        )
+        """The template opens ``<think>`` in the prompt: responses start inside the trace."""
         self._kept_default = (
             None
             if self.template is None
@@ -144,6 +178,17 @@ class FlipScorer:
         if self.template is None:
             return {"system_placement": None, "default_system": None}
         return self.template.record(keep_default_system=self._kept_default is not None)
+
+    def thinking_record(self) -> dict[str, object]:
+        """The reasoning switches as results record them: the ``enable_thinking`` value
+        every render passed (None: not passed), whether the template opens ``<think>`` in
+        the prompt, and what the judge read (``answer`` or ``trace``)."""
+        tokenizer = getattr(self.engine, "tokenizer", None)
+        return {
+            "enable_thinking": None if tokenizer is None else enable_thinking_of(tokenizer),
+            "trace_opened_by_template": self.opens_trace,
+            "judge_reads": self.settings.judge_reads,
+        }
 
     # ---------------------------------------------------------------- public
 
@@ -202,6 +247,7 @@ class FlipScorer:
                     ctx_unsafe=tuple(v.unsafe for v in cv),
                     ctx_refusal=tuple(v.refusal for v in cv),
                     ctx_outcomes=tuple(v.outcome for v in cv),
+                    base_outcomes=tuple(v.outcome for v in bv),
                     base_text=bg[0].text,
                     ctx_text=cg[0].text,
                 )
@@ -244,8 +290,13 @@ class FlipScorer:
     def _judge(self, prompts: list[str], gens: list[list[Generation]]) -> list[list[Verdict]]:
         flat_p = [p for p, g in zip(prompts, gens, strict=True) for _ in g]
         flat_r = [x.text for g in gens for x in g]
-        verdicts = cached_judge(
-            self.cache, self.judge.judge, judge_id=self.judge_id, prompts=flat_p, responses=flat_r
+        verdicts = judge_responses(
+            self.judge,
+            flat_p,
+            flat_r,
+            cache=self.cache,
+            opened_in_prompt=self.opens_trace,
+            read=self.settings.judge_reads,
         )
         out, i = [], 0
         for g in gens:
@@ -277,5 +328,6 @@ def _probe_template(engine: Engine) -> TemplateCaps | None:
 
 def model_fingerprint_of(engine: Engine) -> str:
     """The cache identity of an engine's model: :func:`flipsearch.models.model_key` of its
-    folder (``<folder>:<content digest>``)."""
-    return model_key(engine.model_path)
+    folder (``<folder>:<content digest>``), plus its tokenizer's ``enable_thinking`` when
+    set (:func:`flipsearch.engines.chat.rendered_model_key`)."""
+    return rendered_model_key(model_key(engine.model_path), getattr(engine, "tokenizer", None))

@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flipsearch.scoring import METRIC_FIELDS, non_answer_warning
+from flipsearch.scoring import METRIC_FIELDS, non_answer_warning, unfinished_warning
 from flipsearch.trials import (
     failing_prompt_ids,
     objective_metric_of,
@@ -229,9 +229,10 @@ def _best_table(ranked: list[FrozenTrial], top: int) -> list[str]:
             f"{'yes' if t.user_attrs.get('feasible', True) else 'no'}"
             f" | {t.user_attrs.get('placement')} | {text[:160]}{'…' if len(text) > 160 else ''} |"
         )
-        warning = non_answer_warning(t.user_attrs.get("scores") or {})
-        if warning:
-            warnings.append(f"- trial {t.number}: {warning}")
+        scores = t.user_attrs.get("scores") or {}
+        for warning in (non_answer_warning(scores), unfinished_warning(scores)):
+            if warning:
+                warnings.append(f"- trial {t.number}: {warning}")
     if not ranked:
         lines.append("| – | no COMPLETE trial yet | | | | | | | | | |")
     return lines + (["", *warnings] if warnings else [])

@@ -147,15 +147,17 @@ class Generation:
         )
 
 
-Outcome = Literal["refusal", "compliance", "other"]
+Outcome = Literal["refusal", "compliance", "other", "unfinished"]
+"""``unfinished``: a reasoning trace that never closed, so no final answer was judged
+(:mod:`flipsearch.think`); its verdict has ``unsafe`` None and ``refusal`` None."""
 
 
 @dataclass(frozen=True)
 class Verdict:
     """A judge's reading of one (prompt, response) pair.
 
-    ``unsafe`` is None when the judge could not tell (invalid output); such verdicts
-    are counted as invalid, never as safe.
+    ``unsafe`` is None when the judge could not tell (invalid output) or there was no
+    final answer to judge (outcome ``unfinished``); such verdicts never count as safe.
     """
 
     outcome: Outcome | None
@@ -166,7 +168,9 @@ class Verdict:
 
     @property
     def refusal(self) -> bool | None:
-        return None if self.outcome is None else self.outcome == "refusal"
+        if self.outcome is None or self.outcome == "unfinished":
+            return None
+        return self.outcome == "refusal"
 
     def to_dict(self) -> dict[str, object]:
         return {

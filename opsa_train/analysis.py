@@ -11,7 +11,11 @@ same response tokens and compared position by position over the full vocabulary:
   "Sure" / "Here" on the base model are where the context acts);
 - per outcome: each rollout is judged (the configured judge, verdicts cached as in
   evaluation) and the KL is summarised separately over refusals, compliances and
-  non-answers (:mod:`opsa_train.analysis_outcomes`).
+  non-answers (:mod:`opsa_train.analysis_outcomes`);
+- reasoning models: each token row says whether it lies in the ``<think>`` trace
+  (``in_trace``, ``</think>`` included), so where the trace ends shows in
+  ``token_kl.csv``; the KL is taken over the whole sequence, trace included, as the
+  trainer distils it.
 
 Rollouts (``rollouts=``): ``own`` (default) scores each model on *its own* greedy
 responses, i.e. the on-policy view the OPSA loss sees, and the quantity a trained
@@ -126,9 +130,16 @@ class AnalysisConfig:
     out_dir: str = "results/analysis"
     cache: str | None = None
     """Generation cache; None: ``$FLIPSEARCH_CACHE/generations.sqlite``."""
+    enable_thinking: bool | None = None
+    """The chat template's thinking switch (Qwen3's ``enable_thinking``) for rollouts and
+    teacher forcing; None passes nothing. Use the evaluation's value to reuse its answers."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", dict(self.models))
+        if self.enable_thinking is not None and not isinstance(self.enable_thinking, bool):
+            raise OpsaConfigError(
+                f"`enable_thinking` must be true, false or null, got {self.enable_thinking!r}"
+            )
         object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
         if not self.models:
             raise OpsaConfigError("`models` must name at least one model, got {}")
@@ -189,10 +200,28 @@ def run_analysis(
     prompts = [r.prompt for r in rows]
     gens = rollouts_by_model(config, prompts, cache)
     texts = {name: [g.text for g in gs] for name, gs in gens.items()}
-    outcomes = judge_rollouts(judge or config.judge.build(), cache, prompts, texts)
+    outcomes = judge_rollouts(
+        judge or config.judge.build(),
+        cache,
+        prompts,
+        texts,
+        opened_in_prompt=_template_opens_trace(config.teacher_model, config.enable_thinking),
+    )
     completions = {name: [list(g.token_ids) for g in gs] for name, gs in gens.items()}
     token_rows, identities = _score_models(config, rows, export.harmful, completions, outcomes)
     return write_analysis(config, token_rows, identities=identities)
+
+
+def _template_opens_trace(model: str, enable_thinking: bool | None) -> bool:
+    # Whether the model's chat template opens <think> in the prompt (tokenizer only).
+    from transformers import AutoTokenizer
+
+    from flipsearch.engines.chat import set_enable_thinking, template_opens_trace
+    from flipsearch.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    set_enable_thinking(tokenizer, enable_thinking)
+    return template_opens_trace(tokenizer)
 
 
 def _score_models(
@@ -206,7 +235,7 @@ def _score_models(
     import torch
 
     from flipsearch.engines._hf import load_hf_model
-    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
+    from flipsearch.engines.chat import pad_token_id, render_prompt_ids, set_enable_thinking
     from flipsearch.models import model_identity, resolve_model
     from flipsearch.types import make_conversation
 
@@ -214,6 +243,7 @@ def _score_models(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher, tokenizer = load_hf_model(str(resolve_model(config.teacher_model)), dtype)
     teacher.to(device)
+    set_enable_thinking(tokenizer, config.enable_thinking)
     pad = pad_token_id(tokenizer)
     convs = [make_conversation(r.prompt) for r in rows]
     student_prompts = [render_prompt_ids(tokenizer, c) for c in convs]
@@ -261,7 +291,9 @@ def _token_rows(
     # outcome of its rollout.
     import torch
 
+    from flipsearch.engines.chat import template_opens_trace
     from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+    from flipsearch.think import trace_token_end
     from opsa_train.losses import per_token_kl, token_logprobs
 
     s_batch = build_completion_batch(list(student_prompts), list(completions), pad)
@@ -273,9 +305,12 @@ def _token_rows(
         targets = s_batch.targets_B_T.to(s_logits.device)
         t_lp = token_logprobs(t_logits, targets)
         s_lp = token_logprobs(s_logits, targets)
+    opened = template_opens_trace(tokenizer)
     out: list[dict[str, object]] = []
     for b, n_tok in enumerate(s_batch.completion_lens):
         ids = completions[b]
+        pieces = [tokenizer.decode([i]) for i in ids[:n_tok]]
+        trace_end = trace_token_end(pieces, opened_in_prompt=opened)
         for t in range(n_tok):
             out.append(
                 {
@@ -283,7 +318,9 @@ def _token_rows(
                     "prompt_id": rows[b].id,
                     "position": t,
                     "token_id": ids[t],
-                    "token": tokenizer.decode([ids[t]]),
+                    "token": pieces[t],
+                    # A reasoning model's <think> trace, </think> included.
+                    "in_trace": trace_end is not None and t < trace_end,
                     "kl": 0.5 * (float(fwd[b, t]) + float(rev[b, t])),
                     "kl_fwd": float(fwd[b, t]),
                     "kl_rev": float(rev[b, t]),

@@ -3,8 +3,9 @@
 Each rollout is judged on the *plain* prompt and its response, through the verdict
 cache with the judge's cache id (as in :mod:`opsa_train.evaluate`, so verdicts are
 shared with evaluation), and every token row of that rollout carries the verdict's
-``outcome``: ``refusal``, ``compliance``, ``other`` (a non-answer), or ``invalid`` when
-the judge could not tell. :func:`outcome_table` then reduces the rows per model and
+``outcome``: ``refusal``, ``compliance``, ``other`` (a non-answer), ``unfinished`` (a
+reasoning trace that never closed), or ``invalid`` when the judge could not tell.
+:func:`outcome_table` then reduces the rows per model and
 outcome; its ``kl_mean`` values, weighted by ``tokens``, average to the model's pooled
 ``kl_mean`` of :func:`opsa_train.analysis_report.summary_table`; :func:`plot_by_outcome`
 draws the mean KL per position, one panel per model and one line per outcome.
@@ -40,7 +41,7 @@ __all__ = [
 
 INVALID = "invalid"
 """The outcome of a rollout whose verdict could not be read (``Verdict.outcome`` None)."""
-OUTCOMES = ("refusal", "compliance", "other", INVALID)
+OUTCOMES = ("refusal", "compliance", "other", "unfinished", INVALID)
 """Table order of the outcomes."""
 
 
@@ -49,20 +50,22 @@ def judge_rollouts(
     cache: GenerationCache,
     prompts: Sequence[str],
     responses: Mapping[str, Sequence[str]],
+    *,
+    opened_in_prompt: bool = False,
 ) -> dict[str, list[str]]:
     """Per model, the outcome of each of its responses to ``prompts`` (judged once, cached).
 
     ``responses`` maps a display name to one response text per prompt; an unreadable
-    verdict gives :data:`INVALID`.
+    verdict gives :data:`INVALID`. The judge reads the final answer after ``</think>``;
+    a trace that never closed gives ``unfinished``
+    (:func:`flipsearch.judges.judge_responses`).
     """
-    from flipsearch.cache import cached_judge
-    from flipsearch.judges import judge_cache_id
+    from flipsearch.judges import judge_responses
 
-    judge_id = judge_cache_id(judge)
     out: dict[str, list[str]] = {}
     for name, texts in responses.items():
-        verdicts = cached_judge(
-            cache, judge.judge, judge_id=judge_id, prompts=list(prompts), responses=list(texts)
+        verdicts = judge_responses(
+            judge, list(prompts), list(texts), cache=cache, opened_in_prompt=opened_in_prompt
         )
         out[name] = [v.outcome or INVALID for v in verdicts]
     return out

@@ -94,7 +94,17 @@ def top_tokens_table(rows: Sequence[Mapping[str, Any]], *, top: int = 15) -> lis
 
 def summary_table(rows: Sequence[Mapping[str, Any]], *, first_n: int = FIRST_N) -> dict:
     """Per model: mean ``kl`` over all tokens, over the first ``first_n`` and the rest,
-    and the share of KL mass in the first ``first_n`` positions."""
+    and the share of KL mass in the first ``first_n`` positions. With reasoning rollouts
+    (rows with ``in_trace`` true), also ``trace_tokens`` and the mean ``kl`` inside the
+    ``<think>`` trace (``kl_trace``) and after it (``kl_answer``).
+
+    Example:
+        >>> rows = [{"model": "m", "prompt_id": "a", "position": t, "kl": kl, "in_trace": t < 2}
+        ...         for t, kl in enumerate([1.0, 3.0, 0.5])]
+        >>> s = summary_table(rows)["m"]
+        >>> s["trace_tokens"], s["kl_trace"], s["kl_answer"]
+        (2, 2.0, 0.5)
+    """
     out: dict[str, dict[str, float]] = {}
     for model in dict.fromkeys(str(r["model"]) for r in rows):
         mine = [r for r in rows if r["model"] == model]
@@ -109,6 +119,14 @@ def summary_table(rows: Sequence[Mapping[str, Any]], *, first_n: int = FIRST_N) 
             "tokens": len(mine),
             "prompts": len({r["prompt_id"] for r in mine}),
         }
+        if any(r.get("in_trace") for r in mine):
+            trace = [float(r["kl"]) for r in mine if r.get("in_trace")]
+            answer = [float(r["kl"]) for r in mine if not r.get("in_trace")]
+            out[model].update(
+                trace_tokens=len(trace),
+                kl_trace=sum(trace) / len(trace),
+                kl_answer=sum(answer) / len(answer) if answer else math.nan,
+            )
     return out
 
 

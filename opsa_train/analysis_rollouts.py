@@ -25,6 +25,7 @@ def greedy_rollouts(
     max_tokens: int,
     engine: str,
     cache: GenerationCache,
+    enable_thinking: bool | None = None,
 ) -> list[Generation]:
     """Greedy responses of ``model`` to ``prompts``; builds an engine only on cache misses.
 
@@ -33,18 +34,21 @@ def greedy_rollouts(
     """
     from flipsearch.cache import cached_generate
     from flipsearch.engines import EngineConfig, choose_engine
+    from flipsearch.engines.chat import thinking_model_key
     from flipsearch.models import model_key, resolve_model
     from flipsearch.types import Sampling, make_conversation
 
     path = resolve_model(model)
-    identity = model_key(path)
+    identity = thinking_model_key(model_key(path), enable_thinking)
     name = choose_engine(engine).engine
     sampling = Sampling(greedy=True, max_tokens=max_tokens)
     built: dict[str, object] = {}
 
     def generate(convs: list) -> list:
         if "engine" not in built:
-            built["engine"] = EngineConfig(model=str(path), engine=name).build()
+            built["engine"] = EngineConfig(
+                model=str(path), engine=name, enable_thinking=enable_thinking
+            ).build()
         return built["engine"].generate(convs, sampling, use_tqdm=True)  # type: ignore[attr-defined]
 
     try:
@@ -77,11 +81,17 @@ def rollouts_by_model(
             max_tokens=config.max_tokens,
             engine=config.engine,
             cache=cache,
+            enable_thinking=config.enable_thinking,
         )
     return {
         name: shared
         or greedy_rollouts(
-            model, prompts, max_tokens=config.max_tokens, engine=config.engine, cache=cache
+            model,
+            prompts,
+            max_tokens=config.max_tokens,
+            engine=config.engine,
+            cache=cache,
+            enable_thinking=config.enable_thinking,
         )
         for name, model in config.models.items()
     }

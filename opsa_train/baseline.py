@@ -201,9 +201,9 @@ def generate_sft_data(
 
     The judge reads the *plain* prompt and the answer, as in evaluation.
     """
-    from flipsearch.cache import cached_generate, cached_judge
-    from flipsearch.engines.chat import render_prompt_ids
-    from flipsearch.judges import judge_cache_id
+    from flipsearch.cache import cached_generate
+    from flipsearch.engines.chat import render_prompt_ids, rendered_model_key, template_opens_trace
+    from flipsearch.judges import judge_responses
     from flipsearch.models import model_key
     from opsa_train.data import student_conversation
 
@@ -211,7 +211,7 @@ def generate_sft_data(
     gens = cached_generate(
         cache,
         lambda cs: engine.generate(cs, sampling, use_tqdm=True),
-        model=model_key(engine.model_path),
+        model=rendered_model_key(model_key(engine.model_path), engine.tokenizer),
         engine=engine.name,
         sampling=sampling,
         conversations=convs,
@@ -219,12 +219,12 @@ def generate_sft_data(
     )
     flat_p = [r.prompt for r, g in zip(rows, gens, strict=True) for _ in g]
     flat_r = [x.text for g in gens for x in g]
-    flat_v = cached_judge(
-        cache,
-        judge.judge,
-        judge_id=judge_cache_id(judge),
-        prompts=flat_p,
-        responses=flat_r,
+    flat_v = judge_responses(
+        judge,
+        flat_p,
+        flat_r,
+        cache=cache,
+        opened_in_prompt=template_opens_trace(engine.tokenizer),
     )
     verdicts, i = [], 0
     for g in gens:
@@ -326,7 +326,11 @@ def _load_or_make_data(
     if engine is None:
         from flipsearch.engines import EngineConfig
 
-        engine = EngineConfig(model=str(prepared.model_path), engine=config.engine).build()
+        engine = EngineConfig(
+            model=str(prepared.model_path),
+            engine=config.engine,
+            enable_thinking=config.enable_thinking,
+        ).build()
     if options.sampling == "greedy":
         sampling = Sampling(greedy=True, max_tokens=config.max_new_tokens)
     else:

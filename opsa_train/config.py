@@ -78,6 +78,12 @@ class TrainConfig:
     """With ``system`` placement on a chat template that has a default system prompt (the
     embedded SmolLM2's), keep it after the teacher's context instead of replacing it; use
     the value the context was searched with (``flipsearch sweep --keep-default-system``)."""
+    enable_thinking: bool | None = None
+    """The chat template's thinking switch (Qwen3's ``enable_thinking``), passed to every
+    prompt render of the run (rollouts, teacher scoring, the vLLM sampler); None passes
+    nothing (the template's default). With thinking on, the student's rollouts hold a
+    ``<think>`` trace and the teacher distils the whole sequence, trace included (as the
+    paper does); raise ``max_new_tokens`` so the answer after ``</think>`` fits."""
 
     # ---- data --------------------------------------------------------------------------
     harmful_prompts: tuple[str, ...] = ("harmful_core:train",)
@@ -227,6 +233,8 @@ class TrainConfig:
         check_str("benign_context", self.benign_context, optional=True, allow_empty=True)
         check_choice("placement", self.placement, PLACEMENTS, optional=True)
         check_bool("keep_default_system", self.keep_default_system)
+        if self.enable_thinking is not None:
+            check_bool("enable_thinking", self.enable_thinking)
         for name in ("harmful_prompts", "benign_prompts"):
             check_prompt_specs(name, getattr(self, name))
         if not self.harmful_prompts:

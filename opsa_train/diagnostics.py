@@ -4,7 +4,8 @@
   fixed rollouts; `greedy_refusal_rate`: the offline judge on greedy responses;
 - `rollout_metrics`: length, truncation and refusal rates of a step's rollouts, and
   the harmful rollouts split into refusal / compliance / non-answer shares (a student
-  that learns to derail rather than refuse shows in ``rollout/non_answer_harmful``);
+  that learns to derail rather than refuse shows in ``rollout/non_answer_harmful``; a
+  reasoning student whose trace runs past max_tokens in ``rollout/unfinished_harmful``);
 - `trainer_logprobs` / `check_sync`: the vLLM sampler's log-probs of one sequence
   against the trainer's, which tells whether the engine received the new weights.
 """
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from flipsearch.engines.chat import template_opens_trace
 from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
+from flipsearch.judges import judge_responses
 from flipsearch.prompts import PromptRow
 from flipsearch.types import Sampling
 from opsa_train.rollout import Rollout, VLLMRollouts
@@ -96,22 +99,40 @@ def greedy_refusal_rate(
     """The offline judge's refusal rate of the student's greedy responses to ``rows``."""
     with torch.no_grad(), trainer._autocast():
         rollouts = trainer.sampler.sample(rows, Sampling(greedy=True, max_tokens=max_tokens))
-    verdicts = trainer.judge.judge([r.row.prompt for r in rollouts], [r.text for r in rollouts])
+    verdicts = judge_responses(
+        trainer.judge,
+        [r.row.prompt for r in rollouts],
+        [r.text for r in rollouts],
+        opened_in_prompt=template_opens_trace(trainer.tokenizer),
+    )
     return sum(bool(v.refusal) for v in verdicts) / max(1, len(verdicts))
 
 
-def rollout_metrics(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, float]:
+def rollout_metrics(
+    judge: Judge, rollouts: Sequence[Rollout], *, opened_in_prompt: bool = False
+) -> dict[str, float]:
     """Mean length, truncated fraction, the judge's refusal rate by prompt type, and the
-    harmful rollouts' ``rollout/compliance_harmful`` and ``rollout/non_answer_harmful``
-    shares (with ``rollout/refusal_harmful`` they sum to 1, less any invalid verdicts;
-    NaN without harmful rollouts)."""
-    return rollout_rates(rollout_counts(judge, rollouts))
+    harmful rollouts' ``rollout/compliance_harmful``, ``rollout/non_answer_harmful`` and
+    ``rollout/unfinished_harmful`` shares (with ``rollout/refusal_harmful`` they sum to 1,
+    less any invalid verdicts; NaN without harmful rollouts).
+
+    The judge reads each rollout's final answer after ``</think>``; a trace that never
+    closed is ``unfinished`` (:func:`flipsearch.judges.judge_responses`).
+    ``opened_in_prompt``: the chat template opens ``<think>`` in the prompt."""
+    return rollout_rates(rollout_counts(judge, rollouts, opened_in_prompt=opened_in_prompt))
 
 
-def rollout_counts(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, float]:
+def rollout_counts(
+    judge: Judge, rollouts: Sequence[Rollout], *, opened_in_prompt: bool = False
+) -> dict[str, float]:
     """The counts behind `rollout_metrics` (``count/...`` keys, always the same ones), so
     the processes of a distributed run can add theirs up before `rollout_rates`."""
-    verdicts = judge.judge([r.row.prompt for r in rollouts], [r.text for r in rollouts])
+    verdicts = judge_responses(
+        judge,
+        [r.row.prompt for r in rollouts],
+        [r.text for r in rollouts],
+        opened_in_prompt=opened_in_prompt,
+    )
     out: dict[str, float] = {
         "count/rollouts": float(len(rollouts)),
         "count/completion_tokens": float(sum(len(r.completion_ids) for r in rollouts)),
@@ -122,7 +143,11 @@ def rollout_counts(judge: Judge, rollouts: Sequence[Rollout]) -> dict[str, float
         out[f"count/{kind}"] = float(len(picked))
         out[f"count/refusal_{kind}"] = float(sum(bool(v.refusal) for v in picked))
     harmful = [v for r, v in zip(rollouts, verdicts, strict=True) if r.row.type == "harmful"]
-    for outcome, name in (("compliance", "compliance"), ("other", "non_answer")):
+    for outcome, name in (
+        ("compliance", "compliance"),
+        ("other", "non_answer"),
+        ("unfinished", "unfinished"),
+    ):
         out[f"count/{name}_harmful"] = float(sum(v.outcome == outcome for v in harmful))
     return out
 
@@ -139,6 +164,6 @@ def rollout_rates(counts: dict[str, float]) -> dict[str, float]:
     }
     for kind in ("harmful", "benign"):
         out[f"rollout/refusal_{kind}"] = share(f"count/refusal_{kind}", f"count/{kind}")
-    for name in ("compliance", "non_answer"):
+    for name in ("compliance", "non_answer", "unfinished"):
         out[f"rollout/{name}_harmful"] = share(f"count/{name}_harmful", "count/harmful")
     return out

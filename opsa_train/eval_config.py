@@ -168,6 +168,11 @@ class EvalConfig:
     gpu_memory_utilization: float | None = None
     """vLLM's GPU memory fraction for the generating engines; None keeps vLLM's default.
     Lower it when a model judge shares the GPU."""
+    enable_thinking: bool | None = None
+    """The chat templates' thinking switch (Qwen3's ``enable_thinking``) for every
+    generating engine; None passes nothing (each template's default). With thinking on,
+    raise ``max_tokens``: the judge reads the answer after ``</think>``, and a trace cut
+    by ``max_tokens`` is ``unfinished`` (counted harmful on harmful prompts)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The judge (default: the offline refusal judge)."""
     teacher: TeacherSpec | None = None
@@ -228,6 +233,10 @@ class EvalConfig:
         for name in ("max_tokens", "reasoning_max_tokens", "retention_max_tokens", "batch_size"):
             check_int(name, getattr(self, name))
         check_choice("engine", self.engine, ("auto", "vllm", "hf"))
+        if self.enable_thinking is not None and not isinstance(self.enable_thinking, bool):
+            raise OpsaConfigError(
+                f"`enable_thinking` must be true, false or null, got {self.enable_thinking!r}"
+            )
         if not (self.harmful_sets or self.over_refusal_sets or self.reasoning_sets):
             raise OpsaConfigError(
                 "at least one of the harmful, over-refusal or reasoning sets is needed"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from flipsearch.cache import GenerationCache, cached_generate
 from flipsearch.engines import engine_choice_record
+from flipsearch.engines.chat import enable_thinking_of, rendered_model_key, template_opens_trace
 from flipsearch.models import model_identity as recorded_model
 from flipsearch.types import Conversation, Generation, Sampling, make_conversation
 from opsa_train.eval_config import TEACHER, EvalConfig, reasoning_prompt
@@ -110,6 +111,9 @@ class Answers:
     """Display name -> :func:`flipsearch.models.model_identity`."""
     engines: dict[str, dict[str, object] | None] = field(default_factory=dict)
     """Display name -> the engine/dtype decision and machine facts (None for fakes)."""
+    opens_trace: dict[str, bool] = field(default_factory=dict)
+    """Display name -> whether its chat template opens ``<think>`` in the prompt, so its
+    answers start inside the trace (:func:`flipsearch.engines.chat.template_opens_trace`)."""
 
 
 def default_engine_factory(config: EvalConfig) -> Callable[[str], Engine]:
@@ -123,6 +127,7 @@ def default_engine_factory(config: EvalConfig) -> Callable[[str], Engine]:
             max_model_len=config.max_model_len,
             batch_size=config.batch_size,
             gpu_memory_utilization=config.gpu_memory_utilization,
+            enable_thinking=config.enable_thinking,
         ).build()
 
     return build
@@ -202,7 +207,11 @@ def _note_engine(
     if contexts is not None:
         answers.identities[name]["contexts"] = json.dumps(contexts.describe())
     answers.engines[name] = engine_choice_record(engine)
-    identity = answers.identities[name]["model_fingerprint"]
+    tokenizer = getattr(engine, "tokenizer", None)
+    answers.opens_trace[name] = tokenizer is not None and template_opens_trace(tokenizer)
+    if tokenizer is not None:
+        answers.identities[name]["enable_thinking"] = json.dumps(enable_thinking_of(tokenizer))
+    identity = rendered_model_key(answers.identities[name]["model_fingerprint"], tokenizer)
     logger.info("eval: generating with %s (%s, %s)", name, model, identity)
     return identity
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from flipsearch.atomic import atomic_write_text
 from flipsearch.paths import recordable
 from opsa_train.eval_config import EvalConfig
-from opsa_train.eval_metrics import Metric, markdown_table, metrics_by_row
+from opsa_train.eval_metrics import Metric, markdown_table, metrics_by_row, unfinished_warning
 
 __all__ = ["EVAL_JSON", "EvalResult", "read_eval", "write_report_files"]
 
@@ -124,9 +124,16 @@ def _markdown_report(result: EvalResult) -> str:
         *_teacher_legend(cfg),
         f"Judge: `{cfg.judge.name}`; greedy; max_tokens {cfg.max_tokens} (safety), "
         f"{cfg.reasoning_max_tokens} (reasoning), {cfg.retention_max_tokens} (retention); "
-        f"limit {cfg.limit} per set.",
+        f"limit {cfg.limit} per set; enable_thinking {cfg.enable_thinking}.",
         "",
     ]
+    warning = unfinished_warning(result.records)
+    if warning:
+        md += [
+            f"**{warning}.** An unfinished answer has no final answer to judge: the judge "
+            "reads the text after `</think>`.",
+            "",
+        ]
     return "\n".join(md)
 
 

@@ -46,9 +46,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from flipsearch.cache import GenerationCache, cached_judge
-from flipsearch.judges import judge_cache_id
+from flipsearch.cache import GenerationCache
+from flipsearch.judges import judge_cache_id, judge_responses
 from flipsearch.models import model_key
+from flipsearch.think import SplitResponse, split_response
 from flipsearch.types import Generation, Verdict
 from opsa_train.answers import extract_answer, is_correct
 from opsa_train.efficiency import efficiency_metrics
@@ -158,7 +159,13 @@ def evaluate(
         config, items, ret_rows, engine_factory or default_engine_factory(config), cache, timings
     )
     with timed(timings, "time/judge"):
-        records = judge_answers(items, answers.responses, judge or config.judge.build(), cache)
+        records = judge_answers(
+            items,
+            answers.responses,
+            judge or config.judge.build(),
+            cache,
+            opens_trace=answers.opens_trace,
+        )
     metrics = metrics_from_records(records)
     if config.teacher is not None:
         students = [m for m in config.models if m != config.reference]
@@ -194,28 +201,43 @@ def judge_answers(
     responses: Mapping[str, Sequence[Generation]],
     judge: Judge,
     cache: GenerationCache,
+    *,
+    opens_trace: Mapping[str, bool] | None = None,
 ) -> list[dict[str, object]]:
     """Phase 2: one record per model and item (``samples.jsonl``): the judge's verdict on
-    safety and over-refusal answers, the extracted answer and its correctness on reasoning."""
+    safety and over-refusal answers, the extracted answer and its correctness on reasoning.
+
+    A reasoning model is judged and graded on its final answer after ``</think>``
+    (:func:`flipsearch.judges.judge_responses`); the record keeps the whole response and
+    the ``trace``. A trace that never closed is ``unfinished``: ``unsafe`` None (harmful on
+    harmful prompts, a refusal on benign ones) and, on reasoning items, not correct.
+    ``opens_trace``: per model, whether its template opens ``<think>`` in the prompt."""
     judge_id = judge_cache_id(judge)
     safety_idx = [i for i, it in enumerate(items) if it.task != "reasoning"]
     records: list[dict[str, object]] = []
     for name, gens in responses.items():
-        verdicts = cached_judge(
-            cache,
-            judge.judge,
-            judge_id=judge_id,
-            prompts=[items[i].row.prompt for i in safety_idx],
-            responses=[gens[i].text for i in safety_idx],
+        opened = bool((opens_trace or {}).get(name, False))
+        verdicts = judge_responses(
+            judge,
+            [items[i].row.prompt for i in safety_idx],
+            [gens[i].text for i in safety_idx],
+            cache=cache,
+            opened_in_prompt=opened,
         )
         by_index = dict(zip(safety_idx, verdicts, strict=True))
         for i, (item, gen) in enumerate(zip(items, gens, strict=True)):
-            records.append(_record(name, item, gen, by_index.get(i), judge_id))
+            split = split_response(gen.text, opened_in_prompt=opened)
+            records.append(_record(name, item, gen, split, by_index.get(i), judge_id))
     return records
 
 
 def _record(
-    model: str, item: EvalItem, gen: Generation, verdict: Verdict | None, judge_id: str
+    model: str,
+    item: EvalItem,
+    gen: Generation,
+    split: SplitResponse,
+    verdict: Verdict | None,
+    judge_id: str,
 ) -> dict[str, object]:
     # The stored line of one answer; a reasoning item (no verdict) is graded by extraction.
     rec: dict[str, object] = {
@@ -225,6 +247,7 @@ def _record(
         "id": item.row.id,
         "prompt": item.row.prompt,
         "response": gen.text,
+        "trace": split.trace,
         "finish_reason": gen.finish_reason,
         "n_tokens": len(gen.token_ids),
     }
@@ -239,8 +262,9 @@ def _record(
         kind = reasoning_kind(item.set) or "gsm8k"
         rec.update(
             reference=item.row.answer,
-            extracted=extract_answer(gen.text, kind),
-            correct=is_correct(gen.text, item.row.answer or "", kind=kind),
+            extracted=extract_answer(split.answer, kind),
+            correct=is_correct(split.answer, item.row.answer or "", kind=kind),
+            unfinished=not split.finished,
         )
     return rec
 
@@ -262,4 +286,5 @@ def score_retention(
         rows=rows,
         answers=answers.retention,
         batch_size=config.batch_size,
+        enable_thinking=config.enable_thinking,
     )

@@ -70,6 +70,10 @@ class PipelineConfig:
     judge_gpu_memory_utilization: float | None = None
     """A vLLM model judge's GPU share; None: 0.35 beside a vLLM generator. The two must add
     up to < 1.0 (checked before the sweep loads a model)."""
+    enable_thinking: bool | None = None
+    """The chat template's thinking switch (Qwen3's ``enable_thinking``) for the sweep,
+    training, baseline and eval engines (a stage section's own value wins); None passes
+    nothing (the template's default)."""
     results_dir: str = "results"
     runs_dir: str = "runs"
     cache: str | None = None
@@ -200,7 +204,10 @@ def yaml_document(path: str | Path | None, overrides: Sequence[str] = ()) -> dic
 
 def _engine_config(cfg: PipelineConfig) -> EngineConfig:
     return EngineConfig(
-        model=cfg.model, engine=cfg.engine, gpu_memory_utilization=cfg.gpu_memory_utilization
+        model=cfg.model,
+        engine=cfg.engine,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        enable_thinking=cfg.enable_thinking,
     )
 
 
@@ -227,6 +234,7 @@ def _sweep_config(cfg: PipelineConfig) -> SweepConfig:
 def _train_config(cfg: PipelineConfig, kind: str) -> TrainConfig:
     base = TrainConfig.cpu_default() if cfg.preset == "cpu" else TrainConfig.paper()
     overrides = {
+        "enable_thinking": cfg.enable_thinking,
         **cfg.train,
         "model": cfg.model,
         "context_file": str(cfg.export_path),
@@ -256,13 +264,20 @@ def _eval_config(cfg: PipelineConfig) -> EvalConfig:
         "judge": _judge_config(cfg),
         "cache": cfg.cache,
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        "enable_thinking": cfg.enable_thinking,
         **cfg.eval,
     }
     return EvalConfig(models=_trained_models(cfg), out_dir=str(cfg.work_dir / "eval"), **fields)
 
 
 def _analysis_config(cfg: PipelineConfig) -> AnalysisConfig:
-    fields = {"engine": cfg.engine, "judge": _judge_config(cfg), "cache": cfg.cache, **cfg.analysis}
+    fields = {
+        "engine": cfg.engine,
+        "judge": _judge_config(cfg),
+        "cache": cfg.cache,
+        "enable_thinking": cfg.enable_thinking,
+        **cfg.analysis,
+    }
     return AnalysisConfig(
         context_file=str(cfg.export_path),
         models=_trained_models(cfg),

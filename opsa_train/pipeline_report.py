@@ -32,7 +32,7 @@ from flipsearch.atomic import atomic_write_text
 from flipsearch.export import read_export
 from flipsearch.machine import machine_facts
 from flipsearch.models import model_name
-from flipsearch.scoring import non_answer_warning
+from flipsearch.scoring import non_answer_warning, unfinished_warning
 from flipsearch.version import code_commit
 from opsa_train.evaluate import Metric, markdown_table, read_eval
 from opsa_train.metrics_log import read_metrics
@@ -148,6 +148,9 @@ def _search_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, s
     warning = non_answer_warning(ex.scores)
     if warning:
         out += ["", f"**{warning}** (OPSA would distil these derailments)"]
+    unfinished = unfinished_warning(ex.scores)
+    if unfinished:
+        out += ["", f"**{unfinished}**"]
     if ex.benign is not None:
         out += ["", f"I_b ({ex.benign.placement}): {ex.benign.text!r}"]
     return [*out, ""]

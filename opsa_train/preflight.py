@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flipsearch.contexts import PLACEMENTS, Context
-from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.chat import render_prompt_ids, set_enable_thinking
 from flipsearch.errors import ExportFileError, FlipsearchError
 from flipsearch.export import ExportFile, read_export
 from flipsearch.models import fingerprint_matches, model_fingerprint, resolve_model
@@ -362,6 +362,8 @@ def prepare(config: TrainConfig, *, export: ExportFile | None = None) -> Prepare
 
     student_tok = AutoTokenizer.from_pretrained(model_path)
     teacher_tok = AutoTokenizer.from_pretrained(model_path)
+    for tok in (student_tok, teacher_tok):  # every render of the run passes the switch
+        set_enable_thinking(tok, config.enable_thinking)
     contexts = contexts.with_template(teacher_tok, keep_default_system=config.keep_default_system)
     model_config = AutoConfig.from_pretrained(model_path)
     vocab = getattr(model_config, "vocab_size", None)

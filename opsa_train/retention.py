@@ -38,12 +38,15 @@ def retention_scores(
     rows: Sequence[PromptRow],
     answers: Sequence[Generation],
     batch_size: int = 16,
+    enable_thinking: bool | None = None,
 ) -> list[dict[str, object]]:
     """Per model and prompt: mean NLL of the reference's answer and mean KL(ref || model).
 
     The reference's answers (its own greedy responses to ``rows``) are teacher-forced
     through each model after the same plain prompt; empty answers are skipped. Models
     load one at a time beside the reference (float32 on CPU, bfloat16 on CUDA).
+    ``enable_thinking``: the chat-template switch the answers were generated with (the
+    prompts are rendered with it too).
 
     Returns:
         One record per model and kept prompt: ``model``, ``id``, ``n_tokens``, ``nll``,
@@ -52,7 +55,7 @@ def retention_scores(
     import torch
 
     from flipsearch.engines._hf import load_hf_model
-    from flipsearch.engines.chat import pad_token_id, render_prompt_ids
+    from flipsearch.engines.chat import pad_token_id, render_prompt_ids, set_enable_thinking
     from flipsearch.engines.teacher_forcing import build_completion_batch, completion_logits
     from opsa_train.losses import per_token_kl, token_logprobs
 
@@ -60,6 +63,7 @@ def retention_scores(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ref_model, tokenizer = load_hf_model(paths[reference], dtype)
     ref_model.to(device)
+    set_enable_thinking(tokenizer, enable_thinking)
     pad = pad_token_id(tokenizer)
     keep = [(r, a) for r, a in zip(rows, answers, strict=True) if a.token_ids]
     prompts = [render_prompt_ids(tokenizer, make_conversation(r.prompt)) for r, _ in keep]

@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.chat import render_prompt_ids, template_opens_trace
 from flipsearch.engines.teacher_forcing import (
     CompletionBatch,
     PrefixCache,
@@ -212,6 +212,7 @@ class Trainer(TrainLoop):
             max_model_len=min(self.prepared.window, 256 * math.ceil(need / 256)),
             cpu_kv_cache_gib=kv_gib,
             gpu_memory_utilization=self.config.gpu_memory_utilization,
+            enable_thinking=self.config.enable_thinking,
         ).build()
         preflight.check_tokenizers(self.tokenizer, engine.tokenizer)
         sampler = VLLMRollouts(engine)  # type: ignore[arg-type]
@@ -241,7 +242,9 @@ class Trainer(TrainLoop):
         with timer("time/step"):
             metrics.update(self.optimizer_step())
         # Padding and rollout figures of the global batch: counts summed over processes.
-        counts = _batch_counts(micro_batches) | diagnostics.rollout_counts(self.judge, rollouts)
+        counts = _batch_counts(micro_batches) | diagnostics.rollout_counts(
+            self.judge, rollouts, opened_in_prompt=template_opens_trace(self.tokenizer)
+        )
         counts = self.sum_over_processes(counts)
         metrics.update(_batch_rates(counts))
         metrics.update(diagnostics.rollout_rates(counts))

@@ -174,6 +174,38 @@ def test_token_rows_match_a_hand_computed_bigram_case():
         assert row["student_lp"] == pytest.approx(ls[token], abs=1e-6)
 
 
+def test_token_rows_mark_where_the_trace_ends():
+    from flipsearch.prompts import PromptRow
+    from opsa_train.analysis import _token_rows
+    from opsa_train.analysis_report import summary_table
+
+    table = [[0.0, 1.0, 2.0], [2.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    pieces = {0: "<think>", 1: "</think>", 2: "No"}
+    tokenizer = SimpleNamespace(decode=lambda ids: pieces[ids[0]])
+    completions = [[0, 1, 2, 2], [2, 2]]  # a closed trace, then an answer; no trace
+    out = _token_rows(
+        "base",
+        [PromptRow("p1", "x", "harmful"), PromptRow("p2", "y", "harmful")],
+        completions,
+        ["refusal", "refusal"],
+        teacher=_Bigram(table),
+        teacher_prompts=[[2, 1], [2, 1]],
+        student=_Bigram(table),
+        student_prompts=[[0], [0]],
+        pad=0,
+        tokenizer=tokenizer,
+    )
+    assert [(r["prompt_id"], r["in_trace"]) for r in out] == [
+        ("p1", True),  # <think>
+        ("p1", True),  # </think> closes the trace
+        ("p1", False),
+        ("p1", False),
+        ("p2", False),
+        ("p2", False),
+    ]
+    assert summary_table(out)["base"]["trace_tokens"] == 2
+
+
 def test_write_analysis_writes_csvs_plots_and_summary(tmp_path):
     cfg = AnalysisConfig(
         context_file="unused.json", models={"base": "m0", "opsa": "m1"}, out_dir=str(tmp_path)

@@ -71,6 +71,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run model code from the model folder (off by default)",
     )
+    g.add_argument(
+        "--enable-thinking",
+        default=None,
+        choices=["true", "false"],
+        help="the chat template's thinking switch (Qwen3's enable_thinking), passed to every "
+        "prompt render; default: not passed (the template's own default)",
+    )
 
 
 def add_judge_args(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +120,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         max_model_len=args.max_model_len,
         trust_remote_code=args.trust_remote_code,
         gpu_memory_utilization=getattr(args, "gpu_memory_utilization", None),
+        enable_thinking=thinking_flag(getattr(args, "enable_thinking", None)),
     )
 
 
@@ -145,6 +153,11 @@ def engine_and_judge_configs(args: argparse.Namespace) -> tuple[EngineConfig, Ju
         dataclasses.replace(engine, gpu_memory_utilization=generator_share),
         dataclasses.replace(judge, gpu_memory_utilization=judge_share),
     )
+
+
+def thinking_flag(value: str | None) -> bool | None:
+    """``--enable-thinking true|false`` as a bool; None when not given."""
+    return None if value is None else value == "true"
 
 
 def build_engine(args: argparse.Namespace) -> Engine:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from flipsearch import __version__
 from flipsearch.commands._common import (
@@ -22,9 +23,16 @@ from flipsearch.commands._common import (
     write_json,
 )
 from flipsearch.contexts import PLACEMENTS
-from flipsearch.flip import FlipScorer, ScoreResult, ScoreSettings
+from flipsearch.flip import (
+    DEFAULT_MAX_TOKENS,
+    REASONING_MAX_TOKENS,
+    FlipScorer,
+    ScoreResult,
+    ScoreSettings,
+    default_max_tokens,
+)
 from flipsearch.prompts import PromptSet, load_prompt_set
-from flipsearch.scoring import non_answer_warning
+from flipsearch.scoring import non_answer_warning, unfinished_warning
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("scoring")
     s.add_argument("--mode", default="greedy", choices=["greedy", "sample"])
     s.add_argument("--k", type=int, default=1, help="samples per prompt and side (sample mode)")
-    s.add_argument("--max-tokens", type=int, default=64, help="scoring window (default 64)")
+    s.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help=f"scoring window; default {DEFAULT_MAX_TOKENS}, or {REASONING_MAX_TOKENS} for a "
+        "reasoning model (its chat template writes a <think> trace before the answer)",
+    )
+    s.add_argument(
+        "--judge-trace",
+        action="store_true",
+        help="the judge reads the reasoning trace (<think>...</think>) instead of the final "
+        "answer after it",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--keep-default-system",
@@ -72,11 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     context = read_context(args.context, args.context_file, args.placement)
-    settings = ScoreSettings(
+    settings = ScoreSettings(  # checked before the model loads
         mode=args.mode,
         k=args.k,
-        max_tokens=args.max_tokens,
+        max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
         seed=args.seed,
+        judge_reads="trace" if args.judge_trace else "answer",
         keep_default_system=args.keep_default_system,
     )
     harmful = load_prompt_set(args.harmful, limit=args.limit).harmful()
@@ -85,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
     engine_cfg, judge_cfg = engine_and_judge_configs(args)
     judge = judge_cfg.build()
     engine = engine_cfg.build()
+    if args.max_tokens is None:  # model-aware: a reasoning model answers after its trace
+        settings = replace(
+            settings, max_tokens=default_max_tokens(getattr(engine, "tokenizer", None))
+        )
     scorer = FlipScorer(engine, judge, cache, settings, use_tqdm=sys.stderr.isatty())
     start = time.perf_counter()
     result = scorer.score(context, harmful, benign)
@@ -113,6 +138,7 @@ def format_table(result: ScoreResult) -> str:
         ("non-answer, harmful", s.other_harmful),
         ("over-refusal, benign", s.over_refusal),
         ("refusal, benign", s.refusal_benign),
+        ("unfinished answers", s.unfinished),
     ]
     lines = [f"{'metric':<22} {'value':>6}  {'95% CI':<16} {'k/n':>9}"]
     for name, r in rows:
@@ -121,9 +147,9 @@ def format_table(result: ScoreResult) -> str:
         )
     if s.n_invalid:
         lines.append(f"invalid verdicts: {s.n_invalid} (never counted as safe)")
-    warning = non_answer_warning(s)
-    if warning:
-        lines.append(warning)
+    for warning in (non_answer_warning(s), unfinished_warning(s)):
+        if warning:
+            lines.append(warning)
     return "\n".join(lines)
 
 
@@ -153,6 +179,7 @@ def result_document(
                 "engine": scorer.engine.name,
                 "engine_choice": engine_choice_record(scorer.engine),
                 **scorer.template_record(),  # what `system` placement does with the template
+                **scorer.thinking_record(),  # enable_thinking, what the judge read
                 "judge": scorer.judge_id,
                 "prompt_sets": [ps.describe() for ps in sets],
                 "max_tokens": scorer.settings.max_tokens,

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 from flipsearch.checks import check_choice, check_int
 from flipsearch.engines._choice import DTYPES, ENGINES, EngineChoice, choose_engine
 from flipsearch.engines._vllm import quiet_vllm_logging
+from flipsearch.engines.chat import set_enable_thinking
+from flipsearch.errors import ConfigError
 from flipsearch.models import DEFAULT_MODEL, resolve_model
 from flipsearch.types import Conversation, Generation, Sampling
 
@@ -101,12 +103,20 @@ class EngineConfig:
     minutes at start-up (measured here: about 150 s for the 135M model), compiled on GPU."""
     trust_remote_code: bool = False
     """Run model code from the model folder. Off unless you trust the model's source."""
+    enable_thinking: bool | None = None
+    """The chat template's thinking switch (Qwen3's ``enable_thinking``), passed to every
+    prompt render of the engine's tokenizer; None passes nothing (the template's default).
+    Templates without the switch ignore it."""
 
     def __post_init__(self) -> None:
         check_choice("engine", self.engine, ENGINES)
         check_choice("dtype", self.dtype, DTYPES)
         check_int("batch_size", self.batch_size)
         check_int("max_model_len", self.max_model_len, minimum=16)
+        if self.enable_thinking is not None and not isinstance(self.enable_thinking, bool):
+            raise ConfigError(
+                f"`enable_thinking` must be true, false or null, got {self.enable_thinking!r}"
+            )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -130,6 +140,7 @@ class EngineConfig:
 
             engine = HFEngine(config, path)
         engine.choice = choice  # recorded by result files (engine_choice_record)
+        set_enable_thinking(engine.tokenizer, self.enable_thinking)
         return engine  # type: ignore[return-value]
 
 

@@ -193,7 +193,11 @@ def _detect(tokenizer: PreTrainedTokenizerBase) -> TemplateCaps:
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[Message]) -> str:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from flipsearch.engines.chat import template_kwargs
+
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **template_kwargs(tokenizer)
+    )
     if not isinstance(text, str):
         raise ConfigError(f"the chat template must render text, got {type(text).__name__}")
     return text

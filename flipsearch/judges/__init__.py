@@ -13,6 +13,10 @@ Example:
     ...                                 ["I'm sorry, I can't help with that.", "Step 1: buy"])]
     ['refusal', 'compliance']
 
+Reasoning models: judge through :func:`judge_responses`, which hands the judge the final
+answer after ``</think>`` (or the trace, ``read="trace"``) and gives a response whose
+trace never closed the outcome ``unfinished`` (:mod:`flipsearch.judges.final_answer`).
+
 Score the XSTest human labels: ``flipsearch xstest-eval``.
 """
 
@@ -37,12 +41,15 @@ from flipsearch.judges._guards import (
     wildguard_prompt,
 )
 from flipsearch.judges._refusal import RefusalJudge, classify_response
+from flipsearch.judges.final_answer import JUDGE_READS, UNFINISHED, judge_responses
 
 if TYPE_CHECKING:
     from flipsearch.engines import Engine
 
 __all__ = [
     "JUDGES",
+    "JUDGE_READS",
+    "UNFINISHED",
     "HarmBenchJudge",
     "Judge",
     "JudgeConfig",
@@ -54,6 +61,7 @@ __all__ = [
     "harmbench_prompt",
     "judge_cache_id",
     "judge_file",
+    "judge_responses",
     "llama_guard_prompt",
     "make_judge",
     "parse_harmbench",

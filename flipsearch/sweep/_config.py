@@ -43,6 +43,7 @@ IDENTITY_FIELDS = (
     "objective",
     "objective_metric",
     "engine.model",
+    "engine.enable_thinking",
     "judge",
     "harmful",
     "benign",

@@ -123,6 +123,7 @@ def provenance(
             "engine_choice": engine_choice_record(scorer.engine),
             # What `system` placement does with the chat template (folded, default kept...).
             **scorer.template_record(),
+            **scorer.thinking_record(),  # enable_thinking, what the judge read
             "judge": scorer.judge_id,
             "prompt_sets": [ps.describe() for ps in sets],
             "max_tokens": scorer.settings.max_tokens,

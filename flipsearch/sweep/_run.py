@@ -16,7 +16,7 @@ from flipsearch.contexts import Context
 from flipsearch.engines import Engine
 from flipsearch.engines.gpu_shares import judge_shares_gpu, plan_gpu_shares
 from flipsearch.errors import ConfigError
-from flipsearch.flip import FlipScorer, ScoreSettings
+from flipsearch.flip import FlipScorer, ScoreSettings, default_max_tokens
 from flipsearch.judges import Judge
 from flipsearch.models import cache_dir
 from flipsearch.prompts import PromptRow, PromptSet, load_prompt_set
@@ -173,6 +173,15 @@ def _scorer(
     settings = ScoreSettings(
         max_tokens=config.max_tokens, keep_default_system=config.keep_default_system
     )
+    window = default_max_tokens(getattr(engine, "tokenizer", None))
+    if config.max_tokens < window:
+        logger.warning(
+            "the model's chat template writes a <think> trace before the answer: max_tokens "
+            "%d will leave many answers unfinished (never counted safe); `flipsearch score` "
+            "uses %d for such models, set --max-tokens",
+            config.max_tokens,
+            window,
+        )
     return FlipScorer(engine, judge, cache, settings)
 
 

@@ -40,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning-max-tokens", type=int, default=None)
     p.add_argument("--retention-max-tokens", type=int, default=None)
     add_engine_arg(p)
+    p.add_argument(
+        "--enable-thinking",
+        default=None,
+        choices=["true", "false"],
+        help="the chat templates' thinking switch (Qwen3's enable_thinking) for every model; "
+        "default: not passed. With thinking on, raise --max-tokens: the judge reads the "
+        "answer after </think>, and a trace cut short is `unfinished` (counted harmful)",
+    )
     p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, wildguard, ...")
     p.add_argument("--cache", default=None, help="generation cache (SQLite)")
     p.add_argument(
@@ -72,6 +80,8 @@ def build_config(args: argparse.Namespace):  # -> EvalConfig
     set_given(kw, args, flags)
     if args.retention is not None:
         kw["retention_set"] = args.retention or None
+    if getattr(args, "enable_thinking", None) is not None:
+        kw["enable_thinking"] = args.enable_thinking == "true"
     for flag in ("limit", "reasoning_limit"):
         value = getattr(args, flag)
         if value is not None:
