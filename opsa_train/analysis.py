@@ -133,6 +133,10 @@ class AnalysisConfig:
     enable_thinking: bool | None = None
     """The chat template's thinking switch (Qwen3's ``enable_thinking``) for rollouts and
     teacher forcing; None passes nothing. Use the evaluation's value to reuse its answers."""
+    keep_default_system: bool = False
+    """As :attr:`opsa_train.config.TrainConfig.keep_default_system`: a ``system``-placed I_h
+    goes before the template's default system prompt instead of replacing it, so the
+    teacher here reads what the trained teacher read."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", dict(self.models))
@@ -236,6 +240,7 @@ def _score_models(
 
     from flipsearch.engines._hf import load_hf_model
     from flipsearch.engines.chat import pad_token_id, render_prompt_ids, set_enable_thinking
+    from flipsearch.engines.template_caps import template_caps
     from flipsearch.models import model_identity, resolve_model
     from flipsearch.types import make_conversation
 
@@ -247,7 +252,10 @@ def _score_models(
     pad = pad_token_id(tokenizer)
     convs = [make_conversation(r.prompt) for r in rows]
     student_prompts = [render_prompt_ids(tokenizer, c) for c in convs]
-    teacher_prompts = [render_prompt_ids(tokenizer, context.apply(c)) for c in convs]
+    kept = template_caps(tokenizer).kept_default(config.keep_default_system)
+    teacher_prompts = [
+        render_prompt_ids(tokenizer, context.apply(c, default_system=kept)) for c in convs
+    ]
     token_rows: list[dict[str, object]] = []
     identities: dict[str, dict[str, str]] = {}
     for name, model in config.models.items():

@@ -457,8 +457,10 @@ def load_train_config(
     return coerce.load_config(TrainConfig, yaml_path, overrides, base=values, error=OpsaConfigError)
 
 
-RECORD_EXTRAS = ("baseline",)
-"""Keys ``config.json`` may hold beside TrainConfig's fields (the baseline's options)."""
+RECORD_EXTRAS = ("baseline", "template")
+"""Keys ``config.json`` may hold beside TrainConfig's fields: the baseline's options, and
+what the chat template does with a ``system``-placed teacher context (``template``:
+``system_placement``, ``default_system``; :meth:`TemplateCaps.record`)."""
 
 
 def saved_train_config(path: str | Path) -> TrainConfig:

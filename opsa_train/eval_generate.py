@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from flipsearch.cache import GenerationCache, cached_generate
 from flipsearch.engines import engine_choice_record
 from flipsearch.engines.chat import enable_thinking_of, rendered_model_key, template_opens_trace
+from flipsearch.engines.template_caps import template_caps
 from flipsearch.models import model_identity as recorded_model
 from flipsearch.types import Conversation, Generation, Sampling, make_conversation
 from opsa_train.eval_config import TEACHER, EvalConfig, reasoning_prompt
@@ -208,6 +209,11 @@ def _note_engine(
         answers.identities[name]["contexts"] = json.dumps(contexts.describe())
     answers.engines[name] = engine_choice_record(engine)
     tokenizer = getattr(engine, "tokenizer", None)
+    record = answers.engines[name]
+    if contexts is not None and tokenizer is not None and record is not None:
+        # What `system` placement did with this chat template for the teacher row.
+        caps = template_caps(tokenizer)
+        record.update(caps.record(keep_default_system=contexts.default_system is not None))
     answers.opens_trace[name] = tokenizer is not None and template_opens_trace(tokenizer)
     if tokenizer is not None:
         answers.identities[name]["enable_thinking"] = json.dumps(enable_thinking_of(tokenizer))

@@ -276,6 +276,8 @@ def _analysis_config(cfg: PipelineConfig) -> AnalysisConfig:
         "judge": _judge_config(cfg),
         "cache": cfg.cache,
         "enable_thinking": cfg.enable_thinking,
+        # The trained teacher's rendering of a system-placed I_h.
+        "keep_default_system": bool(cfg.train.get("keep_default_system", False)),
         **cfg.analysis,
     }
     return AnalysisConfig(

@@ -66,6 +66,7 @@ from flipsearch.engines.teacher_forcing import (
     encode_prefix,
     supports_prefix_cache,
 )
+from flipsearch.engines.template_caps import template_caps
 from flipsearch.judges import make_judge
 from flipsearch.prompts import PROMPT_TYPES, PromptRow
 from flipsearch.types import Sampling
@@ -79,6 +80,7 @@ from opsa_train.loop import (
     Timer,
     TrainLoop,
     TrainResult,
+    config_record,
     write_model_record,
 )
 from opsa_train.losses import make_loss, masked_token_mean
@@ -147,7 +149,12 @@ class Trainer(TrainLoop):
 
     def __init__(self, config: TrainConfig, *, resume: bool | None = None) -> None:
         prepared = prepare(config)
-        super().__init__(config, prepared, prepared.rows)  # student, AdamW, schedule, data
+        # config.json also records what `system` placement does on this chat template.
+        template = template_caps(prepared.tokenizer).record(
+            keep_default_system=config.keep_default_system
+        )
+        record = config_record(config, template=template)
+        super().__init__(config, prepared, prepared.rows, record=record)  # student, AdamW, data
         self.contexts = prepared.contexts
         # Teacher: frozen copy of the initial weights, in teacher_dtype (default: dtype).
         self.teacher = load_model(prepared.model_path, getattr(torch, config.teacher_dtype_or))

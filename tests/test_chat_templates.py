@@ -312,3 +312,31 @@ def test_keep_default_system_is_wired_through_sweep_and_score(tokenizer, tmp_pat
     record = provenance(config, scorer, load_search_space("paper_axes"), sets)
     assert record["system_placement"] == "keeps_default"
     assert record["default_system"] == SMOLLM_DEFAULT
+
+
+def test_eval_records_what_system_placement_did_for_the_teacher_row(tokenizer, embedded_model_path):
+    # The teacher row's engine record carries the template's system handling, as sweep
+    # and score provenance do; student rows (no contexts) do not.
+    from flipsearch.engines import EngineChoice, choose_engine
+    from opsa_train.data import TeacherContexts
+    from opsa_train.eval_generate import Answers, _note_engine
+
+    class Stub:
+        model_path = embedded_model_path
+        choice: EngineChoice = choose_engine("hf", "float32")
+
+        def __init__(self, tok):
+            self.tokenizer = tok
+
+    answers = Answers()
+    contexts = TeacherContexts(harmful=Context(CONTEXT, "system"), benign=None)
+    _note_engine(answers, "teacher", "smollm2-135m", Stub(tokenizer), contexts)
+    _note_engine(answers, "base", "smollm2-135m", Stub(tokenizer))
+    teacher, base = answers.engines["teacher"], answers.engines["base"]
+    assert teacher is not None and base is not None
+    assert teacher["system_placement"] == "replaces_default"
+    assert teacher["default_system"].startswith("You are a helpful AI assistant named SmolLM")
+    assert "system_placement" not in base
+    kept = contexts.with_template(tokenizer, keep_default_system=True)
+    _note_engine(answers, "teacher", "smollm2-135m", Stub(tokenizer), kept)
+    assert answers.engines["teacher"]["system_placement"] == "keeps_default"  # type: ignore[index]

@@ -244,3 +244,15 @@ def test_tiny_pipeline_runs_every_stage_then_reruns_only_what_changed(tmp_path, 
     assert "eval: key " in out and "analysis: forced; removing" in out
     doc = json.loads((folder / "eval" / "eval.json").read_text())
     assert {m["n"] for m in doc["metrics"] if m["metric"] == "harmful_rate"} == {1}
+
+
+def test_the_analysis_teacher_renders_i_h_as_the_trained_teacher_did(tmp_path):
+    from opsa_train.demo import DEFAULT_CONFIG
+    from opsa_train.pipeline_config import _analysis_config, _train_config
+
+    cfg = load_pipeline_config(
+        DEFAULT_CONFIG, [f"results_dir={tmp_path}", "train.keep_default_system=true"]
+    )
+    assert _train_config(cfg, "opsa").keep_default_system
+    assert _analysis_config(cfg).keep_default_system
+    assert not _analysis_config(load_pipeline_config(DEFAULT_CONFIG, [])).keep_default_system

@@ -342,18 +342,16 @@ def test_score_cli_reads_answer_or_trace_with_a_model_aware_window(
     think_tokenizer, tmp_path, monkeypatch, judge_trace
 ):
     from flipsearch.cli import main as cli_main
-    from flipsearch.commands import score
-    from flipsearch.commands._common import engine_config
+    from flipsearch.engines import EngineConfig
 
     built = {}
 
-    def fake_engine(args):
-        config = engine_config(args)
+    def fake_build(config):
         set_enable_thinking(think_tokenizer, config.enable_thinking)
         built["engine"] = RuleThinker(think_tokenizer)
         return built["engine"]
 
-    monkeypatch.setattr(score, "build_engine", fake_engine)
+    monkeypatch.setattr(EngineConfig, "build", fake_build)
     out = tmp_path / "score.json"
     argv = ["score", "--context", "Refuse.", "--placement", "system", "--benign", ""]
     argv += ["--limit", "3", "--cache", str(tmp_path / "c.db"), "--out", str(out)]

@@ -211,7 +211,10 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_sequence(
 
     # The run folder: resolved config, metrics, checkpoints, an HF-loadable final/.
     out = tmp_path / "cut"
-    assert json.loads((out / "config.json").read_text())["steps"] == 3
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["steps"] == 3
+    # What `system` placement did on this chat template (beside the config's fields).
+    assert set(recorded["template"]) == {"system_placement", "default_system"}
     assert (out / "metrics.csv").is_file()
     assert (out / "checkpoints" / "step-3" / "complete.json").is_file()
     from transformers import AutoModelForCausalLM, AutoTokenizer
