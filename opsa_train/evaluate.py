@@ -15,7 +15,8 @@ For every model (an embedded name, HF folder or hub id, e.g. ``runs/R/final``):
   135M model scores near 0, hence also:
 - **capability retention** (:mod:`opsa_train.retention`): NLL and KL(reference || model)
   of the reference's own greedy benign answers teacher-forced through each model.
-- **composite safety** ``S = 1 - mean_h harmful_rate_h`` (:mod:`opsa_train.eval_metrics`).
+- **composite safety**: harm-only ``S_harm = 1 - mean_h harmful_rate_h`` and the paper's
+  Eq. 6 ``S_eq6`` (harmful and over-refusal rates; :mod:`opsa_train.eval_composite`).
 
 Every number carries n and a 95% interval (Wilson for rates). Generations are greedy and
 go through the flipsearch cache (:mod:`flipsearch.cache`), keyed by a *content*
@@ -70,7 +71,7 @@ from opsa_train.eval_generate import (
 from opsa_train.eval_metrics import (
     TASKS,
     Metric,
-    composite_safety,
+    composite_safety_harm,
     markdown_table,
     mean_metric,
     metrics_from_records,
@@ -101,7 +102,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "Metric",
-    "composite_safety",
+    "composite_safety_harm",
     "evaluate",
     "markdown_table",
     "mean_metric",
@@ -223,6 +224,7 @@ def _record(
         "task": item.task,
         "set": item.set,
         "id": item.row.id,
+        "source": item.row.source,
         "prompt": item.row.prompt,
         "response": gen.text,
         "finish_reason": gen.finish_reason,
