@@ -57,6 +57,9 @@ class EvalResult:
     engines: dict[str, dict[str, object] | None] = field(default_factory=dict)
     """Each model's engine/dtype decision with the machine facts
     (:func:`flipsearch.engines.engine_choice_record`)."""
+    judges: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Task -> the judge that read its answers: name, model, engine, verdict cache id
+    (:func:`opsa_train.eval_protocol.judge_provenance`)."""
 
     def table(self) -> dict[tuple[str, str], dict[str, Metric]]:
         """``(metric, set) -> {model: Metric}``, rows in first-seen order."""
@@ -79,6 +82,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
         "config": recordable(result.config.to_dict()),
         "models": recordable(result.models),
         "engines": recordable(result.engines),
+        "judges": recordable(result.judges),
         "metrics": [{k: _json_safe(v) for k, v in m.to_dict().items()} for m in result.metrics],
         "timings": result.timings,
     }
@@ -136,12 +140,33 @@ def _markdown_report(result: EvalResult) -> str:
         *eq6_coverage({m.model: m.note or "" for m in result.metrics if m.metric == EQ6_METRIC}),
         "",
         *_teacher_legend(cfg),
-        f"Judge: `{cfg.judge.name}`; greedy; max_tokens {cfg.max_tokens} (safety), "
+        f"Judges: {_judges_line(result)}; safety answers greedy; reasoning "
+        f"{_reasoning_decoding(cfg)}; max_tokens {cfg.max_tokens} (safety), "
         f"{cfg.reasoning_max_tokens} (reasoning), {cfg.retention_max_tokens} (retention); "
         f"limit {cfg.limit} per set.",
         "",
     ]
     return "\n".join(md)
+
+
+def _judges_line(result: EvalResult) -> str:
+    # "harmful `llamaguard` (meta-llama/Llama-Guard-3-8B, vllm), over_refusal `refusal`".
+    cfg = result.config
+    parts = []
+    for task in ("harmful", "over_refusal"):
+        j = result.judges.get(task) or {"name": cfg.judge_for(task).name}
+        where = f" ({j.get('model')}, {j.get('engine')})" if j.get("model") else ""
+        parts.append(f"{task} `{j['name']}`{where}")
+    return ", ".join(parts)
+
+
+def _reasoning_decoding(cfg: EvalConfig) -> str:
+    if cfg.reasoning_temperature == 0:
+        return "greedy (accuracy: Wilson rate)"
+    return (
+        f"avg@{cfg.reasoning_samples} at T={cfg.reasoning_temperature} (seed "
+        f"{cfg.reasoning_seed}; accuracy: mean share right per prompt, normal interval)"
+    )
 
 
 def _teacher_legend(cfg: EvalConfig) -> list[str]:
