@@ -34,7 +34,7 @@ from flipsearch.machine import machine_facts
 from flipsearch.models import model_name
 from flipsearch.scoring import non_answer_warning
 from flipsearch.version import code_commit
-from opsa_train.eval_composite import COMPOSITE_LEGEND
+from opsa_train.eval_composite import COMPOSITE_LEGEND, EQ6_METRIC, eq6_coverage
 from opsa_train.evaluate import Metric, markdown_table, read_eval
 from opsa_train.metrics_log import read_metrics
 from opsa_train.stage_state import StageRecord, StageState
@@ -226,6 +226,8 @@ def _eval_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, str
         markdown_table(metrics, models),
         "",
         _EVAL_LEGEND,
+        "",
+        *eq6_coverage({m.model: m.note or "" for m in metrics if m.metric == EQ6_METRIC}),
         "",
         *([_TEACHER_LEGEND, ""] if teacher else []),
         "### OPSA vs the off-policy baseline",
