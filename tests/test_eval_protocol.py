@@ -254,3 +254,22 @@ def test_a_judge_mapping_passed_in_reads_each_task(tmp_path, monkeypatch):
 def test_judges_config_rejects_unknown_tasks():
     with pytest.raises(OpsaConfigError, match="`judges` keys must be among"):
         EvalConfig(judges={"reasoning": "refusal"})
+
+
+def test_a_local_gpqa_file_is_a_reasoning_set_and_an_unknown_format_is_refused(
+    tmp_path, monkeypatch
+):
+    from opsa_train.eval_generate import load_items
+
+    gpqa = str(SHARED / "gpqa" / "gpqa_diamond.csv")
+    result, _ = _run(tmp_path, monkeypatch, reasoning_sets=(gpqa,))
+    recs = [r for r in result.records if r["task"] == "reasoning"]
+    assert [r["reference"] for r in recs] == _gpqa_answers()
+    assert all(r["correct"] == (r["extracted"] == r["reference"]) for r in recs)
+    other = tmp_path / "q.csv"
+    other.write_text("prompt,type\nWhat is 2+2?,benign\n")
+    cfg = EvalConfig(harmful_sets=(), over_refusal_sets=(), reasoning_sets=(str(other),))
+    with pytest.raises(OpsaConfigError, match="must be in a known answer format"):
+        load_items(cfg)
+    with pytest.raises(OpsaConfigError, match="`reasoning_sets` entries must be one of"):
+        EvalConfig(reasoning_sets=("mmlu",))
