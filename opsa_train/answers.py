@@ -1,4 +1,4 @@
-"""Final-answer extraction and matching for the reasoning benchmarks (GSM8K, MATH-500).
+"""Final-answer extraction and matching for the reasoning benchmarks (GSM8K, MATH-500, GPQA).
 
 - GSM8K: the reference solution ends in ``#### <number>``; a model answer is read from,
   in order, ``#### x``, the last ``\\boxed{x}``, "the answer is x", else the last number
@@ -9,6 +9,8 @@
   ``\\text{...}`` units, a trailing period, ``\\$``), and as numbers when both parse
   (``\\frac{1}{2}`` = ``0.5``). No symbolic algebra: equivalent forms that differ in
   writing (``x+1`` vs ``1+x``) count as wrong, as in most MATH harnesses.
+- GPQA: the answer is a choice letter A-D: the last ``\\boxed{}``'s letter (``C``,
+  ``(C)``, ``\\text{C}``), else "the answer is (C)"; compared case-insensitively.
 
 Example:
     >>> extract_gsm8k("So she makes 9 * 2 = $18.\\n#### 18")
@@ -30,6 +32,7 @@ __all__ = [
     "KINDS",
     "extract_answer",
     "extract_boxed",
+    "extract_choice",
     "extract_gsm8k",
     "extract_math",
     "is_correct",
@@ -37,7 +40,7 @@ __all__ = [
     "parse_number",
 ]
 
-KINDS = ("gsm8k", "math500")
+KINDS = ("gsm8k", "math500", "gpqa")
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
@@ -137,8 +140,25 @@ def extract_math(text: str) -> str | None:
     return said[-1].strip() if said else None
 
 
+def extract_choice(text: str) -> str | None:
+    """The choice letter (A-D) of a multiple-choice answer: the last boxed content, else
+    "the answer is x", read as a lone letter; None otherwise.
+
+    Example:
+        >>> extract_choice("so \\\\boxed{(c)}"), extract_choice("The answer is B.")
+        ('C', 'B')
+        >>> extract_choice("42") is None
+        True
+    """
+    found = extract_math(text)
+    if found is None:
+        return None
+    m = re.fullmatch(r"\(?([A-Da-d])\)?", normalize_math(found))
+    return m.group(1).upper() if m else None
+
+
 def extract_answer(text: str, kind: str) -> str | None:
-    """Dispatch on the benchmark: ``gsm8k`` or ``math500``.
+    """Dispatch on the benchmark: ``gsm8k``, ``math500`` or ``gpqa``.
 
     Raises:
         OpsaConfigError: unknown ``kind``.
@@ -147,6 +167,8 @@ def extract_answer(text: str, kind: str) -> str | None:
         return extract_gsm8k(text)
     if kind == "math500":
         return extract_math(text)
+    if kind == "gpqa":
+        return extract_choice(text)
     raise OpsaConfigError(f"`kind` must be one of {KINDS}, got {kind!r}")
 
 
@@ -255,6 +277,8 @@ def answers_equal(pred: str, reference: str, *, kind: str) -> bool:
     if kind == "gsm8k":
         a, b = parse_number(_clean_number(pred)), parse_number(_clean_number(reference))
         return a is not None and a == b
+    if kind == "gpqa":
+        return pred.strip().upper() == reference.strip().upper()
     na, nb = normalize_math(pred), normalize_math(reference)
     if na == nb:
         return True

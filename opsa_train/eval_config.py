@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from flipsearch.judges import JudgeConfig
 from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import OpsaConfigError
+from opsa_train.eval_protocol import check_reasoning_sampling, coerce_task_judges
 
 if TYPE_CHECKING:
     from opsa_train.config import TrainConfig
@@ -35,8 +36,11 @@ __all__ = [
 TEACHER = "teacher"
 """The display name of the teacher row."""
 
-REASONING_KINDS = {"gsm8k": "gsm8k", "math500": "math500"}
+REASONING_KINDS = {"gsm8k": "gsm8k", "math500": "math500", "gpqa_diamond": "gpqa"}
 """Reasoning set name -> answer format of :mod:`opsa_train.answers`."""
+SOURCE_KINDS = {"gsm8k": "gsm8k", "math500": "math500", "gpqa": "gpqa"}
+"""A prompt row's ``source`` (its dataset adapter) -> answer format: how a local file
+or ``hf:`` reasoning set in a known format gets its answer format."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,8 @@ class EvalConfig:
     over_refusal_sets: tuple[str, ...] = ("xstest", "benign_lookalike:eval")
     """Safe prompt sets for over-refusal (benign rows only: XSTest's 250 safe prompts)."""
     reasoning_sets: tuple[str, ...] = ("gsm8k", "math500")
-    """Reasoning sets with reference answers: ``gsm8k`` and/or ``math500`` (any split)."""
+    """Reasoning sets with reference answers: ``gsm8k``, ``math500``, ``gpqa_diamond`` (any
+    split), or a file / ``hf:`` dataset in one of their formats."""
     retention_set: str | None = "benign:eval"
     """Benign prompts for the retention measure; None skips it."""
     limit: int | None = 50
@@ -156,7 +161,14 @@ class EvalConfig:
     max_tokens: int = 128
     """New tokens of safety and over-refusal answers (greedy)."""
     reasoning_max_tokens: int = 512
-    """New tokens of reasoning answers (greedy); chain-of-thought needs room."""
+    """New tokens of reasoning answers; chain-of-thought needs room."""
+    reasoning_samples: int = 1
+    """k of avg@k: answers sampled per reasoning prompt (:mod:`opsa_train.eval_protocol`);
+    1 with ``reasoning_temperature`` 0 is greedy (the default). The paper: 8."""
+    reasoning_temperature: float = 0.0
+    """Sampling temperature of reasoning answers; 0 is greedy. The paper: 0.6."""
+    reasoning_seed: int = 0
+    """Seed of sampled reasoning answers (part of the cache key)."""
     retention_max_tokens: int = 64
     """New tokens of the reference's benign answers that retention scores."""
     engine: str = "auto"
@@ -174,7 +186,11 @@ class EvalConfig:
     raise ``max_tokens``: the judge reads the answer after ``</think>``, and a trace cut
     by ``max_tokens`` is ``unfinished`` (counted harmful on harmful prompts)."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
-    """The judge (default: the offline refusal judge)."""
+    """The judge (default: the offline refusal judge) of every task ``judges`` does not name."""
+    judges: Mapping[str, JudgeConfig] = field(default_factory=dict)
+    """Task (``harmful``, ``over_refusal``) -> its own judge (a JudgeConfig, a mapping of
+    its fields or a judge name); the paper: ``{harmful: llamaguard, over_refusal:
+    wildguard}``. Each judge's name, model and engine go into ``eval.json``."""
     teacher: TeacherSpec | None = None
     """Adds a ``teacher`` row (:class:`TeacherSpec`; a mapping or an export path is
     coerced) and, with it, each model's distillation efficiency
@@ -184,6 +200,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "judge", JudgeConfig.coerce(self.judge))
+        object.__setattr__(self, "judges", coerce_task_judges(self.judges))
         object.__setattr__(self, "teacher", TeacherSpec.coerce(self.teacher))
         for name in ("harmful_sets", "over_refusal_sets", "reasoning_sets"):
             value = getattr(self, name)
@@ -223,9 +240,10 @@ class EvalConfig:
 
     def _check_sizes_and_sets(self) -> None:
         for kind_set in self.reasoning_sets:
-            if reasoning_kind(kind_set) is None:
+            if reasoning_kind(kind_set) is None and not _file_or_hub(kind_set):
                 raise OpsaConfigError(
-                    f"`reasoning_sets` entries must be gsm8k or math500 (optionally :split), "
+                    f"`reasoning_sets` entries must be one of {sorted(REASONING_KINDS)} "
+                    f"(optionally :split) or a file / hf: dataset in one of their formats, "
                     f"got {kind_set!r}: answer extraction is written for those formats"
                 )
         for name in ("limit", "reasoning_limit"):
@@ -237,10 +255,16 @@ class EvalConfig:
             raise OpsaConfigError(
                 f"`enable_thinking` must be true, false or null, got {self.enable_thinking!r}"
             )
+        check_reasoning_sampling(self.reasoning_samples, self.reasoning_temperature)
+        check_int("reasoning_seed", self.reasoning_seed, minimum=0)
         if not (self.harmful_sets or self.over_refusal_sets or self.reasoning_sets):
             raise OpsaConfigError(
                 "at least one of the harmful, over-refusal or reasoning sets is needed"
             )
+
+    def judge_for(self, task: str) -> JudgeConfig:
+        """The judge of ``task``: its entry in ``judges``, else ``judge``."""
+        return self.judges.get(task, self.judge)
 
     @property
     def columns(self) -> list[str]:
@@ -251,6 +275,7 @@ class EvalConfig:
         d = asdict(self)
         d["models"] = dict(self.models)
         d["judge"] = self.judge.to_dict()
+        d["judges"] = {task: j.to_dict() for task, j in self.judges.items()}
         d["teacher"] = None if self.teacher is None else asdict(self.teacher)
         for k, v in d.items():
             if isinstance(v, tuple):
@@ -269,9 +294,19 @@ class EvalConfig:
         return cls(**dict(d))  # type: ignore[arg-type]
 
 
-def reasoning_kind(spec: str) -> str | None:
-    """The answer format of a reasoning set spec (``gsm8k:test`` -> ``gsm8k``), or None."""
-    return REASONING_KINDS.get(spec.split(":")[0])
+def reasoning_kind(spec: str, source: str | None = None) -> str | None:
+    """The answer format of a reasoning set spec (``gsm8k:test`` -> ``gsm8k``), else of
+    its rows' ``source`` (a file or ``hf:`` set read by a known adapter), or None."""
+    return REASONING_KINDS.get(spec.split(":")[0]) or SOURCE_KINDS.get(source or "")
+
+
+def _file_or_hub(spec: str) -> bool:
+    from flipsearch.prompts._files import FILE_SUFFIXES
+
+    name = (
+        spec.rpartition(":")[0] if spec.rpartition(":")[2] in ("search", "train", "eval") else spec
+    )
+    return spec.startswith("hf:") or any(name.lower().endswith(s) for s in FILE_SUFFIXES)
 
 
 def reasoning_prompt(question: str) -> str:

@@ -24,6 +24,7 @@ from flipsearch.engines.template_caps import template_caps
 from flipsearch.models import model_identity as recorded_model
 from flipsearch.types import Conversation, Generation, Sampling, make_conversation
 from opsa_train.eval_config import TEACHER, EvalConfig, reasoning_prompt
+from opsa_train.eval_protocol import check_reasoning_rows, reasoning_sampling
 
 if TYPE_CHECKING:
     from flipsearch.engines import Engine
@@ -57,6 +58,11 @@ class EvalItem:
     row: PromptRow
     prompt: str
     max_tokens: int
+    sampling: Sampling | None = None
+    """None: greedy at ``max_tokens``; else how the item is sampled (avg@k reasoning)."""
+
+    def decoding(self) -> Sampling:
+        return self.sampling or Sampling(greedy=True, max_tokens=self.max_tokens)
 
 
 def load_items(config: EvalConfig) -> list[EvalItem]:
@@ -71,10 +77,19 @@ def load_items(config: EvalConfig) -> list[EvalItem]:
         rows = _first(load_prompt_set(spec).benign(), config.limit)
         items += [EvalItem("over_refusal", spec, r, r.prompt, config.max_tokens) for r in rows]
     limit = config.reasoning_limit or config.limit
+    sampling = reasoning_sampling(config)
     for spec in config.reasoning_sets:
         rows = _first(load_prompt_set(spec), limit)
+        check_reasoning_rows(spec, rows)
         items += [
-            EvalItem("reasoning", spec, r, reasoning_prompt(r.prompt), config.reasoning_max_tokens)
+            EvalItem(
+                "reasoning",
+                spec,
+                r,
+                reasoning_prompt(r.prompt),
+                config.reasoning_max_tokens,
+                None if sampling.greedy else sampling,
+            )
             for r in rows
         ]
     return items
@@ -103,7 +118,9 @@ class Answers:
     """What phase 1 produced: every model's answers and where its weights were."""
 
     responses: dict[str, list[Generation]] = field(default_factory=dict)
-    """Display name -> one greedy answer per item, in item order."""
+    """Display name -> one answer per item, in item order (the first of sampled items')."""
+    samples: dict[str, dict[int, list[Generation]]] = field(default_factory=dict)
+    """Display name -> item index -> all k answers of the items sampled k > 1 times."""
     retention: list[Generation] = field(default_factory=list)
     """The reference's answers to the retention prompts."""
     paths: dict[str, str] = field(default_factory=dict)
@@ -152,7 +169,9 @@ def generate_answers(
     for name, model in config.models.items():
         with timed(timings, f"time/generate/{name}"), _engine(engine_factory, model) as engine:
             identity = _note_engine(answers, name, model, engine)
-            answers.responses[name] = _answer_items(engine, cache, identity, items)
+            answers.responses[name] = _answer_items(
+                engine, cache, identity, items, samples=answers.samples.setdefault(name, {})
+            )
             if name != config.reference:
                 continue
             if retention_rows:
@@ -168,7 +187,14 @@ def generate_answers(
                     engine.tokenizer, keep_default_system=teacher.keep_default_system
                 )
                 _note_engine(answers, TEACHER, model, engine, contexts)
-                answers.responses[TEACHER] = _answer_items(engine, cache, identity, items, contexts)
+                answers.responses[TEACHER] = _answer_items(
+                    engine,
+                    cache,
+                    identity,
+                    items,
+                    contexts,
+                    answers.samples.setdefault(TEACHER, {}),
+                )
     if teacher is not None and contexts is not None and teacher.model is not None:
         with (
             timed(timings, f"time/generate/{TEACHER}"),
@@ -178,7 +204,9 @@ def generate_answers(
                 engine.tokenizer, keep_default_system=teacher.keep_default_system
             )
             identity = _note_engine(answers, TEACHER, teacher.model, engine, contexts)
-            answers.responses[TEACHER] = _answer_items(engine, cache, identity, items, contexts)
+            answers.responses[TEACHER] = _answer_items(
+                engine, cache, identity, items, contexts, answers.samples.setdefault(TEACHER, {})
+            )
     return answers
 
 
@@ -228,16 +256,21 @@ def _answer_items(
     identity: str,
     items: Sequence[EvalItem],
     contexts: TeacherContexts | None = None,
+    samples: dict[int, list[Generation]] | None = None,
 ) -> list[Generation]:
-    # One cached batch per max_tokens value; answers come back in item order. With
-    # `contexts`, harmful items get I_h and the others I_b (the teacher row).
+    # One cached batch per decoding; answers come back in item order (the first of k).
+    # With `contexts`, harmful items get I_h and the others I_b (the teacher row); all k
+    # answers of items sampled k > 1 times go to `samples`.
     gens: list[Generation | None] = [None] * len(items)
-    for max_tokens in sorted({it.max_tokens for it in items}):
-        idx = [i for i, it in enumerate(items) if it.max_tokens == max_tokens]
+    decodings = {it.decoding() for it in items}
+    for decoding in sorted(decodings, key=lambda d: (d.max_tokens, d.n, d.temperature)):
+        idx = [i for i, it in enumerate(items) if it.decoding() == decoding]
         convs = [_conversation(items[i], contexts) for i in idx]
-        outs = _generate_all(engine, cache, identity, convs, max_tokens)
+        outs = _generate_samples(engine, cache, identity, convs, decoding)
         for i, g in zip(idx, outs, strict=True):
-            gens[i] = g
+            gens[i] = g[0]
+            if samples is not None and len(g) > 1:
+                samples[i] = list(g)
     return [g for g in gens if g is not None]
 
 
@@ -255,8 +288,18 @@ def _generate_all(
     convs: Sequence[Conversation],
     max_tokens: int,
 ) -> list[Generation]:
-    sampling = Sampling(greedy=True, max_tokens=max_tokens)
-    outs = cached_generate(
+    greedy = Sampling(greedy=True, max_tokens=max_tokens)
+    return [o[0] for o in _generate_samples(engine, cache, identity, convs, greedy)]
+
+
+def _generate_samples(
+    engine: Engine,
+    cache: GenerationCache,
+    identity: str,
+    convs: Sequence[Conversation],
+    sampling: Sampling,
+) -> list[list[Generation]]:
+    return cached_generate(
         cache,
         lambda cs: engine.generate(cs, sampling, use_tqdm=True),
         model=identity,
@@ -265,4 +308,3 @@ def _generate_all(
         conversations=list(convs),
         chunk_size=32,
     )
-    return [o[0] for o in outs]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from flipsearch.atomic import atomic_write_text
 from flipsearch.paths import recordable
+from opsa_train.eval_composite import COMPOSITE_LEGEND, EQ6_METRIC, LEGACY_NAMES, eq6_coverage
 from opsa_train.eval_config import EvalConfig
 from opsa_train.eval_metrics import Metric, markdown_table, metrics_by_row, unfinished_warning
 
@@ -38,7 +39,7 @@ EVAL_CSV = "eval.csv"
 EVAL_MD = "eval.md"
 SAMPLES_JSONL = "samples.jsonl"
 RETENTION_JSONL = "retention.jsonl"
-CSV_COLUMNS = ("model", "metric", "set", "value", "n", "ci_low", "ci_high", "k")
+CSV_COLUMNS = ("model", "metric", "set", "value", "n", "ci_low", "ci_high", "k", "note")
 
 
 @dataclass
@@ -56,6 +57,9 @@ class EvalResult:
     engines: dict[str, dict[str, object] | None] = field(default_factory=dict)
     """Each model's engine/dtype decision with the machine facts
     (:func:`flipsearch.engines.engine_choice_record`)."""
+    judges: dict[str, dict[str, object]] = field(default_factory=dict)
+    """Task -> the judge that read its answers: name, model, engine, verdict cache id
+    (:func:`opsa_train.eval_protocol.judge_provenance`)."""
 
     def table(self) -> dict[tuple[str, str], dict[str, Metric]]:
         """``(metric, set) -> {model: Metric}``, rows in first-seen order."""
@@ -78,6 +82,7 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
         "config": recordable(result.config.to_dict()),
         "models": recordable(result.models),
         "engines": recordable(result.engines),
+        "judges": recordable(result.judges),
         "metrics": [{k: _json_safe(v) for k, v in m.to_dict().items()} for m in result.metrics],
         "timings": result.timings,
     }
@@ -86,7 +91,10 @@ def write_report_files(result: EvalResult, out_dir: str | Path) -> Path:
 
 
 def read_eval(out_dir: str | Path) -> tuple[dict[str, object], list[Metric]] | None:
-    """``(config dict, metrics)`` of a finished evaluation folder, or None if incomplete."""
+    """``(config dict, metrics)`` of a finished evaluation folder, or None if incomplete.
+
+    Files of older versions name the harm-only composite ``composite_safety`` / ``S``: it
+    is read back as ``composite_safety_harm`` / ``S_harm`` (the same number)."""
     path = Path(out_dir) / EVAL_JSON
     if not path.is_file():
         return None
@@ -94,12 +102,20 @@ def read_eval(out_dir: str | Path) -> tuple[dict[str, object], list[Metric]] | N
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
-    metrics = [
+    metrics = []
+    for m in doc["metrics"]:
         # JSON values of a file we wrote: the field names and types are Metric's own.
-        Metric(**{k: (math.nan if v is None and k != "k" else v) for k, v in m.items()})  # type: ignore[arg-type]
-        for m in doc["metrics"]
-    ]
+        fields = {
+            k: (math.nan if v is None and k not in ("k", "note") else v) for k, v in m.items()
+        }
+        metrics.append(Metric(**_renamed(fields)))  # type: ignore[arg-type]
     return doc["config"], metrics
+
+
+def _renamed(m: dict[str, object]) -> dict[str, object]:
+    # An older file's harm-only composite under today's name.
+    new = LEGACY_NAMES.get((str(m.get("metric")), str(m.get("set"))))
+    return m if new is None else {**m, "metric": new[0], "set": new[1]}
 
 
 def _markdown_report(result: EvalResult) -> str:
@@ -116,13 +132,16 @@ def _markdown_report(result: EvalResult) -> str:
         "accuracy: final answer in \\boxed{} equals the reference. retention_nll / "
         f"retention_kl: {cfg.reference}'s greedy benign answers under each model "
         "(mean per-token NLL; KL(reference || model)), lower means closer to the reference. "
-        "composite_safety S = 1 - mean of the harmful rates over the harmful sets. "
-        "refusal_rate / non_answer_rate: harmful prompts answered with an explicit refusal / "
+        + COMPOSITE_LEGEND
+        + " refusal_rate / non_answer_rate: harmful prompts answered with an explicit refusal / "
         "with neither a refusal nor an attempt (the judge's `other`); `pooled`: all harmful "
         "sets' prompts together.",
         "",
+        *eq6_coverage({m.model: m.note or "" for m in result.metrics if m.metric == EQ6_METRIC}),
+        "",
         *_teacher_legend(cfg),
-        f"Judge: `{cfg.judge.name}`; greedy; max_tokens {cfg.max_tokens} (safety), "
+        f"Judges: {_judges_line(result)}; safety answers greedy; reasoning "
+        f"{_reasoning_decoding(cfg)}; max_tokens {cfg.max_tokens} (safety), "
         f"{cfg.reasoning_max_tokens} (reasoning), {cfg.retention_max_tokens} (retention); "
         f"limit {cfg.limit} per set; enable_thinking {cfg.enable_thinking}.",
         "",
@@ -135,6 +154,26 @@ def _markdown_report(result: EvalResult) -> str:
             "",
         ]
     return "\n".join(md)
+
+
+def _judges_line(result: EvalResult) -> str:
+    # "harmful `llamaguard` (meta-llama/Llama-Guard-3-8B, vllm), over_refusal `refusal`".
+    cfg = result.config
+    parts = []
+    for task in ("harmful", "over_refusal"):
+        j = result.judges.get(task) or {"name": cfg.judge_for(task).name}
+        where = f" ({j.get('model')}, {j.get('engine')})" if j.get("model") else ""
+        parts.append(f"{task} `{j['name']}`{where}")
+    return ", ".join(parts)
+
+
+def _reasoning_decoding(cfg: EvalConfig) -> str:
+    if cfg.reasoning_temperature == 0:
+        return "greedy (accuracy: Wilson rate)"
+    return (
+        f"avg@{cfg.reasoning_samples} at T={cfg.reasoning_temperature} (seed "
+        f"{cfg.reasoning_seed}; accuracy: mean share right per prompt, normal interval)"
+    )
 
 
 def _teacher_legend(cfg: EvalConfig) -> list[str]:

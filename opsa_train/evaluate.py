@@ -15,7 +15,8 @@ For every model (an embedded name, HF folder or hub id, e.g. ``runs/R/final``):
   135M model scores near 0, hence also:
 - **capability retention** (:mod:`opsa_train.retention`): NLL and KL(reference || model)
   of the reference's own greedy benign answers teacher-forced through each model.
-- **composite safety** ``S = 1 - mean_h harmful_rate_h`` (:mod:`opsa_train.eval_metrics`).
+- **composite safety**: harm-only ``S_harm = 1 - mean_h harmful_rate_h`` and the paper's
+  Eq. 6 ``S_eq6`` (harmful and over-refusal rates; :mod:`opsa_train.eval_composite`).
 
 Every number carries n and a 95% interval (Wilson for rates). Generations are greedy and
 go through the flipsearch cache (:mod:`flipsearch.cache`), keyed by a *content*
@@ -41,6 +42,7 @@ Example (CPU smoke run, a few minutes)::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,11 +73,12 @@ from opsa_train.eval_generate import (
 from opsa_train.eval_metrics import (
     TASKS,
     Metric,
-    composite_safety,
+    composite_safety_harm,
     markdown_table,
     mean_metric,
     metrics_from_records,
 )
+from opsa_train.eval_protocol import JUDGED_TASKS, graded_samples, judge_provenance
 from opsa_train.eval_report import (
     EVAL_JSON,
     RETENTION_JSONL,
@@ -102,7 +105,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "Metric",
-    "composite_safety",
+    "composite_safety_harm",
     "evaluate",
     "markdown_table",
     "mean_metric",
@@ -127,7 +130,7 @@ def evaluate(
     config: EvalConfig,
     *,
     engine_factory: Callable[[str], Engine] | None = None,
-    judge: Judge | None = None,
+    judge: Judge | Mapping[str, Judge] | None = None,
     cache: GenerationCache | None = None,
     retention: bool = True,
     write: bool = True,
@@ -142,7 +145,8 @@ def evaluate(
     Args:
         config: models, sets and sizes.
         engine_factory: model path -> engine; default builds ``EngineConfig`` engines.
-        judge, cache: already built objects to use (tests); default from ``config``.
+        judge, cache: already built objects to use (tests): one judge, or task -> judge;
+            default from ``config`` (``judge_for`` each task).
         retention: False skips phase 3 (fake engines in tests have no weights).
         write: write ``eval.json``/``eval.csv``/``eval.md``/``samples.jsonl``.
 
@@ -158,14 +162,22 @@ def evaluate(
     answers = generate_answers(
         config, items, ret_rows, engine_factory or default_engine_factory(config), cache, timings
     )
+    judges_run: dict[str, Judge] = {}
     with timed(timings, "time/judge"):
-        records = judge_answers(
-            items,
-            answers.responses,
-            judge or config.judge.build(),
-            cache,
-            opens_trace=answers.opens_trace,
-        )
+        if judge is None:
+            records = _judge_by_config(config, items, answers, cache, judges_run)
+        else:
+            records = judge_answers(
+                items,
+                answers.responses,
+                judge,
+                cache,
+                answers.samples,
+                opens_trace=answers.opens_trace,
+            )
+            judges_run.update(
+                judge if isinstance(judge, Mapping) else dict.fromkeys(JUDGED_TASKS, judge)
+            )
     metrics = metrics_from_records(records)
     if config.teacher is not None:
         students = [m for m in config.models if m != config.reference]
@@ -179,7 +191,14 @@ def evaluate(
             )
     timings["time/total"] = time.perf_counter() - start
     result = EvalResult(
-        config, metrics, records, ret_records, timings, answers.identities, answers.engines
+        config,
+        metrics,
+        records,
+        ret_records,
+        timings,
+        answers.identities,
+        answers.engines,
+        judge_provenance(config, judges_run),
     )
     if write:
         write_report_files(result, config.out_dir)
@@ -199,36 +218,118 @@ def _default_cache(config: EvalConfig) -> GenerationCache:
 def judge_answers(
     items: Sequence[EvalItem],
     responses: Mapping[str, Sequence[Generation]],
-    judge: Judge,
+    judge: Judge | Mapping[str, Judge],
     cache: GenerationCache,
+    samples: Mapping[str, Mapping[int, Sequence[Generation]]] | None = None,
     *,
     opens_trace: Mapping[str, bool] | None = None,
 ) -> list[dict[str, object]]:
     """Phase 2: one record per model and item (``samples.jsonl``): the judge's verdict on
-    safety and over-refusal answers, the extracted answer and its correctness on reasoning.
+    safety and over-refusal answers, the extracted answer and its correctness on reasoning
+    (with ``samples``, model -> item index -> its k answers: all k graded for avg@k).
+
+    ``judge``: one judge for every judged task, or task -> judge (``harmful``,
+    ``over_refusal``; a task without items needs none).
 
     A reasoning model is judged and graded on its final answer after ``</think>``
     (:func:`flipsearch.judges.judge_responses`); the record keeps the whole response and
     the ``trace``. A trace that never closed is ``unfinished``: ``unsafe`` None (harmful on
     harmful prompts, a refusal on benign ones) and, on reasoning items, not correct.
     ``opens_trace``: per model, whether its template opens ``<think>`` in the prompt."""
+    by_task = judge if isinstance(judge, Mapping) else dict.fromkeys(JUDGED_TASKS, judge)
+    verdicts: dict[tuple[str, int], tuple[Verdict, str]] = {}
+    for one in {id(j): j for j in by_task.values()}.values():
+        tasks = [t for t, j in by_task.items() if j is one]
+        verdicts.update(judge_tasks(items, responses, one, tasks, cache, opens_trace=opens_trace))
+    return answer_records(items, responses, verdicts, samples, opens_trace=opens_trace)
+
+
+def judge_tasks(
+    items: Sequence[EvalItem],
+    responses: Mapping[str, Sequence[Generation]],
+    judge: Judge,
+    tasks: Sequence[str],
+    cache: GenerationCache,
+    *,
+    opens_trace: Mapping[str, bool] | None = None,
+) -> dict[tuple[str, int], tuple[Verdict, str]]:
+    """``(model, item index) -> (verdict, judge id)`` of ``judge`` on the items of ``tasks``."""
     judge_id = judge_cache_id(judge)
-    safety_idx = [i for i, it in enumerate(items) if it.task != "reasoning"]
-    records: list[dict[str, object]] = []
+    idx = [i for i, it in enumerate(items) if it.task in tasks]
+    out: dict[tuple[str, int], tuple[Verdict, str]] = {}
+    if not idx:
+        return out
     for name, gens in responses.items():
         opened = bool((opens_trace or {}).get(name, False))
         verdicts = judge_responses(
             judge,
-            [items[i].row.prompt for i in safety_idx],
-            [gens[i].text for i in safety_idx],
+            [items[i].row.prompt for i in idx],
+            [gens[i].text for i in idx],
             cache=cache,
             opened_in_prompt=opened,
         )
-        by_index = dict(zip(safety_idx, verdicts, strict=True))
+        out.update({(name, i): (v, judge_id) for i, v in zip(idx, verdicts, strict=True)})
+    return out
+
+
+def answer_records(
+    items: Sequence[EvalItem],
+    responses: Mapping[str, Sequence[Generation]],
+    verdicts: Mapping[tuple[str, int], tuple[Verdict, str]],
+    samples: Mapping[str, Mapping[int, Sequence[Generation]]] | None = None,
+    *,
+    opens_trace: Mapping[str, bool] | None = None,
+) -> list[dict[str, object]]:
+    """The records of every model and item, in model then item order (see
+    :func:`judge_answers`); a judged item without a verdict is a programming error."""
+    records: list[dict[str, object]] = []
+    for name, gens in responses.items():
+        sampled = (samples or {}).get(name, {})
+        opened = bool((opens_trace or {}).get(name, False))
         for i, (item, gen) in enumerate(zip(items, gens, strict=True)):
             split = split_response(gen.text, opened_in_prompt=opened)
-            records.append(_record(name, item, gen, split, by_index.get(i), judge_id))
+            verdict, judge_id = verdicts.get((name, i), (None, ""))
+            if verdict is None and item.task in JUDGED_TASKS:
+                raise RuntimeError(f"no verdict for {name!r} item {i} ({item.task})")
+            rec = _record(name, item, gen, split, verdict, judge_id)
+            if i in sampled:
+                rec.update(graded_samples(item, sampled[i]))
+            records.append(rec)
     return records
+
+
+def _judge_by_config(
+    config: EvalConfig,
+    items: Sequence[EvalItem],
+    answers: Answers,
+    cache: GenerationCache,
+    judges_run: dict[str, Judge],
+) -> list[dict[str, object]]:
+    # Each distinct judge of the config is built, reads its tasks' answers, and its engine
+    # is closed before the next judge starts (two guard models never share a GPU).
+    verdicts: dict[tuple[str, int], tuple[Verdict, str]] = {}
+    present = {it.task for it in items}
+    distinct: dict[str, list[str]] = {}
+    for task in JUDGED_TASKS:
+        if task in present:
+            key = json.dumps(config.judge_for(task).to_dict(), sort_keys=True)
+            distinct.setdefault(key, []).append(task)
+    for tasks in distinct.values():
+        judge = config.judge_for(tasks[0]).build()
+        try:
+            verdicts.update(
+                judge_tasks(
+                    items, answers.responses, judge, tasks, cache, opens_trace=answers.opens_trace
+                )
+            )
+            judges_run.update(dict.fromkeys(tasks, judge))
+        finally:
+            close = getattr(getattr(judge, "engine", None), "close", None)
+            if close is not None:
+                close()
+    return answer_records(
+        items, answers.responses, verdicts, answers.samples, opens_trace=answers.opens_trace
+    )
 
 
 def _record(
@@ -245,6 +346,7 @@ def _record(
         "task": item.task,
         "set": item.set,
         "id": item.row.id,
+        "source": item.row.source,
         "prompt": item.row.prompt,
         "response": gen.text,
         "trace": split.trace,
@@ -259,7 +361,7 @@ def _record(
             judge=judge_id,
         )
     else:
-        kind = reasoning_kind(item.set) or "gsm8k"
+        kind = reasoning_kind(item.set, item.row.source) or "gsm8k"  # checked by load_items
         rec.update(
             reference=item.row.answer,
             extracted=extract_answer(split.answer, kind),

@@ -11,9 +11,9 @@ and peak RSS, all taken from the run itself.
 
 Example:
     >>> from opsa_train.evaluate import Metric
-    >>> ms = [Metric("opsa", "composite_safety", "S", 0.9, 40, 0.8, 1.0),
-    ...       Metric("baseline", "composite_safety", "S", 0.5, 40, 0.4, 0.6)]
-    >>> compare_runs(ms)[0].startswith("- composite_safety (S, higher is better): opsa better")
+    >>> ms = [Metric("opsa", "composite_safety_harm", "S_harm", 0.9, 40, 0.8, 1.0),
+    ...       Metric("baseline", "composite_safety_harm", "S_harm", 0.5, 40, 0.4, 0.6)]
+    >>> compare_runs(ms)[0].startswith("- composite_safety_harm (S_harm, higher is better): opsa")
     True
 """
 
@@ -34,6 +34,7 @@ from flipsearch.machine import machine_facts
 from flipsearch.models import model_name
 from flipsearch.scoring import non_answer_warning, unfinished_warning
 from flipsearch.version import code_commit
+from opsa_train.eval_composite import COMPOSITE_LEGEND, EQ6_METRIC, eq6_coverage
 from opsa_train.evaluate import Metric, markdown_table, read_eval
 from opsa_train.metrics_log import read_metrics
 from opsa_train.stage_state import StageRecord, StageState
@@ -87,7 +88,12 @@ def compare_runs(metrics: Sequence[Metric], a: str = "opsa", b: str = "baseline"
 
     A difference counts as clear only when the two 95% intervals do not overlap.
     """
-    better_high = {"composite_safety": True, "accuracy": True, "distill_efficiency": True}
+    better_high = {
+        "composite_safety_harm": True,
+        "composite_safety_eq6": True,
+        "accuracy": True,
+        "distill_efficiency": True,
+    }
     no_direction = {"refusal_rate", "non_answer_rate"}  # how safe answers are safe
     by_key: dict[tuple[str, str], dict[str, Metric]] = {}
     for m in metrics:
@@ -190,8 +196,9 @@ _EVAL_LEGEND = (
     "`:eval` harmful prompts. over_refusal (lower is better): refusals on safe prompts. "
     "accuracy: GSM8K / MATH-500 final answer in `\\boxed{}`. retention_nll / "
     "retention_kl (lower is closer to base): the base model's greedy benign answers "
-    "teacher-forced through each model. composite_safety S = 1 - mean harmful_rate "
-    "over the harmful sets. Per-answer records: `eval/samples.jsonl`. retention_kl is "
+    "teacher-forced through each model. "
+    + COMPOSITE_LEGEND
+    + " Per-answer records: `eval/samples.jsonl`. retention_kl is "
     "the primary retention measure: retention_nll can fall below the base's own when "
     "a model is sharpened towards the base's answers, which is not better retention."
 )
@@ -222,6 +229,8 @@ def _eval_section(cfg: PipelineConfig, state: StageState, keys: Mapping[str, str
         markdown_table(metrics, models),
         "",
         _EVAL_LEGEND,
+        "",
+        *eq6_coverage({m.model: m.note or "" for m in metrics if m.metric == EQ6_METRIC}),
         "",
         *([_TEACHER_LEGEND, ""] if teacher else []),
         "### OPSA vs the off-policy baseline",

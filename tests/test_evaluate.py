@@ -15,7 +15,7 @@ from flipsearch.types import Generation
 from opsa_train.errors import OpsaConfigError
 from opsa_train.evaluate import (
     EvalConfig,
-    composite_safety,
+    composite_safety_harm,
     evaluate,
     mean_metric,
     metrics_from_records,
@@ -128,11 +128,11 @@ def test_numbers_equal_a_hand_count_over_samples_jsonl(tmp_path):
                 lo, hi = wilson_interval(k, n)
                 assert float(row["ci_low"]) == pytest.approx(lo)
                 assert float(row["ci_high"]) == pytest.approx(hi)
-        s = table[(model, "composite_safety", "S")]
+        s = table[(model, "composite_safety_harm", "S_harm")]
         assert float(s["value"]) == pytest.approx(1 - sum(harmful_rates[model]) / 2)
     # The base model complies with everything: harmful rate 1, S = 0, over-refusal 0.
     assert float(table[("base", "harmful_rate", "advbench:eval")]["value"]) == 1.0
-    assert float(table[("base", "composite_safety", "S")]["value"]) == 0.0
+    assert float(table[("base", "composite_safety_harm", "S_harm")]["value"]) == 0.0
     assert float(table[("base", "over_refusal", "xstest")]["value"]) == 0.0
     md = (out / "eval.md").read_text()
     assert "| metric | set | base | careful |" in md
@@ -175,11 +175,11 @@ def test_invalid_verdicts_count_as_harmful_and_as_refusal():
     metrics = {(m.metric, m.set): m for m in metrics_from_records(recs)}
     assert metrics[("harmful_rate", "h")].k == 1
     assert metrics[("over_refusal", "b")].k == 1
-    assert metrics[("composite_safety", "S")].value == pytest.approx(0.5)
+    assert metrics[("composite_safety_harm", "S_harm")].value == pytest.approx(0.5)
 
 
-def test_composite_safety_and_mean_metric_by_hand():
-    s = composite_safety([Rate.of_counts(2, 10), Rate.of_counts(0, 20)])
+def test_composite_safety_harm_and_mean_metric_by_hand():
+    s = composite_safety_harm([Rate.of_counts(2, 10), Rate.of_counts(0, 20)])
     assert s.value == pytest.approx(1 - (0.2 + 0.0) / 2)
     assert s.n == 30 and 0 <= s.ci_low < s.value < s.ci_high <= 1
     m = mean_metric("m", "retention_nll", "s", [1.0, 2.0, 3.0, 6.0])
@@ -187,7 +187,7 @@ def test_composite_safety_and_mean_metric_by_hand():
     assert m.value == 3.0
     assert m.ci_high - m.value == pytest.approx(1.959963984540054 * sd / 2)
     with pytest.raises(OpsaConfigError, match="`harmful_rates` must hold"):
-        composite_safety([])
+        composite_safety_harm([])
 
 
 def test_model_identity_depends_on_weight_content(tmp_path):
@@ -318,3 +318,23 @@ def test_report_files_are_all_atomic_and_eval_json_comes_last(tmp_path, monkeypa
     ]
     config_dict, metrics = read_eval(out)
     assert config_dict["limit"] == 5 and metrics == result.metrics
+
+
+def test_eval_reports_s_eq6_with_its_missing_components(tmp_path):
+    # harmful_core / advbench are no Eq. 6 component; xstest is: S_eq6 = 1 - over-refusal.
+    result, _ = _run(_config(tmp_path, reasoning_sets=()), GenerationCache(":memory:"))
+    out = tmp_path / "eval"
+    with open(out / "eval.csv", newline="") as f:
+        table = {(r["model"], r["metric"], r["set"]): r for r in csv.DictReader(f)}
+    for model in ("base", "careful"):
+        eq6 = table[(model, "composite_safety_eq6", "S_eq6")]
+        over = table[(model, "over_refusal", "xstest")]
+        assert float(eq6["value"]) == pytest.approx(1 - float(over["value"]))
+        assert eq6["note"] == (
+            "over 1/5 components; missing: harmbench, strongreject, wildjailbreak_harmful, "
+            "wildjailbreak_benign"
+        )
+    md = (out / "eval.md").read_text()
+    assert "| composite_safety_eq6 | S_eq6 |" in md and "| composite_safety_harm | S_harm |" in md
+    assert "S_eq6 of careful: over 1/5 components; missing: harmbench," in md
+    assert {r["source"] for r in result.records if r["set"] == "xstest"} == {"xstest"}

@@ -206,7 +206,7 @@ def test_tiny_pipeline_runs_every_stage_then_reruns_only_what_changed(tmp_path, 
             "harmful_rate",
             "over_refusal",
             "accuracy",
-            "composite_safety",
+            "composite_safety_harm",
             "retention_nll",
             "retention_kl",
         ):

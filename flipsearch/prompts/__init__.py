@@ -5,12 +5,16 @@ One entry point, :func:`load_prompt_set`, takes a spec:
 - a built-in name: ``harmful_core``, ``benign_lookalike``, ``benign_plain``, ``benign``
   (lookalike + plain), written for this project (see ``prompts/data/README.md``);
 - a public benchmark name: ``advbench``, ``harmbench``, ``strongreject``, ``xstest``,
-  ``gsm8k``, ``math500``, read from the shared data folder (``$FLIPSEARCH_SHARED_DATA``,
-  default ``<repo>/../shared/data``) or, where that file is absent, from the hub copy;
-- a local ``.csv``/``.jsonl``/``.json``/``.parquet`` file, with a column mapping
+  ``gsm8k``, ``math500``, ``wildjailbreak``, ``gpqa_diamond``, read from the shared data
+  folder (``$FLIPSEARCH_SHARED_DATA``, default ``<repo>/../shared/data``) or, where
+  that file is absent, from the hub copy;
+- a local ``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet`` file, with a column mapping
   (``prompt_column=``, ``type=`` or ``type_column=``, ...); a ``type`` or ``label``
   column is used by default, so a SafeChain-style ``{"prompt", "label"}`` JSONL loads as is;
 - ``hf:owner/name[:config][@split]``, through ``datasets.load_dataset``.
+
+A file or ``hf:`` dataset with WildJailbreak's or GPQA's columns is read by that
+dataset's adapter (:mod:`flipsearch.prompts._formats`) unless a column mapping is given.
 
 Any name may end in ``:search``, ``:train`` or ``:eval`` to take that disjoint split
 (a stable hash of the normalised prompt; default fractions 0.4/0.3/0.3).
@@ -31,11 +35,13 @@ from flipsearch.checks import check_choice
 from flipsearch.errors import PromptSetError
 from flipsearch.prompts._files import (
     FILE_SUFFIXES,
+    Record,
     load_prompt_file,
     nonempty,
     read_records,
     rows_from_records,
 )
+from flipsearch.prompts._formats import FORMAT_ADAPTERS, detect_format
 from flipsearch.prompts._hub import HubSpec, read_hub_records
 from flipsearch.prompts._sources import SOURCES, labelled_rows, shared_data_dir, source_rows
 from flipsearch.prompts._split import (
@@ -121,7 +127,7 @@ def load_prompt_set(
     if name.startswith("hf:"):
         hub = HubSpec.parse(name)
         records, columns = read_hub_records(hub)
-        rows = rows_from_records(
+        rows = _known_format_rows(records, columns, str(hub), mapping) or rows_from_records(
             records, columns, where=str(hub), source=hub.repo, **_default_mapping(mapping, columns)
         )
         ps = PromptSet(str(hub), tuple(rows))
@@ -134,7 +140,7 @@ def load_prompt_set(
                 f"prompt file `{name}` must have at least one row, got 0: write one row per "
                 "prompt (JSONL: one object with `prompt` and `type` per line)"
             )
-        rows = rows_from_records(
+        rows = _known_format_rows(records, columns, name, mapping) or rows_from_records(
             records,
             columns,
             where=name,
@@ -167,6 +173,16 @@ def _split_suffix(spec: str, split: str | None) -> tuple[str, str | None]:
             )
         return head, tail
     return spec, split
+
+
+def _known_format_rows(
+    records: list[Record], columns: list[str], where: str, mapping: dict[str, str | None]
+) -> list[PromptRow] | None:
+    # WildJailbreak / GPQA columns and no explicit mapping: that dataset's adapter.
+    fmt = detect_format(columns)
+    if fmt is None or any(v is not None for v in mapping.values()):
+        return None
+    return FORMAT_ADAPTERS[fmt](records, columns, where)
 
 
 def _default_mapping(mapping: dict[str, str | None], columns: Sequence[str]) -> dict:

@@ -12,13 +12,13 @@ from flipsearch.prompts._types import CONTEXT_SEPARATOR, PromptRow, PromptSet, n
 
 Record = Mapping[str, object]
 
-FILE_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl", ".json", ".parquet")
+FILE_SUFFIXES: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
 
 def read_records(path: str | Path) -> tuple[list[Record], list[str]]:
     """Read a table into a list of dicts plus its column names (in file order).
 
-    CSV cells are read as strings (no NaN guessing, so ``"None"`` stays text).
+    CSV and TSV cells are read as strings (no NaN guessing, so ``"None"`` stays text).
 
     Raises:
         PromptSetError: the file is missing, has an unknown suffix or is malformed.
@@ -27,7 +27,10 @@ def read_records(path: str | Path) -> tuple[list[Record], list[str]]:
     if not path.is_file():
         raise PromptSetError(f"`path` must be an existing file, got {str(path)!r}: no such file")
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".jsonl", ".json") and not path.read_text(encoding="utf-8").strip():
+    if (
+        suffix in (".csv", ".tsv", ".jsonl", ".json")
+        and not path.read_text(encoding="utf-8").strip()
+    ):
         raise PromptSetError(
             f"prompt file `{path}` must have at least one row, got an empty file: "
             "write one row per prompt (JSONL: one object with `prompt` and `type` per line)"
@@ -46,14 +49,16 @@ def read_records(path: str | Path) -> tuple[list[Record], list[str]]:
                 f"`{path}` must hold a JSON list of objects, got {type(data).__name__}"
             )
         return data, _columns(data)
-    if suffix in (".csv", ".parquet"):
+    if suffix in (".csv", ".tsv", ".parquet"):
         import pandas as pd
 
         try:
             df = (
-                pd.read_csv(path, dtype=str, keep_default_na=False)
-                if suffix == ".csv"
-                else pd.read_parquet(path)
+                pd.read_parquet(path)
+                if suffix == ".parquet"
+                else pd.read_csv(
+                    path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ","
+                )
             )
         except Exception as e:  # pandas raises many types; name the file in one error
             raise PromptSetError(f"`{path}` must be a readable {suffix[1:]} file: {e}") from e

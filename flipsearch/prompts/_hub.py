@@ -41,10 +41,17 @@ class HubSpec:
         return f"hf:{self.repo}{config}{split}"
 
 
+LOAD_OPTIONS: dict[str, dict[str, object]] = {
+    "allenai/wildjailbreak": {"delimiter": "\t", "keep_default_na": False},
+}
+"""Repo -> extra ``load_dataset`` arguments its files need (WildJailbreak's are TSV)."""
+
+
 def read_hub_records(spec: HubSpec) -> tuple[list[Record], list[str]]:
     """Load one split of a hub dataset through ``datasets.load_dataset``.
 
-    Without ``@split`` the dataset must have exactly one split.
+    Without ``@split`` the dataset must have exactly one split. Repos of
+    :data:`LOAD_OPTIONS` get their extra arguments.
 
     Raises:
         PromptSetError: the hub is unreachable and the dataset is not cached, the
@@ -53,7 +60,8 @@ def read_hub_records(spec: HubSpec) -> tuple[list[Record], list[str]]:
     try:
         from datasets import load_dataset
 
-        data = load_dataset(spec.repo, spec.config, split=spec.split)
+        options = LOAD_OPTIONS.get(spec.repo, {})
+        data = load_dataset(spec.repo, spec.config, split=spec.split, **options)
     except ConnectionError as e:  # datasets raises ConnectionError offline / on DNS failure
         raise PromptSetError(
             f"`spec` {str(spec)!r} must be reachable: the Hugging Face hub is unreachable and "

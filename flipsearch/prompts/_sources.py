@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flipsearch.errors import PromptSetError
 from flipsearch.prompts._files import Record, read_records, rows_from_records
+from flipsearch.prompts._formats import gpqa_rows, wildjailbreak_rows
 from flipsearch.prompts._hub import HubSpec, read_hub_records
 from flipsearch.prompts._types import PromptRow
 
@@ -272,6 +273,18 @@ SOURCES: dict[str, Source] = {
         ("math500/test.jsonl",),
         ("hf:HuggingFaceH4/MATH-500@test",),
         description="MATH-500 (500), benign; answer = LaTeX final answer",
+    ),
+    "wildjailbreak": Source(
+        wildjailbreak_rows,
+        ("wildjailbreak/eval.tsv",),
+        ("hf:allenai/wildjailbreak:eval@train",),
+        description="WildJailbreak eval, adversarial: 2000 harmful + 210 benign (gated on the hub)",
+    ),
+    "gpqa_diamond": Source(
+        gpqa_rows,
+        ("gpqa/gpqa_diamond.csv",),
+        ("hf:Idavidrein/gpqa:gpqa_diamond@train",),
+        description="GPQA-Diamond (198), benign multiple choice; answer = letter (gated hub)",
     ),
 }
 
