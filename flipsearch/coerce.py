@@ -189,11 +189,14 @@ def load_config(
     *,
     base: Mapping[str, object] | None = None,
     error: ErrorClass = ConfigError,
+    file_extras: Sequence[str] = (),
 ) -> C:
     """Build dataclass ``cls`` from ``base`` values, then the YAML file, then ``overrides``,
     each value coerced to its field's type.
 
-    An error about a field the file set is prefixed with the file's path.
+    An error about a field the file set is prefixed with the file's path. ``file_extras``:
+    keys the file may hold beside ``cls``'s fields (records written next to the config,
+    such as a run folder's ``config.json``), skipped.
 
     Raises:
         error: a bad file (see :func:`read_mapping`), an unknown key (with close matches),
@@ -203,6 +206,7 @@ def load_config(
     loaded: dict[str, Any] = {}
     if yaml_path is not None:
         loaded = read_mapping(yaml_path, error=error)
+        loaded = {k: v for k, v in loaded.items() if k not in file_extras}
         try:
             values.update(coerce_fields(cls, loaded, error=error))
         except error as exc:

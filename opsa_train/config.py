@@ -443,7 +443,8 @@ def load_train_config(
 
     Strings are parsed for every field type: ``"1e-5"`` for floats, ``"true"``/``"0"``
     for bools, ``"none"``/``"null"`` for optional fields, ``"a,b"`` for tuples. A
-    ``config.json`` written by `TrainConfig.to_json` loads too (JSON is YAML).
+    ``config.json`` written by `TrainConfig.to_json` loads too (JSON is YAML), and so does a
+    run folder's, whose :data:`RECORD_EXTRAS` records are skipped.
 
     Example:
         >>> load_train_config(None, {"loss": "mixed_full", "alpha": "0.3"}).kl_alpha
@@ -454,7 +455,15 @@ def load_train_config(
             a value that cannot be coerced, or any `TrainConfig` rule.
     """
     values = base.to_dict() if base is not None else None
-    return coerce.load_config(TrainConfig, yaml_path, overrides, base=values, error=OpsaConfigError)
+    # A run folder's config.json also holds the records of RECORD_EXTRAS: not options.
+    return coerce.load_config(
+        TrainConfig,
+        yaml_path,
+        overrides,
+        base=values,
+        error=OpsaConfigError,
+        file_extras=RECORD_EXTRAS,
+    )
 
 
 RECORD_EXTRAS = ("baseline", "template")
