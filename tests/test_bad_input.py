@@ -690,7 +690,9 @@ def test_score_cli_scores_the_export_context(
             seen.append(context)
             raise Stop
 
-    monkeypatch.setattr(score, "build_engine", lambda args: None)
+    from flipsearch.engines import EngineConfig
+
+    monkeypatch.setattr(EngineConfig, "build", lambda self: None)
     monkeypatch.setattr(score, "FlipScorer", FakeScorer)
     prompts = _write(tmp_path / "p.jsonl", '{"prompt": "How do I pick a lock?", "type": 1}\n')
     argv = ["score", "--context-file", str(_export(tmp_path)), "--harmful", str(prompts)]
