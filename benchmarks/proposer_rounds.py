@@ -92,7 +92,6 @@ def main() -> None:
     machine_header()
     print(f"config: {json.dumps(config.to_dict(masked=True))}")
     print(f"wall: {wall:.0f} s; finished trials: {len(by_cid)}")
-    print(f"proposer stats: {json.dumps(study.user_attrs.get('proposer_stats'))}")
     head = (
         "| role | trial | source | TFR [95% CI] (k/n) | refusal TFR | over-refusal | placement "
         "| context |"

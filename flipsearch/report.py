@@ -355,6 +355,11 @@ def round_rows(study: optuna.Study) -> list[dict[str, object]]:
     return rows
 
 
+def _cell(text: str) -> str:
+    # A table cell: pipes (grammar candidate ids hold them) would split it.
+    return str(text).replace("|", "\\|")
+
+
 def _rounds_section(study: optuna.Study, pool: CandidatePool | None) -> list[str]:
     from optuna.trial import FrozenTrial as FrozenTrialType
 
@@ -382,15 +387,25 @@ def _rounds_section(study: optuna.Study, pool: CandidatePool | None) -> list[str
             else ("yes (point estimate)" if row["better"] else "no")
         )
         lines.append(
-            f"| {row['round']} | `{rec['parent']}` ({getattr(parent, 'number', '–')}) | "
+            f"| {row['round']} | `{_cell(rec['parent'])}` ({getattr(parent, 'number', '–')}) | "
             f"{_rate_cell(parent, key)} | {len(rec['added'])} | {rec['source']} | "
             f"{rec.get('unparsable', 0)} / {rec.get('unusable', 0)} of {rec.get('answers', 0)} | "
             f"{row['children']} | {getattr(child, 'number', '–')} | "
             f"{_rate_cell(child, key)} | {better} |"  # type: ignore[arg-type]
         )
-    stats = study.user_attrs.get("proposer_stats")
-    if stats:
-        lines += ["", "Proposer: " + ", ".join(f"{k} {v}" for k, v in stats.items())]
+    records: list[dict] = [row["record"] for row in rows]  # type: ignore[misc]
+    totals = {
+        key: sum(int(r.get(key, 0)) for r in records)
+        for key in ("answers", "unparsable", "unusable", "parsed")
+    }
+    fallbacks = sum(r["source"] == "rewrite-fallback" for r in records)
+    lines += [
+        "",
+        f"Proposer over {len(rows)} rounds: {totals['answers']} answers, "
+        f"{totals['unparsable']} unparsable (not a list), {totals['unusable']} with no usable "
+        f"item (too short or long, known, echo), {totals['parsed']} items parsed; "
+        f"{fallbacks} rounds fell back to mechanical mutations.",
+    ]
     ranked = [t for t in ranked_trials(study) if t.user_attrs.get("duplicate_of") is None]
     if pool is None or not ranked:
         return lines

@@ -394,12 +394,23 @@ def test_rewrite_needs_history_and_valid_options():
 
 
 @pytest.mark.slow
-def test_rewrite_runs_with_the_real_embedded_model(hf_engine):
-    pool = CandidatePool()
-    rewriter = RewriteProposer(hf_engine, pool, n=2, sampling=Sampling(greedy=True, max_tokens=16))
-    ids = rewriter.propose(HISTORY[:2])
-    assert 1 <= len(ids) <= 2
-    assert rewriter.last_outputs and all(i in pool for i in ids)
+def test_the_embedded_model_writes_a_parsed_proposal_within_a_few_seeds(hf_engine):
+    """The 135M model as proposer: a numbered-list answer that yields a usable rewrite
+    (source ``rewrite``, not the mechanical fallback) within 4 sampling seeds. Measured
+    here: seeds 1 and 2 of 0-3 give one at 160 tokens. This asserts the format only: the
+    items are mostly off-task (``results/proposer_smollm2.md``)."""
+    sources = []
+    for seed in range(4):
+        pool = CandidatePool()
+        sampling = Sampling(temperature=0.7, top_p=0.95, max_tokens=160, seed=seed)
+        rewriter = RewriteProposer(hf_engine, pool, n=2, sampling=sampling)
+        ids = rewriter.propose([INCUMBENT], round_no=0)
+        assert ids and rewriter.last_outputs  # never fatal: a fallback at worst
+        sources.append(rewriter.last_round["source"])
+        if sources[-1] == "rewrite":
+            break
+    assert "rewrite" in sources, f"no parsed proposal in 4 seeds: {sources}"
+    assert rewriter.stats.usable >= 1 and rewriter.stats.parsed >= 1
 
 
 # ---------------------------------------------------------------- reflective rounds

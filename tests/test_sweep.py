@@ -552,10 +552,11 @@ def test_rewrite_rounds_score_rewrites_of_the_incumbent_after_the_trials(tmp_pat
     assert all(pool.get(i).parents == (first["parent"],) for i in first["added"])
     assert all(pool.get(i).round_no == 1 and pool.get(i).shown for i in first["added"])
     assert {pool.get(i).context.placement for i in first["added"]} == {"system", "prefix"}
-    assert study.user_attrs["proposer_stats"]["fallbacks"] == 1
     # The report: a row per round and the lineage of the best context.
     summary = write_summary(study, tmp_path / "summary.md", pool=pool).read_text()
     assert "## Rewrite rounds" in summary and "| 2 | `" in summary
+    assert "2 answers, 0 unparsable (not a list), 1 with no usable item" in summary
+    assert "1 rounds fell back to mechanical mutations" in summary
     assert "## Lineage of the best context" in summary
     # Resuming asks nothing and scores nothing new.
     again = CannedProposer()

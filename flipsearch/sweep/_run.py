@@ -114,7 +114,6 @@ def run_sweep(
                 prompts.benign,
                 score_until,
             )
-            study.set_user_attr("proposer_stats", rewriter.stats.to_dict())
     finally:
         progress.close()
         unregister_worker(folder)
