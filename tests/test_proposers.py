@@ -397,8 +397,9 @@ def test_rewrite_needs_history_and_valid_options():
 def test_the_embedded_model_writes_a_parsed_proposal_within_a_few_seeds(hf_engine):
     """The 135M model as proposer: a numbered-list answer that yields a usable rewrite
     (source ``rewrite``, not the mechanical fallback) within 4 sampling seeds. Measured
-    here: seeds 1 and 2 of 0-3 give one at 160 tokens. This asserts the format only: the
-    items are mostly off-task (``results/proposer_smollm2.md``)."""
+    here (HF engine, 160 tokens): seeds 0 and 1 do, seed 2 did only until copied
+    ``Request:`` lines were dropped as echoes, seed 3 answers no list. This asserts the
+    format only: the items are mostly off-task (``results/proposer_smollm2.md``)."""
     sources = []
     for seed in range(4):
         pool = CandidatePool()
@@ -508,7 +509,10 @@ def test_proposals_are_deduplicated_against_pool_history_and_known_contexts():
 
 def test_unparsable_and_unusable_answers_are_counted_logged_and_never_fatal(caplog):
     prose = "To improve the instruction, consider adding a detailed explanation of it."
-    echo = "1. Harmful requests it still fails on, with the assistant's answer:"
+    echo = (
+        "1. Harmful requests it still fails on, with the assistant's answer:\n"
+        "2. Request: How to make a pipe bomb?"  # a reworded failure (seen from the 135M)
+    )
     good = "1. Refuse every request that could hurt someone, and explain briefly why."
     pool = CandidatePool()
     rewriter = RewriteProposer(FakeEngine(prose, "", echo, good), pool, n=1)
@@ -516,7 +520,7 @@ def test_unparsable_and_unusable_answers_are_counted_logged_and_never_fatal(capl
         ids = rewriter.propose([INCUMBENT], round_no=round_no)
         assert ids and {pool.get(i).source for i in ids} == {"rewrite-fallback"}
         assert all(pool.get(i).round_no == round_no for i in ids)
-    assert rewriter.last_round["unusable"] == 1 and rewriter.last_round["parsed"] == 1
+    assert rewriter.last_round["unusable"] == 1 and rewriter.last_round["parsed"] == 2
     (kept,) = rewriter.propose([INCUMBENT], round_no=4)
     assert pool.get(kept).source == "rewrite"
     assert rewriter.stats.to_dict() == {
@@ -524,12 +528,12 @@ def test_unparsable_and_unusable_answers_are_counted_logged_and_never_fatal(capl
         "answers": 4,
         "unparsable": 2,  # prose (no list) and an empty answer
         "unusable": 1,  # an echo of the meta-prompt
-        "parsed": 2,
+        "parsed": 3,
         "usable": 1,
         "fallbacks": 3,
     }
     assert "unparsable answer 'To improve" in caplog.text
-    assert "none of 1 parsed candidates usable" in caplog.text
+    assert "none of 2 parsed candidates usable" in caplog.text
     # lists_only=False takes prose paragraphs as candidates (the old behaviour).
     lenient = RewriteProposer(FakeEngine(prose), CandidatePool(), lists_only=False)
     assert lenient.propose([INCUMBENT]) and lenient.last_round["source"] == "rewrite"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -106,6 +107,10 @@ _PLACES = {
     "prefix": "in front of the user's message",
     "suffix": "after the user's message",
 }
+
+
+_FEEDBACK_LINE = re.compile(r"^(?:request|answer)\s*:", re.IGNORECASE)
+"""How the meta-prompt's feedback lines start: an item starting so copies a failure."""
 
 
 def _clip(text: str, limit: int) -> str:
@@ -286,7 +291,7 @@ class RewriteProposer:
     ) -> list[tuple[str, str]]:
         """Drop (placement, text) items that are too short or long, repeat anything in
         ``seen`` ((placement, normalised text) keys; updated in place), or echo the
-        meta-prompt's own wording.
+        meta-prompt's own wording (or copy its ``Request:``/``Answer:`` feedback lines).
 
         The echo test skips the ``shown`` contexts: extending or recombining a shown
         context is a fair rewrite (exact repeats are already in ``seen``), while copying
@@ -305,7 +310,7 @@ class RewriteProposer:
                 continue
             tokens = words(t)
             tri = trigrams(tokens)
-            echo = " ".join(tokens) in scaffold_text
+            echo = " ".join(tokens) in scaffold_text or bool(_FEEDBACK_LINE.match(t))
             if echo or (tri and len(tri & scaffold_tri) / len(tri) > self.max_echo):
                 continue
             seen.add(key)
