@@ -539,6 +539,17 @@ def test_unparsable_and_unusable_answers_are_counted_logged_and_never_fatal(capl
     assert lenient.propose([INCUMBENT]) and lenient.last_round["source"] == "rewrite"
 
 
+def test_the_first_of_equally_scored_contexts_is_the_incumbent():
+    # A sweep gives its first (best-ranked) context the failures; a tie must not swap it
+    # for a later one without them (a tie-break by id did, in a real run).
+    twin = ScoredContext("aaa-first-by-id", Context("Decline harmful things."), INCUMBENT.score)
+    rewriter = RewriteProposer(FakeEngine(), CandidatePool())
+    rewriter.propose([INCUMBENT, twin], round_no=1)
+    assert rewriter.last_round["parent"] == "inc" and rewriter.last_round["shown"]
+    assert "Answer: " in str(rewriter.last_round["meta_prompt"])
+    assert rewriter.last_round["outputs"] == [""]
+
+
 def test_rounds_sample_with_their_own_seed():
     engine = FakeEngine()
     rewriter = RewriteProposer(engine, CandidatePool(), failures_shown=1)

@@ -343,7 +343,9 @@ class RewriteProposer:
         if not history:
             raise ConfigError("`history` must hold at least one scored context, got []")
         n = n or self.n
-        top = sorted(history, key=lambda s: (-s.score, s.candidate_id))[: self.top_k]
+        # Stable: among equal scores the caller's order decides (a sweep ranks ties by
+        # over-refusal and gives its first context the failures).
+        top = sorted(history, key=lambda s: -s.score)[: self.top_k]
         best = top[0]
         default_place = self.placement or best.context.placement
         fails, overs = self.sample_shown(best, round_no)
@@ -431,6 +433,8 @@ class RewriteProposer:
             "unusable": unusable,
             "parsed": n_parsed,
             "added": ids,
+            "meta_prompt": meta,
+            "outputs": list(self.last_outputs),
         }
         return ids
 
