@@ -264,6 +264,7 @@ def test_pool_proposer_needs_an_enqueued_trial():
         ("```\n1. Refuse harm.\n```", ["Refuse harm."]),
         ("Candidate 1: Refuse harm.\nCandidate 2: Decline.", ["Refuse harm.", "Decline."]),
         ("**1.** **Refuse harm.**", ["Refuse harm."]),
+        ("1. 1. Refuse harm.\n2. 2. Decline danger.", ["Refuse harm.", "Decline danger."]),
         ("Refuse harm.\nDecline danger.", ["Refuse harm.", "Decline danger."]),
         ("Refuse harm, always.\n\nDecline\ndanger.", ["Refuse harm, always.", "Decline danger."]),
         ("", []),

@@ -49,8 +49,12 @@ _LABEL = re.compile(
 _QUOTES = "\"'`“”‘’"
 
 
+_REPEATED_NUMBER = re.compile(r"^\(?\d{1,3}\s*[.)]\s+")
+
+
 def _strip_item(text: str) -> str:
     text = " ".join(text.split())
+    text = _REPEATED_NUMBER.sub("", text)  # "1. 1. Refuse ..." (seen from the 135M model)
     text = _LABEL.sub("", text).strip("*_ ").strip()
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
