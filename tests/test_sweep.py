@@ -891,3 +891,29 @@ def test_progress_bar_shows_the_objective_metric_it_ranks_by():
     progress(study, study.trials[-1])
     assert "best_refusal_tfr=0.400" in progress.bar.postfix and "trial=1" in progress.bar.postfix
     progress.close()
+
+
+def test_cli_rewrite_options_reach_the_config():
+    from flipsearch.cli import build_parser
+    from flipsearch.commands.sweep import config_from_args
+
+    base = ["sweep", "--study", "s", "--trials", "3"]
+    parser = build_parser()
+    config = config_from_args(
+        parser.parse_args(
+            [*base, "--rewrite-rounds", "2", "--rewrites-per-round", "5", "--proposer-model",
+             "smollm2-135m", "--proposer-engine", "hf", "--proposer-max-tokens", "99"]
+        )
+    )  # fmt: skip
+    assert (config.rewrite_rounds, config.rewrite_n, config.rewrite_every) == (2, 5, 0)
+    assert (config.proposer_model, config.proposer_engine, config.proposer_max_tokens) == (
+        "smollm2-135m",
+        "hf",
+        99,
+    )
+    old = config_from_args(parser.parse_args([*base, "--rewrite-every", "3", "--rewrite-n", "2"]))
+    assert (old.rewrite_every, old.rewrite_n, old.rewrite_rounds) == (3, 2, 0)
+    with pytest.raises(ConfigError, match="`rewrite_every` must be 0 with rewrite_rounds=1"):
+        config_from_args(
+            parser.parse_args([*base, "--rewrite-every", "3", "--rewrite-rounds", "1"])
+        )
