@@ -179,7 +179,8 @@ def run_rounds(
     """``config.rewrite_rounds`` rounds after the trials; each round's proposals are
     enqueued and scored by ``score_until(target)`` (runs trials until the study has
     ``target`` finished ones). A resumed sweep skips recorded rounds and scores what
-    they proposed and was not scored yet."""
+    they proposed and was not scored yet. A round is asked under the study's lock, so
+    concurrent workers wait for it instead of asking twice."""
     for round_no in range(1, config.rewrite_rounds + 1):
         with locked(config.folder):
             rounds = recorded_rounds(study)
