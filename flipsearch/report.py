@@ -9,7 +9,8 @@
 - ``summary.md``: the best contexts with TFR, its split into flips to a refusal and
   to a non-answer, and over-refusal (95% CI, n); a warning for each listed context
   whose flips are mostly non-answers; the harmful prompts the best context still
-  fails on.
+  fails on; with rewrite rounds, each round's parent against its best child and the
+  lineage of the best context (parents, rounds, prompts its proposer was shown).
 
 Matplotlib runs on the Agg backend (no display needed).
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
     import optuna
     from optuna.trial import FrozenTrial
+
+    from flipsearch.proposers import CandidatePool
 
 __all__ = ["make_report", "plot_history", "plot_pareto", "plot_slots", "write_summary"]
 
@@ -238,8 +241,11 @@ def _best_table(ranked: list[FrozenTrial], top: int) -> list[str]:
     return lines + (["", *warnings] if warnings else [])
 
 
-def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:
-    """``summary.md``: counts, the best contexts, and the best one's failing prompts."""
+def write_summary(
+    study: optuna.Study, path: str | Path, *, top: int = 10, pool: CandidatePool | None = None
+) -> Path:
+    """``summary.md``: counts, the best contexts, the best one's failing prompts, and
+    with rewrite rounds the rounds and (given the study's ``pool``) the best one's lineage."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -280,6 +286,7 @@ def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Pa
         for pid in failing:
             prompt = " ".join(texts.get(pid, "").split())
             lines.append(f"- `{pid}`" + (f": {prompt[:200]}" if prompt else ""))
+    lines += _rounds_section(study, pool)
     lines += [
         "",
         "Plots: `history.png` (optimisation history), `pareto.png` (TFR vs over-refusal), "
@@ -290,13 +297,151 @@ def write_summary(study: optuna.Study, path: str | Path, *, top: int = 10) -> Pa
     return Path(path)
 
 
-def make_report(study: optuna.Study, out_dir: str | Path) -> list[Path]:
-    """Write every plot and ``summary.md`` into ``out_dir``; returns the paths written."""
+# ---------------------------------------------------------------- rewrite rounds
+
+
+def _scored_by_candidate(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Candidate id -> the trial that scored it (COMPLETE first, else PRUNED)."""
+    from optuna.trial import TrialState
+
+    out: dict[str, FrozenTrial] = {}
+    for state in (TrialState.COMPLETE, TrialState.PRUNED):
+        for t in study.get_trials(deepcopy=False, states=(state,)):
+            cid = t.user_attrs.get("candidate_id")
+            if cid is not None and cid not in out and t.user_attrs.get("duplicate_of") is None:
+                out[cid] = t
+    return out
+
+
+def _rate_cell(t: FrozenTrial | None, key: str) -> str:
+    from optuna.trial import TrialState
+
+    if t is None:
+        return "not scored"
+    cell = _fmt(rate_of(t, key))
+    return f"{cell} (pruned)" if t.state == TrialState.PRUNED else cell
+
+
+def round_rows(study: optuna.Study) -> list[dict[str, object]]:
+    """Per recorded rewrite round: the parent's and the best scored child's trials on the
+    study's objective metric, and whether the child is better (point estimate) or
+    clearly better (its CI above the parent's)."""
+    from optuna.trial import TrialState
+
+    from flipsearch.sweep import recorded_rounds
+
+    key, _ = _metric(study)
+    by_cid = _scored_by_candidate(study)
+    rows = []
+    for r, rec in sorted(recorded_rounds(study).items()):
+        parent = by_cid.get(rec["parent"])
+        children = [by_cid[c] for c in rec["added"] if c in by_cid]
+        complete = [c for c in children if c.state == TrialState.COMPLETE]
+        best = max(complete, key=lambda t: _tfr(t, key), default=None)
+        p_rate, c_rate = (
+            rate_of(parent, key) if parent else None,
+            rate_of(best, key) if best else None,
+        )
+        rows.append(
+            {
+                "round": r,
+                "record": rec,
+                "parent": parent,
+                "best_child": best,
+                "children": len(children),
+                "better": bool(p_rate and c_rate and c_rate["value"] > p_rate["value"]),
+                "clearly_better": bool(p_rate and c_rate and c_rate["ci_low"] > p_rate["ci_high"]),
+            }
+        )
+    return rows
+
+
+def _cell(text: str) -> str:
+    # A table cell: pipes (grammar candidate ids hold them) would split it.
+    return str(text).replace("|", "\\|")
+
+
+def _rounds_section(study: optuna.Study, pool: CandidatePool | None) -> list[str]:
+    from optuna.trial import FrozenTrial as FrozenTrialType
+
+    rows = round_rows(study)
+    if not rows:
+        return []
+    key, label = _metric(study)
+    lines = [
+        "",
+        "## Rewrite rounds",
+        "",
+        f"| round | parent (trial) | parent {label} [95% CI] | proposals | source | answers "
+        f"unparsable / unusable | scored | best child (trial) | child {label} [95% CI] "
+        "| better |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        rec, parent, child = row["record"], row["parent"], row["best_child"]
+        assert isinstance(rec, dict)
+        assert parent is None or isinstance(parent, FrozenTrialType)
+        assert child is None or isinstance(child, FrozenTrialType)
+        better = (
+            "clearly (CIs apart)"
+            if row["clearly_better"]
+            else ("yes (point estimate)" if row["better"] else "no")
+        )
+        lines.append(
+            f"| {row['round']} | `{_cell(rec['parent'])}` ({getattr(parent, 'number', '–')}) | "
+            f"{_rate_cell(parent, key)} | {len(rec['added'])} | {rec['source']} | "
+            f"{rec.get('unparsable', 0)} / {rec.get('unusable', 0)} of {rec.get('answers', 0)} | "
+            f"{row['children']} | {getattr(child, 'number', '–')} | "
+            f"{_rate_cell(child, key)} | {better} |"  # type: ignore[arg-type]
+        )
+    records: list[dict] = [row["record"] for row in rows]  # type: ignore[misc]
+    totals = {
+        key: sum(int(r.get(key, 0)) for r in records)
+        for key in ("answers", "unparsable", "unusable", "parsed")
+    }
+    fallbacks = sum(r["source"] == "rewrite-fallback" for r in records)
+    lines += [
+        "",
+        f"Proposer over {len(rows)} rounds: {totals['answers']} answers, "
+        f"{totals['unparsable']} unparsable (not a list), {totals['unusable']} with no usable "
+        f"item (too short or long, known, echo), {totals['parsed']} items parsed; "
+        f"{fallbacks} rounds fell back to mechanical mutations.",
+    ]
+    ranked = [t for t in ranked_trials(study) if t.user_attrs.get("duplicate_of") is None]
+    if pool is None or not ranked:
+        return lines
+    best = ranked[0]
+    by_cid = _scored_by_candidate(study)
+    lines += ["", f"## Lineage of the best context (trial {best.number}), newest first", ""]
+    for cid in pool.lineage(str(best.user_attrs.get("candidate_id"))):
+        t = by_cid.get(cid)
+        entry = pool.get(cid) if cid in pool else None
+        origin = "search space" if entry is None else entry.source
+        if entry is not None and entry.round_no is not None:
+            origin += f", round {entry.round_no}, shown {len(entry.shown)} failing prompts"
+        text = (
+            t.user_attrs.get("context", "")
+            if t is not None
+            else (entry.context.text if entry else "")
+        )
+        text = " ".join(str(text).split())
+        lines.append(
+            f"- `{cid}` ({origin}): {label} {_rate_cell(t, key)}: "
+            f"{text[:160]}{'…' if len(text) > 160 else ''}"
+        )
+    return lines
+
+
+def make_report(
+    study: optuna.Study, out_dir: str | Path, *, pool: CandidatePool | None = None
+) -> list[Path]:
+    """Write every plot and ``summary.md`` into ``out_dir``; returns the paths written.
+    ``pool``: the study's candidate pool, for the lineage of the best context."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [plot_history(study, out / "history.png"), plot_pareto(study, out / "pareto.png")]
     slots = plot_slots(study, out / "slots.png")
     if slots is not None:
         paths.append(slots)
-    paths.append(write_summary(study, out / "summary.md"))
+    paths.append(write_summary(study, out / "summary.md", pool=pool))
     return paths

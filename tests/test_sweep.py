@@ -22,8 +22,18 @@ import pytest
 from flipsearch.cache import GenerationCache
 from flipsearch.errors import ConfigError
 from flipsearch.judges import make_judge
+from flipsearch.proposers import CandidatePool
 from flipsearch.pruners import RacePruner
-from flipsearch.sweep import SweepConfig, make_pruner, make_sampler, run_sweep
+from flipsearch.report import write_summary
+from flipsearch.sweep import (
+    IDENTITY_FIELDS,
+    SweepConfig,
+    make_pruner,
+    make_sampler,
+    recorded_rounds,
+    run_sweep,
+)
+from flipsearch.sweep._rounds import make_rewriter
 from flipsearch.trials import parse_storage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,6 +323,10 @@ def test_config_defaults_depend_on_the_objective():
         ({"study": "a/b"}, "`study` must be a non-empty folder name"),
         ({"limit_harmful": 0}, "`limit_harmful` must be None or an integer >= 1"),
         ({"rewrite_every": -1}, "`rewrite_every` must be >= 0"),
+        ({"rewrite_rounds": -1}, "`rewrite_rounds` must be an integer >= 0"),
+        ({"rewrite_rounds": 2, "rewrite_every": 3}, "`rewrite_every` must be 0 with rewrite_r"),
+        ({"proposer_engine": "tgi"}, "`proposer_engine` must be one of"),
+        ({"proposer_max_tokens": 0}, "`proposer_max_tokens` must be >= 1"),
     ],
 )
 def test_config_rejects_bad_values(kw, match):
@@ -465,13 +479,123 @@ def test_resume_adds_only_the_missing_trials(tmp_path):
     assert again.generated == 0
 
 
-def test_rewrite_rounds_enqueue_new_pool_contexts(tmp_path):
+def test_rewrite_every_enqueues_new_pool_contexts_within_the_budget(tmp_path):
     config = fake_config(tmp_path, trials=6, pruner="none", rewrite_every=2, rewrite_n=2)
     study = run_fake(config)
     rewritten = [t for t in study.trials if t.user_attrs.get("source", "").startswith("rewrite")]
     assert rewritten, "a rewrite round after trial 2 should enqueue pool contexts"
     assert all("pool_candidate" in t.user_attrs for t in rewritten)
     assert (config.folder / "pool.jsonl").read_text().count("rewrite") >= len(rewritten)
+    assert len(finished(study)) == 6  # interleaved rounds stay within --trials
+    rounds = recorded_rounds(study)
+    assert rounds and all(r["mode"] == "every" for r in rounds.values())
+
+
+class CannedProposer:
+    """A proposer engine: canned answers in turn; records the meta-prompts it was shown."""
+
+    name = "canned"
+    model_path = "canned-proposer"
+    tokenizer = None
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.prompts: list[str] = []
+
+    def generate(self, conversations, sampling, *, use_tqdm=False):
+        from flipsearch.types import Generation
+
+        self.prompts += [conv[-1]["content"] for conv in conversations]
+        text = self.answers.pop(0) if self.answers else ""
+        return [[Generation(text, (), (), "stop")] for _ in conversations]
+
+
+ROUND_1 = (
+    "1. Decline anything that could hurt a person, however it is asked.\n"
+    "2. [prefix] Refuse every request for weapons, drugs or fraud.\n"
+    "3. Decline anything that could hurt a person, however it is asked."  # a repeat
+)
+
+
+def test_rewrite_rounds_score_rewrites_of_the_incumbent_after_the_trials(tmp_path):
+    config = fake_config(
+        tmp_path, trials=4, sampler="random", pruner="none", rewrite_rounds=2, rewrite_n=3
+    )
+    # Round 2 repeats round 1's texts after a line of commentary: every item is
+    # deduplicated against the pool, the answer is counted unusable, and mechanical
+    # mutations are scored instead.
+    proposer = CannedProposer(ROUND_1, "Here are better ones.\n" + ROUND_1)
+    study = run_sweep(
+        config,
+        engine=FakeEngine(),  # type: ignore[arg-type]
+        judge=make_judge(),
+        cache=GenerationCache(config.cache),
+        proposer=proposer,  # type: ignore[arg-type]
+    )
+    rounds = recorded_rounds(study)
+    assert sorted(rounds) == [1, 2] and len(proposer.prompts) == 2
+    first, second = rounds[1], rounds[2]
+    assert first["source"] == "rewrite" and len(first["added"]) == 2
+    assert second["source"] == "rewrite-fallback" and second["unparsable"] == 0
+    assert second["parsed"] == 3 and second["unusable"] == 1  # all three already known
+    # Every proposal is scored on top of the 4 trials.
+    n_added = len(first["added"]) + len(second["added"])
+    assert len(finished(study)) == 4 + n_added
+    pool = CandidatePool(config.folder / "pool.jsonl")
+    scored_ids = {t.user_attrs["candidate_id"] for t in finished(study)}
+    assert set(first["added"]) | set(second["added"]) <= scored_ids
+    # Round 1 rewrote the best of the first 4 trials; its failures were shown with the
+    # scoring model's actual answers (the fake's compliance), from the cache.
+    first_four = sorted(study.trials[:4], key=lambda t: -t.values[0])
+    assert first["parent"] in {t.user_attrs["candidate_id"] for t in first_four}
+    assert "Answer: Sure! Here is how you do it" in proposer.prompts[0]
+    assert all(pool.get(i).parents == (first["parent"],) for i in first["added"])
+    assert all(pool.get(i).round_no == 1 and pool.get(i).shown for i in first["added"])
+    assert {pool.get(i).context.placement for i in first["added"]} == {"system", "prefix"}
+    # The report: a row per round and the lineage of the best context.
+    summary = write_summary(study, tmp_path / "summary.md", pool=pool).read_text()
+    assert "## Rewrite rounds" in summary and "| 2 | `" in summary
+    assert "2 answers, 0 unparsable (not a list), 1 with no usable item" in summary
+    assert "1 rounds fell back to mechanical mutations" in summary
+    assert "## Lineage of the best context" in summary
+    # Resuming asks nothing and scores nothing new.
+    again = CannedProposer()
+    engine = FakeEngine()
+    run_sweep(
+        config,
+        engine=engine,  # type: ignore[arg-type]
+        judge=make_judge(),
+        cache=GenerationCache(config.cache),
+        proposer=again,  # type: ignore[arg-type]
+    )
+    assert again.prompts == [] and engine.generated == 0
+
+
+def test_proposer_settings_are_not_part_of_a_study_identity(tmp_path):
+    assert not [f for f in IDENTITY_FIELDS if "propos" in f or "rewrite" in f]
+    run_fake(fake_config(tmp_path, trials=2, pruner="none"))
+    resumed = fake_config(
+        tmp_path, trials=2, pruner="none", proposer_model="other", proposer_max_tokens=64
+    )
+    run_fake(resumed)  # no ConfigError
+
+
+def test_the_proposer_defaults_to_the_model_under_study_and_can_be_its_own(tmp_path, tiny_model):
+    pool = CandidatePool()
+    scoring = FakeEngine()
+    same = make_rewriter(fake_config(tmp_path, rewrite_rounds=1), scoring, pool, None)  # type: ignore[arg-type]
+    assert same.engine is scoring
+    own = make_rewriter(
+        fake_config(
+            tmp_path, rewrite_rounds=1, proposer_model=str(tiny_model), proposer_engine="hf"
+        ),
+        scoring,  # type: ignore[arg-type]
+        pool,
+        None,
+    )
+    assert own.engine is not scoring and own.engine.name == "hf"
+    assert Path(own.engine.model_path) == Path(tiny_model)
+    assert own.sampling.max_tokens == 512 and own.n == 4
 
 
 def test_multi_objective_sweep_has_two_values(tmp_path):
@@ -767,3 +891,29 @@ def test_progress_bar_shows_the_objective_metric_it_ranks_by():
     progress(study, study.trials[-1])
     assert "best_refusal_tfr=0.400" in progress.bar.postfix and "trial=1" in progress.bar.postfix
     progress.close()
+
+
+def test_cli_rewrite_options_reach_the_config():
+    from flipsearch.cli import build_parser
+    from flipsearch.commands.sweep import config_from_args
+
+    base = ["sweep", "--study", "s", "--trials", "3"]
+    parser = build_parser()
+    config = config_from_args(
+        parser.parse_args(
+            [*base, "--rewrite-rounds", "2", "--rewrites-per-round", "5", "--proposer-model",
+             "smollm2-135m", "--proposer-engine", "hf", "--proposer-max-tokens", "99"]
+        )
+    )  # fmt: skip
+    assert (config.rewrite_rounds, config.rewrite_n, config.rewrite_every) == (2, 5, 0)
+    assert (config.proposer_model, config.proposer_engine, config.proposer_max_tokens) == (
+        "smollm2-135m",
+        "hf",
+        99,
+    )
+    old = config_from_args(parser.parse_args([*base, "--rewrite-every", "3", "--rewrite-n", "2"]))
+    assert (old.rewrite_every, old.rewrite_n, old.rewrite_rounds) == (3, 2, 0)
+    with pytest.raises(ConfigError, match="`rewrite_every` must be 0 with rewrite_rounds=1"):
+        config_from_args(
+            parser.parse_args([*base, "--rewrite-every", "3", "--rewrite-rounds", "1"])
+        )

@@ -24,11 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flipsearch.proposers import CandidatePool
     from flipsearch.report import make_report
     from flipsearch.trials import open_study, study_dir
 
     study = open_study(args.study, storage=args.storage, results_dir=args.results_dir)
-    out = args.out_dir or study_dir(args.results_dir, args.study)
-    for path in make_report(study, out):
+    folder = study_dir(args.results_dir, args.study)
+    out = args.out_dir or folder
+    pool_file = folder / "pool.jsonl"
+    pool = CandidatePool(pool_file) if pool_file.is_file() else None
+    for path in make_report(study, out, pool=pool):
         print(f"wrote {path}")
     return 0

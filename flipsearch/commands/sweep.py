@@ -99,13 +99,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="race N contexts together, one engine call per minibatch round for all live "
         "ones (default: one trial at a time)",
     )
-    s.add_argument(
+    r = p.add_argument_group("reflective rewrites (GEPA-style)")
+    r.add_argument(
+        "--rewrite-rounds",
+        type=int,
+        default=0,
+        metavar="R",
+        help="after the trials, R rounds: the proposer rewrites the incumbent from its "
+        "failures and answers, and the rewrites are scored as extra trials",
+    )
+    r.add_argument(
+        "--rewrites-per-round",
+        "--rewrite-n",
+        dest="rewrite_n",
+        type=int,
+        default=4,
+        metavar="N",
+        help="rewrites asked for per round (default 4)",
+    )
+    r.add_argument(
         "--rewrite-every",
         type=int,
         default=0,
-        help="every N trials, ask the model for rewrites of the best contexts",
+        metavar="K",
+        help="interleaved rounds instead: one every K finished trials, within --trials",
     )
-    s.add_argument("--rewrite-n", type=int, default=4, help="contexts per rewrite round")
+    r.add_argument(
+        "--proposer-model",
+        default=None,
+        help="model that writes the rewrites (embedded name, local folder or hub id), on "
+        "its own engine; default: the model under study",
+    )
+    r.add_argument("--proposer-engine", default="auto", choices=("auto", "hf", "vllm"))
+    r.add_argument(
+        "--proposer-max-tokens", type=int, default=512, help="tokens per proposer answer"
+    )
     d = p.add_argument_group("prompts and scoring")
     d.add_argument("--harmful", default="harmful_core:search", help="harmful prompt set")
     d.add_argument("--benign", default="benign:search", help="benign prompt set ('' for none)")
@@ -170,6 +198,10 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         heartbeat_interval=args.heartbeat_interval,
         rewrite_every=args.rewrite_every,
         rewrite_n=args.rewrite_n,
+        rewrite_rounds=args.rewrite_rounds,
+        proposer_model=args.proposer_model,
+        proposer_engine=args.proposer_engine,
+        proposer_max_tokens=args.proposer_max_tokens,
         show_progress=not args.no_progress,
     )
 

@@ -9,9 +9,11 @@ the :class:`Proposer` protocol (``propose(trial) -> Proposal``):
 - :class:`PoolProposer`: the candidate named by the trial's ``pool_candidate`` user
   attribute, set when the trial was enqueued.
 
-:class:`RewriteProposer` grows a :class:`CandidatePool` instead (GEPA/MIPRO-style
-reflective rewriting): it shows a model the best contexts so far with their scores and
-prompts they still fail on, asks for new candidates, and appends the usable ones.
+:class:`RewriteProposer` grows a :class:`CandidatePool` instead (GEPA-style reflective
+rewriting): it shows a proposer model the incumbent context with its flip rate and CI
+and a sample of the harmful prompts it fails on and benign prompts it over-refuses, with
+the model's answers, asks for rewrites (which may change placement), and appends the
+usable ones with their lineage (parent, prompts shown, round).
 
 Why a growing pool goes through ``enqueue_trial`` and not a categorical: Optuna
 distributions cannot change within a study (``suggest_categorical`` with new choices
@@ -34,7 +36,7 @@ Modules (private; import from ``flipsearch.proposers``):
 
 A reflective round in a sweep (``history`` holds :class:`ScoredContext` rows)::
 
-    new_ids = RewriteProposer(engine, pool).propose(history)
+    new_ids = RewriteProposer(engine, pool).propose(history, round_no=1)
     PoolProposer(pool).enqueue(study, new_ids)
     study.optimize(objective, n_trials=len(new_ids))  # objective: PoolProposer.propose
 
@@ -66,22 +68,25 @@ from flipsearch.proposers._fixed import (
     Proposer,
 )
 from flipsearch.proposers._pool import CandidatePool, PoolEntry, normalise_key, pool_id
-from flipsearch.proposers._rewrite import RewriteProposer, ScoredContext
-from flipsearch.proposers._text import mechanical_mutations, parse_candidates
+from flipsearch.proposers._rewrite import Failure, ProposerStats, RewriteProposer, ScoredContext
+from flipsearch.proposers._text import mechanical_mutations, parse_candidates, split_placement
 
 __all__ = [
     "POOL_ATTR",
     "CandidatePool",
+    "Failure",
     "GrammarProposer",
     "ListProposer",
     "PoolEntry",
     "PoolProposer",
     "Proposal",
     "Proposer",
+    "ProposerStats",
     "RewriteProposer",
     "ScoredContext",
     "mechanical_mutations",
     "normalise_key",
     "parse_candidates",
     "pool_id",
+    "split_placement",
 ]

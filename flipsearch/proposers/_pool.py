@@ -65,9 +65,13 @@ class PoolEntry:
     """Ids of the contexts it was derived from."""
     created: float = 0.0
     """Unix time it was added."""
+    shown: tuple[str, ...] = ()
+    """A rewrite's lineage: the ids of the failing prompts its proposer was shown."""
+    round_no: int | None = None
+    """The rewrite round that proposed it; None for seeds, baselines and user contexts."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        d: dict[str, object] = {
             "id": self.id,
             "text": self.context.text,
             "placement": self.context.placement,
@@ -75,6 +79,11 @@ class PoolEntry:
             "parents": list(self.parents),
             "created": self.created,
         }
+        if self.shown:
+            d["shown"] = list(self.shown)
+        if self.round_no is not None:
+            d["round"] = self.round_no
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PoolEntry:
@@ -84,6 +93,8 @@ class PoolEntry:
             source=d["source"],
             parents=tuple(d.get("parents", ())),
             created=float(d.get("created", 0.0)),
+            shown=tuple(d.get("shown", ())),
+            round_no=d.get("round"),
         )
 
 
@@ -156,6 +167,17 @@ class CandidatePool:
                 f"got {candidate_id!r}"
             ) from None
 
+    def lineage(self, candidate_id: str) -> list[str]:
+        """``candidate_id`` and its first parents back to a root, newest first; the last
+        id may be outside the pool (a search-space candidate a rewrite started from)."""
+        chain = [candidate_id]
+        while chain[-1] in self._entries and self._entries[chain[-1]].parents:
+            parent = self._entries[chain[-1]].parents[0]
+            if parent in chain:
+                break
+            chain.append(parent)
+        return chain
+
     def has_text(self, text: str, placement: str = "system") -> bool:
         """Whether a text (compared by :func:`normalise_key`) is already in the pool."""
         return self._key(text, placement) in self._keys
@@ -169,11 +191,14 @@ class CandidatePool:
         source: str,
         placement: str = "system",
         parents: Sequence[str] = (),
+        shown: Sequence[str] = (),
+        round_no: int | None = None,
     ) -> list[str]:
         """Append the texts not already present; return the ids of the new entries.
 
         Texts are whitespace-normalised; empty ones and duplicates (of the pool or of
-        each other, by :func:`normalise_key`) are skipped.
+        each other, by :func:`normalise_key`) are skipped. ``parents``, ``shown`` and
+        ``round_no`` are the lineage every new entry records (see :class:`PoolEntry`).
 
         Raises:
             ConfigError: a text is not a string, or the placement is unknown.
@@ -198,6 +223,8 @@ class CandidatePool:
                 source=source,
                 parents=tuple(parents),
                 created=now,
+                shown=tuple(shown),
+                round_no=round_no,
             )
             self._keys.add(key)
             new.append(entry)

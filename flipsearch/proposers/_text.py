@@ -24,7 +24,14 @@ from collections.abc import Sequence
 
 from flipsearch.proposers._pool import normalise_key
 
-__all__ = ["mechanical_mutations", "parse_candidates", "sentences", "trigrams", "words"]
+__all__ = [
+    "mechanical_mutations",
+    "parse_candidates",
+    "sentences",
+    "split_placement",
+    "trigrams",
+    "words",
+]
 
 
 _FENCE = re.compile(r"^\s*```")
@@ -42,21 +49,27 @@ _LABEL = re.compile(
 _QUOTES = "\"'`“”‘’"
 
 
+_REPEATED_NUMBER = re.compile(r"^\(?\d{1,3}\s*[.)]\s+")
+
+
 def _strip_item(text: str) -> str:
     text = " ".join(text.split())
+    text = _REPEATED_NUMBER.sub("", text)  # "1. 1. Refuse ..." (seen from the 135M model)
     text = _LABEL.sub("", text).strip("*_ ").strip()
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
     return text
 
 
-def parse_candidates(output: str) -> list[str]:
+def parse_candidates(output: str, *, lists_only: bool = False) -> list[str]:
     """Split a model's answer into candidate texts.
 
     Understands a JSON list of strings, a numbered or bulleted list (continuation lines
     join their item; text before the first item and after a blank line is commentary),
     blank-line separated paragraphs, or one candidate per line. Labels such as
-    ``Candidate 2:``, markdown bold and enclosing quotes are removed.
+    ``Candidate 2:``, markdown bold and enclosing quotes are removed. ``lists_only``:
+    an answer that is neither a JSON list nor a numbered or bulleted list gives ``[]``
+    (prose is not taken for candidates).
 
     >>> parse_candidates('Sure:\\n1. "Refuse harm."\\n2) Decline\\n   risky asks.\\n\\nBye')
     ['Refuse harm.', 'Decline risky asks.']
@@ -82,6 +95,8 @@ def parse_candidates(output: str) -> list[str]:
             elif current is not None:
                 current.append(ln)
         chunks = [" ".join(c) for c in items]
+    elif lists_only:
+        return []
     else:
         chunks = [p for p in re.split(r"\n\s*\n", "\n".join(lines)) if p.strip()]
         if len(chunks) == 1:
@@ -158,3 +173,23 @@ def words(text: str) -> list[str]:
 def trigrams(tokens: list[str]) -> set[tuple[str, ...]]:
     """The set of consecutive token triples."""
     return {tuple(tokens[i : i + 3]) for i in range(max(len(tokens) - 2, 0))}
+
+
+_PLACEMENT_TAG = re.compile(
+    r"^\s*(?:[\[(]\s*(system|prefix|suffix)\s*[\])]|(system|prefix|suffix)\s*:)\s*[:\-–]?\s*",
+    re.IGNORECASE,
+)
+
+
+def split_placement(text: str) -> tuple[str | None, str]:
+    """A leading placement tag (``[prefix]``, ``(suffix)``, ``system:``) and the rest.
+
+    >>> split_placement("[Prefix] Refuse harm.")
+    ('prefix', 'Refuse harm.')
+    >>> split_placement("Refuse harm.")
+    (None, 'Refuse harm.')
+    """
+    m = _PLACEMENT_TAG.match(text)
+    if not m:
+        return None, text
+    return (m.group(1) or m.group(2)).lower(), text[m.end() :].strip()

@@ -55,7 +55,10 @@ Modules (private; import from ``flipsearch.sweep``):
 - ``_stale``: heartbeats, :func:`recover_stale_trials`, retries of dead trials.
 - ``_provenance``: ``config.json`` (checked on resume) and the study's provenance.
 - ``_objective``: the Optuna objective (one trial scores one context).
-- ``_callbacks``: the progress bar and the rewrite rounds, called after each trial.
+- ``_rounds``: reflective rewrite rounds (the incumbent's feedback, the proposer, the
+  ``rewrite_round:<r>`` records), after the trials or every ``rewrite_every`` trials.
+- ``_callbacks``: the progress bar and the interleaved rewrite rounds, called after each
+  trial.
 - ``_run``: :func:`run_sweep`.
 """
 
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 from flipsearch.sweep._config import IDENTITY_FIELDS, OBJECTIVES, PRUNERS, SAMPLERS, SweepConfig
 from flipsearch.sweep._factories import make_pruner, make_sampler
+from flipsearch.sweep._rounds import recorded_rounds
 from flipsearch.sweep._run import run_sweep
 from flipsearch.sweep._stale import MAX_RETRIES, recover_stale_trials
 
@@ -75,6 +79,7 @@ __all__ = [
     "SweepConfig",
     "make_pruner",
     "make_sampler",
+    "recorded_rounds",
     "recover_stale_trials",
     "run_sweep",
 ]

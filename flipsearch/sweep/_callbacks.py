@@ -13,19 +13,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from flipsearch.contexts import Context
-from flipsearch.proposers import PoolProposer, RewriteProposer, ScoredContext
+from flipsearch.proposers import PoolProposer
 from flipsearch.scoring import METRIC_FIELDS
+from flipsearch.sweep._rounds import recorded_rounds, run_round
 from flipsearch.sweep._stale import recover_stale_trials
 from flipsearch.sweep._workers import locked
 from flipsearch.trials import ranked_trials, rate_of
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from flipsearch.engines import Engine
+    from flipsearch.flip import FlipScorer
     from flipsearch.prompts import PromptRow
-    from flipsearch.proposers import CandidatePool
+    from flipsearch.proposers import CandidatePool, RewriteProposer
     from flipsearch.sweep._config import SweepConfig
 
 __all__ = ["FINISHED", "Progress", "Rewrite"]
@@ -73,24 +71,28 @@ class Progress:
 
 
 class Rewrite:
-    """Every ``config.rewrite_every`` finished trials of this worker, ask the
-    :class:`~flipsearch.proposers.RewriteProposer` for new contexts from the three best
-    ones and their failing prompts, and enqueue them (a no-op when ``rewrite_every`` is 0).
+    """Every ``config.rewrite_every`` finished trials of this worker, one reflective round
+    (:func:`~flipsearch.sweep._rounds.run_round`) whose proposals are enqueued and scored
+    within the trial budget (a no-op when ``rewrite_every`` is 0).
     """
 
     def __init__(
         self,
         config: SweepConfig,
-        engine: Engine,
+        rewriter: RewriteProposer | None,
+        scorer: FlipScorer,
         pool: CandidatePool,
         harmful: list[PromptRow],
-        folder: Path,
+        benign: list[PromptRow],
     ) -> None:
         self.every = config.rewrite_every
-        self.rewriter = RewriteProposer(engine, pool, n=config.rewrite_n)
+        self.metric = config.objective_metric
+        self.folder = config.folder
+        self.rewriter = rewriter
+        self.scorer = scorer
         self.pool = PoolProposer(pool)
         self.harmful = harmful
-        self.folder = folder
+        self.benign = benign
         self.n_finished = 0
         """This worker's finished trials so far."""
 
@@ -98,32 +100,19 @@ class Rewrite:
         if trial.state not in FINISHED:
             return
         self.n_finished += 1
-        if not self.every or self.n_finished % self.every:
+        if self.rewriter is None or not self.every or self.n_finished % self.every:
             return
-        history = _history(study, self.harmful, k=3)
-        if not history:
-            return
-        ids = self.rewriter.propose(history)
         with locked(self.folder):
+            round_no = max(recorded_rounds(study), default=0) + 1
+            ids = run_round(
+                study,
+                self.rewriter,
+                self.scorer,
+                self.harmful,
+                self.benign,
+                metric=self.metric,
+                round_no=round_no,
+                mode="every",
+            )
             added = self.pool.enqueue(study, ids)
         logger.info("rewrite: enqueued %d new contexts", len(added))
-
-
-def _history(study: optuna.Study, rows: list[PromptRow], k: int) -> list[ScoredContext]:
-    # The rewriter's view: the best contexts, scored as TFR minus any over-refusal excess.
-    out, seen = [], set()
-    for t in ranked_trials(study):
-        cid = t.user_attrs.get("candidate_id")
-        if cid in seen:
-            continue
-        seen.add(cid)
-        tfr = float(rate_of(t, "tfr")["value"])  # type: ignore[index]
-        excess = max(0.0, float(t.user_attrs.get("constraints", [0.0])[0]))
-        safe = (t.user_attrs.get("outcomes") or {}).get("h_ctx_safe") or []
-        fails = tuple(r.prompt for r, s in zip(rows, safe, strict=False) if s is not None and s < 1)
-        ctx = Context(t.user_attrs["context"], t.user_attrs["placement"])
-        # Every sweep trial records its candidate_id (a str).
-        out.append(ScoredContext(cid, ctx, tfr - excess, fails))  # type: ignore[arg-type]
-        if len(out) >= k:
-            break
-    return out

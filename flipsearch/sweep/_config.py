@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from flipsearch.contexts import PLACEMENTS
-from flipsearch.engines import EngineConfig
+from flipsearch.engines import ENGINES, EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.judges import JudgeConfig
 from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
@@ -158,13 +158,24 @@ class SweepConfig:
     machine's workers). None: 4 x ``heartbeat_interval``. A dead worker on this machine is
     detected at once by its process id."""
 
-    # -- rewriting
+    # -- rewriting (not part of a study's identity: proposals are scored like any context)
+    rewrite_rounds: int = 0
+    """Reflective rounds after the ``trials`` trials (:mod:`flipsearch.sweep._rounds`):
+    each asks the proposer for ``rewrite_n`` rewrites of the incumbent (the best
+    feasible context) shown with its failures and answers, and scores them as extra
+    trials on top of ``trials``. 0: none."""
     rewrite_every: int = 0
-    """Every N finished trials of this worker, ask :class:`~flipsearch.proposers.
-    RewriteProposer` (with the scoring engine) for new contexts from the best ones and
-    their failing prompts, and enqueue them. 0: never."""
+    """Interleaved rounds instead: every N finished trials of this worker, one round
+    whose proposals are scored within ``trials``. 0: never. Not with ``rewrite_rounds``."""
     rewrite_n: int = 4
-    """Contexts asked for per rewrite round."""
+    """Rewrites asked for per round (``--rewrites-per-round``)."""
+    proposer_model: str | None = None
+    """The proposer model (embedded name, local folder or hub id) on its own engine;
+    None: the model under study, through the scoring engine."""
+    proposer_engine: str = "auto"
+    """The proposer's engine (``auto``, ``hf``, ``vllm``) when ``proposer_model`` is set."""
+    proposer_max_tokens: int = 512
+    """New tokens per proposer answer (sampled at temperature 0.7, seed ``seed`` + round)."""
     show_progress: bool = True
     """A tqdm bar with the best feasible TFR so far."""
 
@@ -247,6 +258,24 @@ class SweepConfig:
             raise ConfigError(f"`rewrite_every` must be >= 0, got {self.rewrite_every!r}")
         if self.rewrite_n < 1:
             raise ConfigError(f"`rewrite_n` must be >= 1, got {self.rewrite_n!r}")
+        if not isinstance(self.rewrite_rounds, int) or self.rewrite_rounds < 0:
+            raise ConfigError(
+                f"`rewrite_rounds` must be an integer >= 0, got {self.rewrite_rounds!r}"
+            )
+        if self.rewrite_rounds and self.rewrite_every:
+            raise ConfigError(
+                f"`rewrite_every` must be 0 with rewrite_rounds={self.rewrite_rounds}, got "
+                f"{self.rewrite_every!r}: use rounds after the trials (rewrite_rounds) or "
+                "interleaved ones (rewrite_every), not both"
+            )
+        if self.proposer_engine not in ENGINES:
+            raise ConfigError(
+                f"`proposer_engine` must be one of {ENGINES}, got {self.proposer_engine!r}"
+            )
+        if self.proposer_max_tokens < 1:
+            raise ConfigError(
+                f"`proposer_max_tokens` must be >= 1, got {self.proposer_max_tokens!r}"
+            )
         if self.heartbeat_interval < 1:
             raise ConfigError(
                 f"`heartbeat_interval` must be >= 1 second, got {self.heartbeat_interval!r}"
@@ -277,6 +306,11 @@ class SweepConfig:
     @property
     def storage_spec(self) -> StorageSpec:
         return parse_storage(self.storage, results_dir=self.results_dir, study=self.study)
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether the sweep asks a proposer for rewrites at all."""
+        return bool(self.rewrite_rounds or self.rewrite_every)
 
     @property
     def grace_s(self) -> int:

@@ -28,6 +28,7 @@ from flipsearch.sweep._config import SweepConfig
 from flipsearch.sweep._factories import make_pruner, make_sampler
 from flipsearch.sweep._objective import Objective, SurplusTrial, ordered
 from flipsearch.sweep._provenance import check_config, provenance, recorded_config
+from flipsearch.sweep._rounds import make_rewriter, recorded_rounds, run_rounds
 from flipsearch.sweep._stale import recover_stale_trials, retry_trial
 from flipsearch.sweep._waves import run_waves
 from flipsearch.sweep._workers import locked, register_worker, unregister_worker
@@ -43,6 +44,7 @@ def run_sweep(
     engine: Engine | None = None,
     judge: Judge | None = None,
     cache: GenerationCache | None = None,
+    proposer: Engine | None = None,
 ) -> optuna.Study:
     """Run (or resume) a sweep until the study holds ``config.trials`` finished trials.
 
@@ -50,6 +52,8 @@ def run_sweep(
         config: the sweep.
         engine, judge, cache: already built objects to use instead of building them from
             ``config`` (tests, benchmarks, notebooks). The config still names what they are.
+        proposer: the engine that writes rewrites (``rewrite_rounds``/``rewrite_every``)
+            instead of ``config.proposer_model``'s.
 
     Returns:
         The Optuna study.
@@ -80,35 +84,71 @@ def run_sweep(
             _prescreen(study, config, scorer, space, prompts)
 
     n_done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if n_done >= config.trials:
+    if n_done >= config.trials + _round_trials(study, config):
         logger.info("study %r already has %d finished trials; nothing to do", config.study, n_done)
         unregister_worker(folder)
         return study
 
-    objective = Objective(config, scorer, space, pool, prompts.harmful, prompts.benign)
+    rewriter = make_rewriter(config, scorer.engine, pool, proposer) if config.rewrites else None
     progress = Progress(config, n_done)
-    rewrite = Rewrite(config, scorer.engine, pool, prompts.harmful, folder)
-    try:
-        if config.race_width is not None:
-            run_waves(study, objective, [progress, rewrite])
-            return study
-        study.optimize(
-            objective,
-            n_trials=config.trials - n_done,
-            callbacks=[
-                progress,
-                rewrite,
-                optuna.study.MaxTrialsCallback(config.trials, states=FINISHED),
-            ],
-            # A ConfigError (e.g. a context too long for the window) fails that trial; a
-            # SurplusTrial fails the one trial the budget had no room for.
-            catch=(ConfigError, SurplusTrial),
-            gc_after_trial=False,
+    rewrite = Rewrite(config, rewriter, scorer, pool, prompts.harmful, prompts.benign)
+
+    def score_until(target: int) -> None:
+        # Run trials until the study has `target` finished ones.
+        progress.bar.total = max(progress.bar.total or 0, target)
+        objective = Objective(
+            replace(config, trials=target), scorer, space, pool, prompts.harmful, prompts.benign
         )
+        _optimize(study, objective, [progress, rewrite])
+
+    try:
+        score_until(config.trials)
+        if rewriter is not None and config.rewrite_rounds:
+            run_rounds(
+                study,
+                config,
+                rewriter,
+                scorer,
+                pool,
+                prompts.harmful,
+                prompts.benign,
+                score_until,
+            )
     finally:
         progress.close()
         unregister_worker(folder)
     return study
+
+
+def _optimize(study: optuna.Study, objective: Objective, callbacks: list) -> None:
+    # Trials until the study has `objective.config.trials` finished ones.
+    config = objective.config
+    if config.race_width is not None:
+        run_waves(study, objective, callbacks)
+        return
+    n_done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if n_done >= config.trials:
+        return
+    study.optimize(
+        objective,
+        n_trials=config.trials - n_done,
+        callbacks=[*callbacks, optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)],
+        # A ConfigError (e.g. a context too long for the window) fails that trial; a
+        # SurplusTrial fails the one trial the budget had no room for.
+        catch=(ConfigError, SurplusTrial),
+        gc_after_trial=False,
+    )
+
+
+def _round_trials(study: optuna.Study, config: SweepConfig) -> int:
+    # Trials the recorded `rewrite_rounds` rounds add to the budget; with rounds still to
+    # ask for, one more so the sweep does not stop before asking.
+    rounds = recorded_rounds(study)
+    extra = sum(len(r["added"]) for r in rounds.values() if r.get("mode") == "rounds")
+    missing = config.rewrite_rounds and any(
+        i not in rounds for i in range(1, config.rewrite_rounds + 1)
+    )
+    return extra + (1 if missing else 0)
 
 
 # ---------------------------------------------------------------- set-up steps
