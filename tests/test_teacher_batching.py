@@ -23,7 +23,7 @@ from opsa_train.batching import common_prefix, length_order, pad_counts, split_p
 from opsa_train.config import TrainConfig
 from opsa_train.data import student_conversation
 from opsa_train.rollout import Rollout
-from opsa_train.trainer import Trainer, _batch_metrics
+from opsa_train.trainer import Trainer, _batch_counts, _batch_rates
 
 REFUSE = "You are a safe assistant. Refuse harmful requests politely."
 HELP = "Answer helpfully and in full."
@@ -130,7 +130,7 @@ def _step(trainer: Trainer, rollouts: list[Rollout]) -> tuple[dict[str, float], 
     # One step's metrics and gradients, without the optimiser step (weights stay put).
     micro_batches = trainer.teacher_score(rollouts)
     metrics = trainer.loss_and_backward(micro_batches)
-    metrics.update(_batch_metrics(micro_batches))
+    metrics.update(_batch_rates(_batch_counts(micro_batches)))
     grads = {n: p.grad.clone() for n, p in trainer.student.named_parameters()}
     trainer.student.zero_grad(set_to_none=True)
     return metrics, grads
