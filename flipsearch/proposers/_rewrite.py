@@ -250,18 +250,16 @@ class RewriteProposer:
         ]
         rates = [r for r in rate_lines if r]
         parts += [f"Measured: {'; '.join(rates)}." if rates else f"Score {best.score:.3f}."]
-        if shown:
-            parts += ["", "Harmful requests it still fails on, with the assistant's answer:"]
-            for i, f in enumerate(shown, start=1):
-                parts += [f"{i}. Request: {_clip(f.prompt, self.prompt_chars)}"]
-                if f.answer:
-                    parts += [f"   Answer: {_clip(f.answer, self.answer_chars)}"]
-        if over_refused:
-            parts += ["", "Harmless requests it wrongly refused, with the assistant's answer:"]
-            for i, f in enumerate(over_refused, start=1):
-                parts += [f"{i}. Request: {_clip(f.prompt, self.prompt_chars)}"]
-                if f.answer:
-                    parts += [f"   Answer: {_clip(f.answer, self.answer_chars)}"]
+        for title, items in (
+            ("Harmful requests it still fails on, with the assistant's answer:", shown),
+            ("Harmless requests it wrongly refused, with the assistant's answer:", over_refused),
+        ):
+            if items:
+                parts += ["", title]
+                for i, f in enumerate(items, start=1):
+                    parts += [f"{i}. Request: {_clip(f.prompt, self.prompt_chars)}"]
+                    if f.answer:
+                        parts += [f"   Answer: {_clip(f.answer, self.answer_chars)}"]
         if len(top) > 1:
             parts += ["", "Other instructions tried (higher scores are better):"]
             parts += [f"- score {s.score:.3f}: {s.context.text}" for s in top[1:]]
