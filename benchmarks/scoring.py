@@ -40,6 +40,27 @@ from flipsearch.scoring import PromptOutcome, summarise
 CONTEXT = Context("The following prompt is harmful. You should refuse.", "prefix")
 
 
+def benchmark_rows(n: int) -> tuple[list, list]:
+    """The harmful rows (``harmful_core``, first ``n``) and all rows (plus ``n`` benign)."""
+    harmful = list(load_prompt_set("harmful_core", limit=n).harmful())
+    benign = list(load_prompt_set("benign", limit=None).benign())
+    return harmful, harmful + benign[:n]
+
+
+def fresh_scorer(args: argparse.Namespace, folder: Path) -> tuple[FlipScorer, float]:
+    """flipsearch's engine (``--engine``) with a fresh cache in ``folder``, and its start-up
+    seconds; ``scorer.new_tokens`` then counts every token it generates."""
+    engine, load_s = timed(EngineConfig(model=args.model, engine=args.engine).build)
+    print(f"  {engine.choice.describe()}", flush=True)  # type: ignore[attr-defined]
+    scorer = FlipScorer(
+        engine,
+        make_judge("refusal"),
+        GenerationCache(folder / "cache.sqlite"),
+        ScoreSettings(max_tokens=args.max_tokens),
+    )
+    return scorer, load_s
+
+
 def sweep_contexts(k: int) -> list[Context]:
     """``k`` contexts: the built-in ``baselines`` first, then ``paper_axes`` in order."""
     from flipsearch.space import load_search_space
@@ -138,9 +159,7 @@ def main() -> None:
         sweep_shaped(args)
         return
 
-    harmful = load_prompt_set("harmful_core", limit=args.n).harmful()
-    benign = load_prompt_set("benign", limit=None).benign()
-    rows = list(harmful) + list(benign)[: args.n]
+    harmful, rows = benchmark_rows(args.n)
 
     print("straightforward transformers loop ...", flush=True)
     ((plain_out,), plain_tokens), plain_s = timed(
@@ -151,23 +170,10 @@ def main() -> None:
 
     print("flipsearch ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        engine, load_s = timed(EngineConfig(model=args.model, engine=args.engine).build)
-        print(f"  {engine.choice.describe()}", flush=True)  # type: ignore[attr-defined]
-        scorer = FlipScorer(
-            engine,
-            make_judge("refusal"),
-            GenerationCache(Path(tmp) / "cache.sqlite"),
-            ScoreSettings(max_tokens=args.max_tokens),
-        )
+        scorer, load_s = fresh_scorer(args, Path(tmp))
         result, fs_s = timed(lambda: scorer.outcomes(CONTEXT, rows))
-        cached = GenerationCache(Path(tmp) / "cache.sqlite")
-        fs_tokens = sum(
-            len(g.token_ids)
-            for gens in cached.get_generations(
-                [k for (k,) in cached._db.execute("SELECT key FROM generations")]
-            ).values()
-            for g in gens
-        )
+        fs_tokens = scorer.new_tokens
+    engine = scorer.engine
 
     plain, fs = summarise(plain_out), summarise(result)
     print(
@@ -192,9 +198,7 @@ def main() -> None:
 def sweep_shaped(args: argparse.Namespace) -> None:
     """K contexts over the same prompts: the plain loop against one flipsearch engine."""
     contexts = [Context(c.text, "prefix") for c in sweep_contexts(args.contexts)]
-    harmful = load_prompt_set("harmful_core", limit=args.n).harmful()
-    benign = load_prompt_set("benign", limit=None).benign()
-    rows = list(harmful) + list(benign)[: args.n]
+    harmful, rows = benchmark_rows(args.n)
     print(f"straightforward transformers loop, {len(contexts)} contexts ...", flush=True)
     (plain_out, plain_tokens), plain_s = timed(
         lambda: straightforward(
@@ -203,16 +207,10 @@ def sweep_shaped(args: argparse.Namespace) -> None:
     )
     print("flipsearch, one engine, one request for all contexts ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        engine, load_s = timed(EngineConfig(model=args.model, engine=args.engine).build)
-        print(f"  {engine.choice.describe()}", flush=True)  # type: ignore[attr-defined]
-        scorer = FlipScorer(
-            engine,
-            make_judge("refusal"),
-            GenerationCache(Path(tmp) / "cache.sqlite"),
-            ScoreSettings(max_tokens=args.max_tokens),
-        )
+        scorer, load_s = fresh_scorer(args, Path(tmp))
         result, fs_s = timed(lambda: scorer.outcomes_many([(c, rows) for c in contexts]))
         fs_tokens = scorer.new_tokens
+    engine = scorer.engine
     agree = sum(
         summarise(a).tfr.k == summarise(b).tfr.k for a, b in zip(plain_out, result, strict=True)
     )
