@@ -144,6 +144,20 @@ def test_a_worker_killed_mid_wave_loses_no_finished_trial_and_its_wave_is_retrie
     assert len(finished(study)) == 6
 
 
+def test_a_wave_whose_trials_all_fail_to_start_ends_the_sweep(tmp_path, monkeypatch):
+    # Every context "too long for the window": the waves must stop, not ask forever.
+    from flipsearch.flip import FlipScorer
+
+    def too_long(self, context, rows):
+        raise ConfigError("`context` is too long for the model window")
+
+    monkeypatch.setattr(FlipScorer, "check_fits", too_long)
+    config = fake_config(tmp_path, trials=4, sampler="random", pruner="none", race_width=2)
+    study = run_fake(config)
+    assert finished(study) == []
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

@@ -71,6 +71,11 @@ def run_waves(study: optuna.Study, objective: Objective, callbacks: Sequence[Cal
         if width <= 0:
             return
         wave, copies, twins = _start_wave(study, objective, width)
+        if not (wave or copies or twins):
+            # Every asked trial failed (e.g. contexts too long for the window): asking again
+            # could go on forever, where study.optimize stops after its n_trials.
+            logger.warning("no trial of this wave could start; the sweep stops here")
+            return
         with contextlib.ExitStack() as stack:
             for live in wave:
                 stack.enter_context(
