@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+
 import optuna
 import pytest
 from test_sweep import FakeEngine, fake_config, finished, run_fake, start_worker
 
 from flipsearch.errors import ConfigError
 from flipsearch.pruners import race_round
+
+
+def finished_of(trials):  # type: ignore[no-untyped-def]
+    return [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -122,13 +132,24 @@ def test_a_worker_killed_mid_wave_loses_no_finished_trial_and_its_wave_is_retrie
         tmp_path, trials=6, sampler="random", pruner="none", race_width=3,
         storage=f"journal:{tmp_path / 'results' / 'fake' / 'study.log'}",
     )  # fmt: skip
-    # Call 1 is the baseline; a wave of 3 makes three calls (two harmful rounds, one
-    # benign): call 6 is the second wave's second round. The fake engine's os._exit(17)
-    # is a kill: no cleanup, no tell.
-    proc = start_worker(tmp_path, config, crash_at=6, delay=0.0)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 17, err[-2000:]
+    # A real SIGKILL from outside, once the first wave is told and the second is racing
+    # (its trials RUNNING; each generate call takes 1 s): no cleanup, no tell.
+    proc = start_worker(tmp_path, config, crash_at=None, delay=1.0)
     storage = config.storage_spec.build()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        with contextlib.suppress(KeyError, ValueError):  # study not created yet
+            trials = optuna.load_study(study_name="fake", storage=storage).trials
+            racing = [t for t in trials if t.state.name == "RUNNING"]
+            if len(finished_of(trials)) >= 3 and racing:
+                break
+    else:
+        proc.kill()
+        pytest.fail("the worker never reached its second wave")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
     study = optuna.load_study(study_name="fake", storage=storage)
     done = {t.number: (t.values, t.user_attrs["candidate_id"]) for t in finished(study)}
     dead = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
