@@ -45,9 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 STEPS = 3
 LOSS_RTOL = 1e-5
 """Relative tolerance on the loss and gradient norm, 2 processes vs 1 (measured: 4e-8)."""
-WEIGHT_ATOL = 1e-5
-"""Largest weight difference after 3 steps, 2 processes vs 1 (measured: 4e-7; the
-steps themselves move weights by 2e-3)."""
+UPDATE_RTOL = 1e-3
+"""Norm of the difference of the two runs' weight updates over 3 steps, relative to the
+update's norm. Measured on an AVX2 EPYC: 9.8e-5, and 1.1e-4 with the two processes on
+other kernels (``ATEN_CPU_CAPABILITY=default``). The largest single element is no
+bound: there it differed by 1.3e-4 after a 3e-3 move, as on the AVX-512 CI machine."""
 
 
 def _free_port() -> int:
@@ -152,10 +154,15 @@ def test_two_processes_train_the_global_batch_as_one_process_does(
 
     w1, w2 = _weights(one / "final"), _weights(two_process_run / "final")
     w0 = _weights(tiny_model)
-    assert w1.keys() == w2.keys()
-    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    moved = max(float((w1[k] - w0[k]).abs().max()) for k in w1 if k in w0)
-    assert diff < WEIGHT_ATOL < moved / 10, (diff, moved)
+    assert w1.keys() == w2.keys() and set(w0) <= set(w1)
+    # The whole update, not its largest element: AdamW divides each gradient by its own
+    # running scale, so a coordinate whose gradient is ~eps (a sum that nearly cancels)
+    # can take a step of up to lr from a rounding difference in the reduction order.
+    update_one = torch.cat([(w1[k] - w0[k]).flatten() for k in w0])
+    update_two = torch.cat([(w2[k] - w0[k]).flatten() for k in w0])
+    gap = float((update_one - update_two).norm() / update_one.norm())
+    assert float(update_one.norm()) > 1e-2, "the steps must move the weights"
+    assert gap < UPDATE_RTOL, gap
 
 
 def test_only_the_main_process_writes(two_process_run):
