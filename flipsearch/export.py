@@ -6,9 +6,15 @@ One JSON or YAML document (by file suffix)::
     contexts:
       harmful: {text: ..., placement: system|prefix|suffix}   # I_h (required)
       benign:  {text: ..., placement: ...}                   # I_b (optional)
-    scores:      {tfr: {value, k, n, ci_low, ci_high}, over_refusal: {...}, ...}
+    scores:      {tfr: {value, k, n, ci_low, ci_high}, over_refusal: {...}, ...,
+                  benign: {helpful_benign: {...}, ...}}          # I_b's, when searched
     provenance:  {model, model_path, model_fingerprint, engine, judge, prompt_sets,
-                  max_tokens, study, trial, package_version, created}
+                  max_tokens, study, trial, target, package_version, created,
+                  benign: {study, trial, target: benign, ...}}    # I_b's, when searched
+
+I_h comes from an I_h search (``flipsearch sweep``) and I_b, optionally, from an I_b
+search (``flipsearch sweep --target benign``): ``flipsearch export --study H
+--benign-study B`` writes both, each with its study's scores and provenance.
 
 The model is recorded by identity (:func:`flipsearch.models.model_identity`: name or hub
 id, ``model_path`` as ``$FLIPSEARCH_CACHE/...``, content fingerprint); the writer passes

@@ -114,10 +114,11 @@ def race_round(
 class RacePruner(optuna.pruners.BasePruner):
     """Prune a trial unlikely to beat the incumbent's flip rate (see the module docstring).
 
-    Expects single-objective trials (maximised) that report the running flip rate (of the
-    objective metric, TFR or refusal TFR) with
-    ``step`` = harmful prompts scored so far, and that record ``n_harmful`` (prompts in
-    the final value) and ``feasible`` as user attributes, as :mod:`flipsearch.sweep` does.
+    Expects single-objective trials (maximised) that report the running rate of the
+    objective metric (TFR or refusal TFR; the helpful share of an I_b search, which races
+    the same way: a count of 0/1 outcomes) with ``step`` = prompts scored so far, and
+    that record ``n_objective`` (prompts in the final value; ``n_harmful`` in older
+    studies) and ``feasible`` as user attributes, as :mod:`flipsearch.sweep` does.
 
     Args:
         threshold: prune when P(trial beats incumbent) < this, in (0, 1). Lower is more
@@ -158,7 +159,9 @@ class RacePruner(optuna.pruners.BasePruner):
             return None
         feasible = [t for t in done if t.user_attrs.get("feasible", True)]
         best = max(feasible or done, key=lambda t: t.values[0])
-        n = best.user_attrs.get("n_harmful") or best.last_step
+        # Prompts behind its value: harmful ones for TFR, benign ones for the helpful
+        # share of an I_b search (``n_objective``; older trials record ``n_harmful``).
+        n = best.user_attrs.get("n_objective") or best.user_attrs.get("n_harmful") or best.last_step
         if not n:
             return None
         return round(best.values[0] * n), int(n)

@@ -12,6 +12,10 @@
   fails on; with rewrite rounds, each round's parent against its best child and the
   lineage of the best context (parents, rounds, prompts its proposer was shown).
 
+An I_b search (``flipsearch sweep --target benign``) is shown by its own metric: the
+helpful share of the benign prompts with the context (beside the share without it,
+over-refusal and non-answers), and the benign prompts the best I_b leaves unanswered.
+
 Matplotlib runs on the Agg backend (no display needed).
 
 Example:
@@ -34,6 +38,7 @@ from flipsearch.trials import (
     pareto_trials,
     ranked_trials,
     rate_of,
+    target_of,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +68,8 @@ def _tfr(t: FrozenTrial, key: str = "tfr") -> float:
 def _metric(study: optuna.Study) -> tuple[str, str]:
     """The ``scores`` key and axis label of the study's objective metric."""
     metric = objective_metric_of(study)
-    return METRIC_FIELDS[metric], {"tfr": "TFR", "refusal_tfr": "refusal TFR"}[metric]
+    labels = {"tfr": "TFR", "refusal_tfr": "refusal TFR", "helpful": "helpful share"}
+    return METRIC_FIELDS[metric], labels[metric]
 
 
 def _over(t: FrozenTrial) -> float:
@@ -143,7 +149,7 @@ def plot_pareto(study: optuna.Study, path: str | Path) -> Path:
     if limit is not None:
         ax.axvline(limit, color="C7", linestyle="--", label=f"max over-refusal {limit:g}")
     ax.set_xlabel("over-refusal (benign)")
-    ax.set_ylabel(f"{label} (harmful)")
+    ax.set_ylabel(f"{label} ({'benign' if target_of(study) == 'benign' else 'harmful'})")
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     if pts or limit is not None:
@@ -155,14 +161,21 @@ def plot_pareto(study: optuna.Study, path: str | Path) -> Path:
     return Path(path)
 
 
+def _slot_metric(study: optuna.Study) -> tuple[str, str]:
+    # The ``scores`` key and label per slot option: TFR for I_h, the helpful share for I_b.
+    return _metric(study) if target_of(study) == "benign" else ("tfr", "TFR")
+
+
 def slot_effects(study: optuna.Study) -> dict[str, dict[str, tuple[float, int]]]:
-    """Slot -> option -> (mean TFR, number of COMPLETE trials), from trial params."""
+    """Slot -> option -> (mean TFR, or helpful share for an I_b search, number of
+    COMPLETE trials), from trial params."""
+    key = _slot_metric(study)[0]
     sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for t in ranked_trials(study):
         if t.user_attrs.get("duplicate_of") is not None:
             continue  # a copy, not new evidence
         for name, value in t.params.items():
-            sums[name][str(value)].append(_tfr(t))
+            sums[name][str(value)].append(_tfr(t, key))
     return {
         slot: {opt: (sum(v) / len(v), len(v)) for opt, v in opts.items()}
         for slot, opts in sums.items()
@@ -170,7 +183,8 @@ def slot_effects(study: optuna.Study) -> dict[str, dict[str, tuple[float, int]]]
 
 
 def plot_slots(study: optuna.Study, path: str | Path) -> Path | None:
-    """Mean TFR per option of each grammar slot; None (no file) without params."""
+    """Mean TFR (helpful share for I_b) per option of each grammar slot; None (no file)
+    without params."""
     effects = slot_effects(study)
     if not effects:
         return None
@@ -189,7 +203,8 @@ def plot_slots(study: optuna.Study, path: str | Path) -> Path | None:
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"{study.study_name}: mean TFR per slot option (COMPLETE trials)")
+    label = _slot_metric(study)[1]
+    fig.suptitle(f"{study.study_name}: mean {label} per slot option (COMPLETE trials)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -241,6 +256,42 @@ def _best_table(ranked: list[FrozenTrial], top: int) -> list[str]:
     return lines + (["", *warnings] if warnings else [])
 
 
+def _benign_table(ranked: list[FrozenTrial], top: int) -> list[str]:
+    """The best-contexts table of an I_b search: the helpful share with the context and
+    without it, over-refusal and non-answers, all on the benign prompts."""
+    lines = [
+        f"## Best benign contexts I_b (top {top}, feasible first)",
+        "",
+        "| # | trial | helpful with I_b [95% CI] | n | helpful without | over-refusal "
+        "| non-answer | feasible | placement | context |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, t in enumerate(ranked, start=1):
+        helpful = rate_of(t, "helpful_benign")
+        text = " ".join(str(t.user_attrs.get("context", "")).split()).replace("|", "\\|")
+        lines.append(
+            f"| {i} | {t.number} | {_fmt(helpful)} | {(helpful or {}).get('n', 0)} | "
+            f"{_fmt(rate_of(t, 'helpful_base_benign'))} | {_fmt(rate_of(t, 'over_refusal'))} | "
+            f"{_fmt(rate_of(t, 'other_benign'))} | "
+            f"{'yes' if t.user_attrs.get('feasible', True) else 'no'}"
+            f" | {t.user_attrs.get('placement')} | {text[:160]}{'…' if len(text) > 160 else ''} |"
+        )
+    if not ranked:
+        lines.append("| – | no COMPLETE trial yet | | | | | | | | |")
+    return lines
+
+
+def _unanswered_section(study: optuna.Study, best: FrozenTrial) -> list[str]:
+    # The benign prompts (ids, in sweep order) the best I_b did not get answered.
+    ids = (study.user_attrs.get("prompt_ids") or {}).get("benign", [])
+    helpful = (best.user_attrs.get("outcomes") or {}).get("b_ctx_helpful") or []
+    missed = [pid for pid, h in zip(ids, helpful, strict=False) if h is not None and h < 1]
+    lines = ["", f"## Benign prompts the best I_b (trial {best.number}) leaves unanswered", ""]
+    if not missed:
+        return [*lines, "None: every benign prompt is answered with it."]
+    return lines + [f"- `{pid}`" for pid in missed]
+
+
 def write_summary(
     study: optuna.Study, path: str | Path, *, top: int = 10, pool: CandidatePool | None = None
 ) -> Path:
@@ -254,13 +305,19 @@ def write_summary(
 
     prov = recordable(study.user_attrs.get("provenance") or {})  # older studies: absolute paths
     ranked = [t for t in ranked_trials(study) if t.user_attrs.get("duplicate_of") is None]
+    benign = target_of(study) == "benign"
+    limit = (
+        f"max helpfulness loss {prov.get('max_helpfulness_loss')}"
+        if benign
+        else f"max over-refusal {prov.get('max_over_refusal')}"
+    )
     lines = [
         f"# Sweep `{study.study_name}`",
         "",
         f"- model: `{prov.get('model')}` ({prov.get('model_fingerprint')}), engine "
         f"`{prov.get('engine')}`, judge `{prov.get('judge')}`, max_tokens {prov.get('max_tokens')}",
-        f"- objective: {prov.get('objective')}, metric {objective_metric_of(study)}, "
-        f"max over-refusal {prov.get('max_over_refusal')}",
+        f"- target: {target_of(study)} ({'I_b' if benign else 'I_h'}), objective: "
+        f"{prov.get('objective')}, metric {objective_metric_of(study)}, {limit}",
         "- prompt sets: "
         + ", ".join(
             f"`{p['name']}` (n={p['n']}, {p['hash']})" for p in prov.get("prompt_sets", [])
@@ -270,8 +327,13 @@ def write_summary(
         "in trials (the context-free baseline is generated once besides)",
         "",
     ]
-    lines += _best_table(ranked[:top], top)
-    if ranked:
+    if benign:
+        lines += _benign_table(ranked[:top], top)
+        if ranked:
+            lines += _unanswered_section(study, ranked[0])
+    else:
+        lines += _best_table(ranked[:top], top)
+    if ranked and not benign:
         best = ranked[0]
         ids = (study.user_attrs.get("prompt_ids") or {}).get("harmful", [])
         failing = failing_prompt_ids(best, ids)
@@ -287,10 +349,11 @@ def write_summary(
             prompt = " ".join(texts.get(pid, "").split())
             lines.append(f"- `{pid}`" + (f": {prompt[:200]}" if prompt else ""))
     lines += _rounds_section(study, pool)
+    label = _metric(study)[1]
     lines += [
         "",
-        "Plots: `history.png` (optimisation history), `pareto.png` (TFR vs over-refusal), "
-        "`slots.png` (mean TFR per slot option).",
+        f"Plots: `history.png` (optimisation history), `pareto.png` ({label} vs "
+        f"over-refusal), `slots.png` (mean {_slot_metric(study)[1]} per slot option).",
         "",
     ]
     Path(path).write_text("\n".join(lines))

@@ -66,6 +66,7 @@ __all__ = [
     "redact_storage_password",
     "storage_identity",
     "study_dir",
+    "target_of",
     "trials_frame",
     "write_trials_table",
 ]
@@ -133,10 +134,20 @@ def rate_of(trial: FrozenTrial, name: str) -> dict[str, float] | None:
 
 def objective_metric_of(study: optuna.Study) -> str:
     """The metric a sweep maximised (``SweepConfig.objective_metric``, recorded in the
-    study's ``sweep_config``): ``tfr`` or ``refusal_tfr``; ``tfr`` for older studies."""
+    study's ``sweep_config``): ``tfr``, ``refusal_tfr`` or (an I_b search) ``helpful``;
+    ``tfr`` for older studies."""
     recorded = study.user_attrs.get("sweep_config")
-    metric = recorded.get("objective_metric", "tfr") if isinstance(recorded, dict) else "tfr"
-    return check_metric(metric)
+    metric = recorded.get("objective_metric") if isinstance(recorded, dict) else None
+    return check_metric(metric or "tfr")
+
+
+def target_of(study: optuna.Study) -> str:
+    """What a sweep searched (``SweepConfig.target``, recorded in the study's
+    ``sweep_config``): ``harmful`` (I_h) or ``benign`` (I_b); ``harmful`` for older
+    studies, which predate I_b searches."""
+    recorded = study.user_attrs.get("sweep_config")
+    target = recorded.get("target") if isinstance(recorded, dict) else None
+    return str(target or "harmful")
 
 
 def _metric_key(study: optuna.Study, metric: str | None) -> str:
@@ -145,10 +156,13 @@ def _metric_key(study: optuna.Study, metric: str | None) -> str:
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    # COMPLETE trials that measured the study's metric (TFR on harmful prompts; the
+    # helpful share on benign ones for an I_b search).
+    key = _metric_key(study, None)
     return [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if rate_of(t, "tfr") is not None
+        if rate_of(t, key) is not None
     ]
 
 
@@ -190,6 +204,12 @@ def best_trial(study: optuna.Study) -> FrozenTrial:
     if not ranked:
         raise ConfigError(
             f"`study` must have at least one COMPLETE trial, got none in {study.study_name!r}"
+        )
+    if not ranked[0].user_attrs.get("feasible", True) and target_of(study) == "benign":
+        raise ConfigError(
+            f"`study` must have a feasible trial, got none in {study.study_name!r}: every "
+            "context answered fewer benign prompts than no context did. Sweep again with a "
+            "higher --max-helpfulness-loss or another space."
         )
     if not ranked[0].user_attrs.get("feasible", True):
         lowest = min(float((rate_of(t, "over_refusal") or {}).get("value", 1.0)) for t in ranked)
@@ -242,7 +262,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     Param columns are ``param_<name>`` (grammar slots); rates are ``tfr``, ``tfr_ci_low``,
     ``tfr_ci_high``, ``tfr_n`` and likewise ``tfr_refusal`` (flips to a refusal),
     ``tfr_non_answer`` (flips to a non-answer), ``over_refusal``, ``refusal_harmful``,
-    ``tfr_base_unsafe``.
+    ``tfr_base_unsafe``, and the I_b search's ``helpful_benign`` (with the context),
+    ``helpful_base_benign`` (without) and ``other_benign`` (non-answers with it).
     """
     import pandas as pd
 
@@ -264,6 +285,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "over_refusal",
             "refusal_harmful",
             "tfr_base_unsafe",
+            "helpful_benign",
+            "helpful_base_benign",
+            "other_benign",
         ):
             _flat_rate(row, name, rate_of(t, name))
         row["generations"] = t.user_attrs.get("generations")
@@ -309,42 +333,94 @@ def failing_prompt_ids(trial: FrozenTrial, prompt_ids: Sequence[str]) -> list[st
 # ---------------------------------------------------------------- export
 
 
-def export_of(
-    study: optuna.Study,
-    trial: FrozenTrial,
-    *,
-    benign: Context | None = None,
-) -> ExportFile:
-    """The export file of one trial: its context, scores and a provenance manifest.
-
-    The manifest merges what the sweep recorded in the study (model and fingerprint,
-    engine, judge, prompt sets with hashes and sizes, max_tokens) with the trial's
-    placement, study name, trial number, package version and a timestamp.
-
-    When ``benign`` (I_b) equals the context of a COMPLETE trial of this study, that
-    trial's over-refusal is added as ``scores.benign_over_refusal``; otherwise
-    ``provenance.benign_measured`` is False.
-    """
+def _manifest(study: optuna.Study, trial: FrozenTrial) -> dict[str, object]:
+    # The provenance of one trial's context: what the sweep recorded in the study, plus
+    # the trial's placement, study name, number, package version and a timestamp.
     from flipsearch import __version__
-    from flipsearch.contexts import Context
-    from flipsearch.export import ExportFile, now_iso
+    from flipsearch.export import now_iso
     from flipsearch.paths import recordable
 
     # Older studies recorded absolute model paths: made portable here too.
     prov = recordable(dict(study.user_attrs.get("provenance") or {}))
-    scores = dict(trial.user_attrs.get("scores") or {})
     prov.update(
         placement=trial.user_attrs.get("placement"),
         candidate_id=trial.user_attrs.get("candidate_id"),
         study=study.study_name,
         trial=trial.number,
         feasible=trial.user_attrs.get("feasible"),
+        target=target_of(study),
         objective_metric=objective_metric_of(study),
         package_version=__version__,
         sweep_package_version=prov.get("package_version"),
         created=now_iso(),
     )
-    if benign is not None:
+    return prov
+
+
+def _check_same_model(harmful: dict[str, object], benign: dict[str, object]) -> None:
+    # I_h and I_b teach one student: both must have been scored on the same model.
+    h, b = harmful.get("model_fingerprint"), benign.get("model_fingerprint")
+    if h is not None and b is not None and h != b:
+        raise ConfigError(
+            f"`benign_study` must be scored on the I_h study's model ({h!r}), got "
+            f"{benign.get('study')!r} scored on {b!r}: sweep I_b on the same model"
+        )
+
+
+def export_of(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    *,
+    benign: Context | None = None,
+    benign_study: optuna.Study | None = None,
+) -> ExportFile:
+    """The export file of one trial: its context (I_h), scores and a provenance manifest.
+
+    The manifest merges what the sweep recorded in the study (model and fingerprint,
+    engine, judge, prompt sets with hashes and sizes, max_tokens) with the trial's
+    placement, study name, trial number, target, package version and a timestamp.
+
+    I_b comes from ``benign`` (a given context) or ``benign_study`` (an I_b search,
+    ``target`` ``benign``: its :func:`best_trial`), not both. From a study, its scores go
+    under ``scores.benign`` and its manifest under ``provenance.benign``. A given
+    ``benign`` that equals the context of a COMPLETE trial of ``study`` gets that trial's
+    over-refusal as ``scores.benign_over_refusal``; otherwise
+    ``provenance.benign_measured`` is False.
+
+    Raises:
+        ConfigError: ``study`` searched I_b (its best is not an I_h), ``benign_study``
+            searched I_h, or both ``benign`` and ``benign_study`` are given.
+    """
+    from flipsearch.contexts import Context
+    from flipsearch.export import ExportFile
+
+    if target_of(study) != "harmful":
+        raise ConfigError(
+            f"`study` must be an I_h search (target harmful) to export its context for "
+            f"harmful prompts, got {study.study_name!r}, an I_b search (target "
+            f"{target_of(study)!r}). Export it as I_b beside an I_h study: `flipsearch "
+            f"export --study <I_h study> --benign-study {study.study_name} --out best.json`"
+        )
+    scores = dict(trial.user_attrs.get("scores") or {})
+    prov = _manifest(study, trial)
+    if benign_study is not None:
+        if benign is not None:
+            raise ConfigError(
+                "give at most one of `benign` (a context) and `benign_study` (an I_b search)"
+            )
+        if target_of(benign_study) != "benign":
+            raise ConfigError(
+                f"`benign_study` must be an I_b search (target benign), got "
+                f"{benign_study.study_name!r} (target {target_of(benign_study)!r}): its "
+                "best context is an I_h. Run `flipsearch sweep --target benign` for I_b"
+            )
+        best = best_trial(benign_study)
+        _check_same_model(prov, _manifest(benign_study, best))
+        benign = Context(best.user_attrs["context"], best.user_attrs["placement"])
+        scores["benign"] = dict(best.user_attrs.get("scores") or {})
+        prov["benign"] = _manifest(benign_study, best)
+        prov["benign_measured"] = True
+    elif benign is not None:
         measured = next(
             (
                 t

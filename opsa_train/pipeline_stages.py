@@ -100,7 +100,7 @@ def _sweep_inputs(r: _Run) -> dict[str, object]:
         "config": config,
         "model": _model_digest(r.cfg.model),
         "prompts": _prompt_digests([sweep.harmful, sweep.benign]),
-        "space": _space_digest(sweep.space),
+        "space": _space_digest(sweep.space_name),
     }
 
 

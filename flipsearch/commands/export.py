@@ -4,11 +4,16 @@ Examples::
 
     flipsearch export --study demo --out best.json
     flipsearch export --study demo --out best.yaml --benign-from benign
+    flipsearch export --study demo --benign-study demo-ib --out best.json  # I_h + searched I_b
     flipsearch export --study demo --out front.json --pareto     # front-trial<N>.json each
     flipsearch export --study demo --trials-table trials.csv     # or .parquet
 
 ``--pareto`` writes one export file per Pareto trial, named ``<stem>-trial<N><suffix>``,
 so each stays readable by ``flipsearch.export.read_export`` (one schema, one context).
+
+``--study`` must be an I_h search; the best context of an I_b search (``flipsearch sweep
+--target benign``) goes in through ``--benign-study``, with its own scores
+(``scores.benign``) and provenance (``provenance.benign``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--benign-id", default=None, help="candidate id (prefix) in --benign-from")
     b.add_argument("--benign-placement", default="system", choices=PLACEMENTS)
+    b.add_argument(
+        "--benign-study",
+        default=None,
+        metavar="STUDY",
+        help="take I_b from the best feasible trial of an I_b search (sweep --target benign)",
+    )
+    b.add_argument(
+        "--benign-storage",
+        default=None,
+        help="the --benign-study's storage (default: the one its config.json records)",
+    )
     p.add_argument("--trials-table", default=None, help="write all trials as .csv or .parquet")
     p.set_defaults(func=run)
 
@@ -54,8 +70,20 @@ def benign_context(args: argparse.Namespace) -> Context | None:
     from flipsearch.errors import ConfigError
     from flipsearch.space import load_search_space
 
-    if args.benign_context is not None and args.benign_from is not None:
-        raise ConfigError("give at most one of `--benign-context` and `--benign-from`")
+    given = [
+        name
+        for name, value in (
+            ("--benign-context", args.benign_context),
+            ("--benign-from", args.benign_from),
+            ("--benign-study", getattr(args, "benign_study", None)),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ConfigError(
+            "give at most one of `--benign-context`, `--benign-from` and `--benign-study`, "
+            f"got {given}"
+        )
     if args.benign_context is not None:
         return Context(args.benign_context, args.benign_placement)
     if args.benign_from is None:
@@ -96,13 +124,18 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"`--out` must end in .json, .yaml or .yml, got {args.out!r}")
     benign = benign_context(args)
+    benign_study = (
+        open_study(args.benign_study, storage=args.benign_storage, results_dir=args.results_dir)
+        if args.benign_study is not None
+        else None
+    )
     if args.pareto:
         front = pareto_trials(study)
         if not front:
             raise ConfigError(f"`--study` must have a COMPLETE trial, got none in {args.study!r}")
         for t in front:
             path = out.with_name(f"{out.stem}-trial{t.number}{out.suffix}")
-            write_export(path, export_of(study, t, benign=benign))
+            write_export(path, export_of(study, t, benign=benign, benign_study=benign_study))
             print(f"wrote {path}")
         return 0
     if args.trial is not None:
@@ -111,11 +144,18 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"`--trial` must be a finished, scored trial, got {args.trial!r}")
     else:
         trial = best_trial(study)
-    export = export_of(study, trial, benign=benign)
+    export = export_of(study, trial, benign=benign, benign_study=benign_study)
     write_export(out, export)
     tfr = export.scores.get("tfr") or {}
     print(
         f"wrote {out}: trial {trial.number}, TFR {tfr.get('value', 0):.3f}, "
         f"{export.harmful.placement}: {export.harmful.text!r}"
     )
+    if benign_study is not None and export.benign is not None:
+        helpful = (export.scores.get("benign") or {}).get("helpful_benign") or {}
+        print(
+            f"  I_b from {args.benign_study!r} trial {export.provenance['benign']['trial']}, "  # type: ignore[index]
+            f"helpful {helpful.get('value', 0):.3f}, {export.benign.placement}: "
+            f"{export.benign.text!r}"
+        )
     return 0

@@ -5,6 +5,11 @@ Example (CPU smoke run)::
     flipsearch sweep --space paper_axes --study smoke --trials 6 \\
         --engine hf --max-tokens 24 --limit-harmful 8 --limit-benign 4 --minibatch 4
 
+The benign context I_b (searched on benign prompts only: most answered, none lost)::
+
+    flipsearch sweep --target benign --study smoke-ib --trials 6 --engine hf \
+        --max-tokens 24 --limit-benign 8 --minibatch 4
+
 Run the same command again to resume (it adds trials up to ``--trials``); start it in
 several shells on one ``--storage`` (e.g. ``results/S/study.log``) to run workers.
 """
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from flipsearch.scoring import OBJECTIVE_METRICS
-    from flipsearch.sweep import OBJECTIVES, PRUNERS, SAMPLERS
+    from flipsearch.sweep import OBJECTIVES, PRUNERS, SAMPLERS, TARGETS
 
     p = sub.add_parser(
         "sweep",
@@ -38,17 +43,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__.splitlines()[0],
     )
     s = p.add_argument_group("search")
-    s.add_argument("--space", default="paper_axes", help="search-space YAML or bare name")
+    s.add_argument(
+        "--target",
+        default="harmful",
+        choices=TARGETS,
+        help="harmful: search I_h (flips on harmful prompts, default); benign: search I_b "
+        "(helpful share on the benign prompts, no loss against no context)",
+    )
+    s.add_argument(
+        "--space",
+        default=None,
+        help="search-space YAML or bare name (default: paper_axes, or benign with --target benign)",
+    )
     s.add_argument("--trials", type=int, required=True, help="total trials wanted in the study")
     s.add_argument("--objective", default="constrained", choices=OBJECTIVES)
     s.add_argument(
         "--objective-metric",
-        default="tfr",
+        default=None,
         choices=OBJECTIVE_METRICS,
-        help="flip rate maximised: tfr (unsafe -> any safe outcome, the paper's) or "
-        "refusal_tfr (unsafe -> explicit refusal; derailments do not count)",
+        help="flip rate maximised: tfr (unsafe -> any safe outcome, the paper's, default) or "
+        "refusal_tfr (unsafe -> explicit refusal; derailments do not count); with "
+        "--target benign: helpful (benign prompts answered with I_b, the default and only)",
     )
     s.add_argument("--max-over-refusal", type=float, default=0.1, help="feasibility threshold")
+    s.add_argument(
+        "--max-helpfulness-loss",
+        type=float,
+        default=0.0,
+        help="--target benign: a context may answer at most this share fewer benign prompts "
+        "than no context does (default 0)",
+    )
     s.add_argument(
         "--sampler",
         default=None,
@@ -168,6 +192,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
 
     engine, judge = engine_and_judge_configs(args)
     return SweepConfig(
+        target=args.target,
         space=args.space,
         study=args.study,
         trials=args.trials,
@@ -188,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         objective=args.objective,
         objective_metric=args.objective_metric,
         max_over_refusal=args.max_over_refusal,
+        max_helpfulness_loss=args.max_helpfulness_loss,
         sampler=args.sampler,
         pruner=args.pruner,
         minibatch=args.minibatch,
@@ -218,6 +244,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"no best context yet: {e}")
         return 0
     tfr, over = rate_of(best, "tfr") or {}, rate_of(best, "over_refusal") or {}
+    if config.searches_benign:
+        helpful = rate_of(best, "helpful_benign") or {}
+        base = rate_of(best, "helpful_base_benign") or {}
+        print(
+            f"best I_b: trial {best.number}, helpful {helpful.get('value', 0):.3f} "
+            f"[{helpful.get('ci_low', 0):.3f}, {helpful.get('ci_high', 0):.3f}] (no context "
+            f"{base.get('value', 0):.3f}), over-refusal {over.get('value', 0):.3f} "
+            f"({best.user_attrs.get('placement')}): {best.user_attrs.get('context')!r}"
+        )
+        print(
+            f"next: flipsearch export --study <I_h study> --benign-study {config.study} "
+            "--out best.json"
+        )
+        return 0
     print(
         f"best: trial {best.number}, TFR {tfr.get('value', 0):.3f} "
         f"[{tfr.get('ci_low', 0):.3f}, {tfr.get('ci_high', 0):.3f}], over-refusal "

@@ -18,6 +18,15 @@ Objectives:
 - ``multi``: maximise TFR and minimise over-refusal (NSGA-II by default; no pruning,
   since Optuna cannot prune multi-objective trials).
 
+Targets (``SweepConfig.target``): ``harmful`` (default) searches I_h as above.
+``benign`` searches I_b, the context for benign prompts (issue #15), over the ``benign``
+space by default: no harmful prompt is scored; each trial scores the benign prompts
+without and with the candidate, reports their running ``helpful`` share with it
+(answers judged ``compliance``: neither refused nor derailed) for the pruners, and is
+feasible when that share is at most ``max_helpfulness_loss`` below the context-free one
+(the ``helpfulness_loss`` constraint). Export both contexts with ``flipsearch export
+--study H --benign-study B``.
+
 The context-free baseline is not enqueued as a trial: its TFR and over-refusal are 0 by
 definition (both count changes against the baseline). Its generations are made once,
 before the first trial, and are shared by every trial through the cache.
@@ -64,7 +73,14 @@ Modules (private; import from ``flipsearch.sweep``):
 
 from __future__ import annotations
 
-from flipsearch.sweep._config import IDENTITY_FIELDS, OBJECTIVES, PRUNERS, SAMPLERS, SweepConfig
+from flipsearch.sweep._config import (
+    IDENTITY_FIELDS,
+    OBJECTIVES,
+    PRUNERS,
+    SAMPLERS,
+    TARGETS,
+    SweepConfig,
+)
 from flipsearch.sweep._factories import make_pruner, make_sampler
 from flipsearch.sweep._rounds import recorded_rounds
 from flipsearch.sweep._run import run_sweep
@@ -76,6 +92,7 @@ __all__ = [
     "OBJECTIVES",
     "PRUNERS",
     "SAMPLERS",
+    "TARGETS",
     "SweepConfig",
     "make_pruner",
     "make_sampler",

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from flipsearch.proposers import PoolProposer
-from flipsearch.scoring import METRIC_FIELDS
+from flipsearch.scoring import METRIC_FIELDS, check_metric
 from flipsearch.sweep._rounds import recorded_rounds, run_round
 from flipsearch.sweep._stale import recover_stale_trials
 from flipsearch.sweep._workers import locked
@@ -44,7 +44,7 @@ class Progress:
 
     def __init__(self, config: SweepConfig, n_done: int) -> None:
         self.grace_s = config.grace_s
-        self.metric = config.objective_metric
+        self.metric = check_metric(config.objective_metric)
         self.bar = tqdm(
             total=config.trials,
             initial=n_done,
@@ -86,7 +86,7 @@ class Rewrite:
         benign: list[PromptRow],
     ) -> None:
         self.every = config.rewrite_every
-        self.metric = config.objective_metric
+        self.metric = config.metric
         self.folder = config.folder
         self.rewriter = rewriter
         self.scorer = scorer

@@ -4,6 +4,9 @@ Example:
     >>> cfg = SweepConfig(study="demo", trials=4, objective="multi")
     >>> cfg.sampler, cfg.pruner
     ('nsga2', 'none')
+    >>> cfg = SweepConfig(study="ib", trials=4, target="benign")
+    >>> cfg.space, cfg.objective_metric
+    ('benign', 'helpful')
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from flipsearch.engines import ENGINES, EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.judges import JudgeConfig
 from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
-from flipsearch.scoring import OBJECTIVE_METRICS, check_metric
+from flipsearch.scoring import BENIGN_METRICS, HARMFUL_METRICS, OBJECTIVE_METRICS, check_metric
 from flipsearch.storage import (
     StorageSpec,
     default_storage,
@@ -31,14 +34,21 @@ __all__ = [
     "OBJECTIVE_METRICS",
     "PRUNERS",
     "SAMPLERS",
+    "TARGETS",
     "SweepConfig",
 ]
 
 SAMPLERS = ("tpe", "gp", "random", "bruteforce", "nsga2")
 PRUNERS = ("race", "median", "wilcoxon", "sha", "none")
 OBJECTIVES = ("constrained", "multi")
+TARGETS = ("harmful", "benign")
+"""What a sweep searches: I_h (``harmful``: flips on harmful prompts) or I_b (``benign``:
+helpfulness on benign prompts)."""
+DEFAULT_SPACES = {"harmful": "paper_axes", "benign": "benign"}
+DEFAULT_METRICS = {"harmful": "tfr", "benign": "helpful"}
 
 IDENTITY_FIELDS = (
+    "target",
     "space",
     "objective",
     "objective_metric",
@@ -64,8 +74,16 @@ class SweepConfig:
     """
 
     # -- what to search
-    space: str = "paper_axes"
-    """Search-space file, or a built-in name (``flipsearch spaces`` lists them)."""
+    target: str = "harmful"
+    """``harmful``: search I_h, the context for harmful prompts (flips, over-refusal as a
+    constraint). ``benign``: search I_b, the context for benign prompts: only the
+    ``benign`` prompts are scored, the objective is their ``helpful`` share with I_b, and
+    a candidate that answers fewer of them than no context does (by more than
+    ``max_helpfulness_loss``) is infeasible. Needs the ``constrained`` objective; no
+    prescreen and no rewrites."""
+    space: str | None = None
+    """Search-space file, or a built-in name (``flipsearch spaces`` lists them). None:
+    ``paper_axes`` for target ``harmful``, ``benign`` for target ``benign``."""
     study: str = "sweep"
     """Study name; also the folder ``<results_dir>/<study>``."""
     trials: int = 50
@@ -87,7 +105,9 @@ class SweepConfig:
     harmful: str = "harmful_core:search"
     """Harmful prompt set spec (:func:`flipsearch.prompts.load_prompt_set`)."""
     benign: str | None = "benign:search"
-    """Benign prompt set spec for over-refusal; None only with ``constrained`` (then the
+    """Benign prompt set spec for over-refusal (target ``harmful``) or the helpfulness
+    objective (target ``benign``; ``xstest:search`` takes XSTest's safe prompts, the
+    over-refusal set); None only with ``constrained`` and target ``harmful`` (then the
     constraint is not checked and every trial is feasible)."""
     limit_harmful: int | None = None
     """First N harmful prompts; None keeps all."""
@@ -104,13 +124,19 @@ class SweepConfig:
     objective: str = "constrained"
     """``constrained`` (TFR up, over-refusal <= ``max_over_refusal``) or ``multi``
     (TFR up and over-refusal down, a Pareto front)."""
-    objective_metric: str = "tfr"
-    """The flip rate maximised: ``tfr`` (the paper's: unsafe -> any safe outcome) or
-    ``refusal_tfr`` (unsafe -> an explicit refusal; flips into non-answers such as an
-    echoed context do not count). Pruning and best-trial selection use it too."""
+    objective_metric: str | None = None
+    """Target ``harmful``: the flip rate maximised, ``tfr`` (the paper's: unsafe -> any
+    safe outcome) or ``refusal_tfr`` (unsafe -> an explicit refusal; flips into
+    non-answers such as an echoed context do not count). Target ``benign``: ``helpful``
+    (benign prompts judged ``compliance`` with I_b: not refused, not derailed). Pruning
+    and best-trial selection use it too. None: ``tfr`` or ``helpful`` by target."""
     max_over_refusal: float = 0.1
-    """Feasibility threshold on over-refusal, in [0, 1]. Recorded as ``feasible`` on
-    every trial in both objectives; export picks the best feasible trial."""
+    """Feasibility threshold on over-refusal, in [0, 1] (target ``harmful``). Recorded as
+    ``feasible`` on every trial in both objectives; export picks the best feasible trial."""
+    max_helpfulness_loss: float = 0.0
+    """Target ``benign``: feasibility slack, in [0, 1]. A candidate is infeasible when its
+    helpful share with I_b is below the context-free helpful share on the same prompts by
+    more than this (0: I_b must answer at least as many benign prompts as no context)."""
     sampler: str | None = None
     """``tpe``, ``gp``, ``random``, ``bruteforce`` (small spaces; stops when exhausted) or
     ``nsga2``. None: ``tpe`` for ``constrained``, ``nsga2`` for ``multi``."""
@@ -190,6 +216,15 @@ class SweepConfig:
         object.__setattr__(self, "enqueue", tuple(self.enqueue))
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"`objective` must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(
+                f"`target` must be one of {TARGETS}, got {self.target!r}: harmful searches "
+                "I_h, benign searches I_b"
+            )
+        if self.space is None:
+            object.__setattr__(self, "space", DEFAULT_SPACES[self.target])
+        if self.objective_metric is None:
+            object.__setattr__(self, "objective_metric", DEFAULT_METRICS[self.target])
         check_metric(self.objective_metric)
         multi = self.objective == "multi"
         if self.sampler is None:
@@ -216,15 +251,16 @@ class SweepConfig:
                 f"`pruner` must be 'none' with objective='multi', got {self.pruner!r}: Optuna "
                 "cannot prune multi-objective trials"
             )
+        self._verify_target()
         if self.objective == "multi" and not self.benign:
             raise ConfigError(
                 f"`benign` must name a prompt set with objective='multi', got {self.benign!r}: "
                 "over-refusal is the second objective"
             )
-        if not (0.0 <= self.max_over_refusal <= 1.0):
-            raise ConfigError(
-                f"`max_over_refusal` must be in [0, 1], got {self.max_over_refusal!r}"
-            )
+        for name in ("max_over_refusal", "max_helpfulness_loss"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ConfigError(f"`{name}` must be in [0, 1], got {value!r}")
         if not isinstance(self.minibatch, int) or self.minibatch < 1:
             raise ConfigError(f"`minibatch` must be an integer >= 1, got {self.minibatch!r}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -296,6 +332,53 @@ class SweepConfig:
                     "context is the baseline, whose TFR is 0 by definition"
                 )
         parse_storage(self.storage, results_dir=self.results_dir, study=self.study)
+
+    def _verify_target(self) -> None:
+        # The metric must fit the target, and target benign leaves out what needs I_h's
+        # harmful prompts (prescreen, rewrites) or a second objective.
+        allowed = HARMFUL_METRICS if self.target == "harmful" else BENIGN_METRICS
+        if self.objective_metric not in allowed:
+            raise ConfigError(
+                f"`objective_metric` must be one of {allowed} with target={self.target!r}, got "
+                f"{self.objective_metric!r}: tfr/refusal_tfr score I_h on harmful prompts, "
+                "helpful scores I_b on benign ones"
+            )
+        if self.target != "benign":
+            return
+        if not self.benign:
+            raise ConfigError(
+                f"`benign` must name a prompt set with target='benign', got {self.benign!r}: "
+                "the benign prompts are what I_b is scored on"
+            )
+        if self.objective != "constrained":
+            raise ConfigError(
+                f"`objective` must be 'constrained' with target='benign', got "
+                f"{self.objective!r}: the I_b search has one objective (the helpful share) "
+                "and one constraint (no loss of helpfulness)"
+            )
+        for name in ("prescreen", "rewrite_rounds", "rewrite_every"):
+            if getattr(self, name):
+                raise ConfigError(
+                    f"`{name}` must be unset with target='benign', got {getattr(self, name)!r}: "
+                    "the prescreen and the rewrites work from harmful prompts (I_h only)"
+                )
+
+    @property
+    def metric(self) -> str:
+        """``objective_metric``, resolved from the target when it was None."""
+        assert self.objective_metric is not None  # set by __post_init__
+        return self.objective_metric
+
+    @property
+    def space_name(self) -> str:
+        """``space``, resolved from the target when it was None."""
+        assert self.space is not None  # set by __post_init__
+        return self.space
+
+    @property
+    def searches_benign(self) -> bool:
+        """Whether this sweep searches I_b (``target`` ``benign``)."""
+        return self.target == "benign"
 
     # ------------------------------------------------------------ derived
 

@@ -6,6 +6,15 @@ at a time, reports the running objective metric (``SweepConfig.objective_metric`
 or refusal TFR) after each minibatch so a pruner can stop hopeless candidates early,
 then scores the benign prompts for over-refusal (raced as well with the ``race``
 pruner). Everything it measured goes into the trial's user attributes.
+
+With ``SweepConfig.target`` ``benign`` (the I_b search) the trial scores only the benign
+prompts, minibatch by minibatch, and reports their running ``helpful`` share with the
+context (judged ``compliance``: neither refused nor derailed), which the pruners race
+as they race TFR. It is feasible when that share is at most ``max_helpfulness_loss``
+below the context-free helpful share on the same prompts (an Optuna constraint named
+``helpfulness_loss``, like ``over_refusal`` for I_h). Retention (a KL to the base
+answers) is not measured: the judge's verdicts are the only helpfulness signal.
+
 A candidate that a COMPLETE trial already scored is copied, not scored again; one that
 another worker is scoring right now is waited for.
 """
@@ -37,7 +46,7 @@ if TYPE_CHECKING:
     from flipsearch.proposers import CandidatePool
     from flipsearch.space import SearchSpace
 
-__all__ = ["Objective", "SurplusTrial", "ordered"]
+__all__ = ["Objective", "SurplusTrial", "constraint_excess", "constraint_name", "ordered"]
 
 
 def ordered(rows: Sequence[PromptRow]) -> list[PromptRow]:
@@ -61,7 +70,27 @@ def _outcome_attrs(outs: Sequence[PromptOutcome], n_harmful: int) -> dict[str, l
         "h_base_unsafe": _compact([o.p_base_unsafe for o in h]) + pad,
         "b_over_refusal": _compact([o.p_over_refusal for o in b]),
         "b_ctx_refusal": _compact([o.p_ctx_refusal for o in b]),
+        "b_ctx_helpful": _compact([o.p_ctx_helpful for o in b]),
     }
+
+
+def constraint_name(config: SweepConfig) -> str:
+    """The name of the trial's one constraint: ``over_refusal`` (I_h) or
+    ``helpfulness_loss`` (I_b)."""
+    return "helpfulness_loss" if config.searches_benign else "over_refusal"
+
+
+def constraint_excess(config: SweepConfig, score: FlipScore, *, has_benign: bool) -> float:
+    """How far a finished trial is over its limit (<= 0: feasible).
+
+    I_h: over-refusal - ``max_over_refusal`` (0 - the limit without benign prompts).
+    I_b: (helpful share without the context - with it) - ``max_helpfulness_loss``.
+    """
+    if config.searches_benign:
+        loss = score.helpful_base_benign.value - score.helpful_benign.value
+        return loss - config.max_helpfulness_loss
+    over = score.over_refusal.value if has_benign else 0.0
+    return over - config.max_over_refusal
 
 
 class SurplusTrial(Exception):
@@ -88,10 +117,16 @@ class Objective:
         self.pool = PoolProposer(pool)
         self.harmful = harmful
         self.benign = benign
+        # The rows whose objective metric is reported and raced, and the benign rows
+        # screened for over-refusal after them: I_h races harmful rows and screens the
+        # benign ones; I_b races the benign rows and screens nothing.
+        self.raced = benign if config.searches_benign else harmful
+        self.screened = [] if config.searches_benign else benign
+        self.constraint = constraint_name(config)
         self.multi = config.objective == "multi"
         self.prune = config.pruner != "none"
         self.wilcoxon = config.pruner == "wilcoxon"
-        self.metric = config.objective_metric
+        self.metric = config.metric
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         with Heartbeat(trial.study, trial._trial_id, self.config.heartbeat_interval):
@@ -131,8 +166,8 @@ class Objective:
         benign: list[PromptOutcome] = []
         screen = self._screens_benign(trial)
         k = self.config.minibatch
-        for start in range(0, len(self.harmful), k):
-            batch = self.harmful[start : start + k]
+        for start in range(0, len(self.raced), k):
+            batch = self.raced[start : start + k]
             new = self.scorer.outcomes(context, batch)
             outs += new
             if not self.prune:
@@ -142,7 +177,7 @@ class Objective:
                     trial.report(self._p_flip(o), i)
             else:
                 trial.report(summarise(outs).metric(self.metric).value, len(outs))
-            if start + k < len(self.harmful) and trial.should_prune():
+            if start + k < len(self.raced) and trial.should_prune():
                 self.record(trial, outs + benign, self.scorer.generations - before, pruned=True)
                 value = summarise(outs).metric(self.metric).value
                 raise optuna.TrialPruned(f"{self.metric} {value:.3f} after {len(outs)}")
@@ -150,7 +185,7 @@ class Objective:
                 # One benign minibatch early: a clear over-refuser stops here instead of
                 # after all its harmful prompts.
                 benign = self._score_benign(trial, context, outs, before, benign, stop=k)
-        if self.benign:
+        if self.screened:
             benign = self._score_benign(trial, context, outs, before, benign, stop=None)
         score = self.record(trial, outs + benign, self.scorer.generations - before, pruned=False)
         value, over = score.metric(self.metric).value, score.over_refusal.value
@@ -158,11 +193,13 @@ class Objective:
 
     def _p_flip(self, o: PromptOutcome) -> float:
         # One prompt's contribution to the objective metric (the Wilcoxon pruner's steps).
+        if self.metric == "helpful":
+            return o.p_ctx_helpful
         return o.p_flip_refusal if self.metric == "refusal_tfr" else o.p_flip
 
     def _screens_benign(self, trial: optuna.Trial) -> bool:
         # With the race pruner, over-refusal is raced too (see flipsearch.pruners).
-        return bool(self.benign) and not self.multi and isinstance(trial.study.pruner, RacePruner)
+        return bool(self.screened) and not self.multi and isinstance(trial.study.pruner, RacePruner)
 
     def _score_benign(
         self,
@@ -180,17 +217,17 @@ class Objective:
         is clearly infeasible: P(over-refusal <= ``max_over_refusal``) < the pruner's
         threshold (such a context cannot be exported). Returns ``done`` + the new ones.
         """
-        end = len(self.benign) if stop is None else min(stop, len(self.benign))
+        end = len(self.screened) if stop is None else min(stop, len(self.screened))
         if not self._screens_benign(trial):
-            return done + self.scorer.outcomes(context, self.benign[len(done) : end])
+            return done + self.scorer.outcomes(context, self.screened[len(done) : end])
         benign = list(done)
         k = self.config.minibatch
         limit = self.config.max_over_refusal
         threshold = trial.study.pruner.threshold  # type: ignore[attr-defined]
         for start in range(len(done), end, k):
-            benign += self.scorer.outcomes(context, self.benign[start : min(start + k, end)])
+            benign += self.scorer.outcomes(context, self.screened[start : min(start + k, end)])
             over = summarise(benign).over_refusal
-            last = len(benign) >= len(self.benign)
+            last = len(benign) >= len(self.screened)
             if not last and prob_at_most(round(over.k), over.n, limit) < threshold:
                 self.record(trial, outs + benign, self.scorer.generations - before, pruned=True)
                 raise optuna.TrialPruned(
@@ -208,14 +245,15 @@ class Objective:
         trial.set_user_attr("outcomes", _outcome_attrs(outs, len(self.harmful)))
         trial.set_user_attr("n_harmful", sum(o.type == "harmful" for o in outs))
         trial.set_user_attr("n_benign", sum(o.type == "benign" for o in outs))
+        # Prompts behind the objective value (the race pruner's incumbent count).
+        trial.set_user_attr("n_objective", sum(o.type == self.config.target for o in outs))
         trial.set_user_attr("generations", generations)
         if not pruned:
-            over = score.over_refusal.value if self.benign else 0.0
-            excess = over - self.config.max_over_refusal
+            excess = constraint_excess(self.config, score, has_benign=bool(self.benign))
             trial.set_user_attr("constraints", [excess])
             trial.set_user_attr("feasible", excess <= 0)
             if self.benign and native_constraints():
-                trial.set_constraint("over_refusal", excess)
+                trial.set_constraint(self.constraint, excess)
         return score
 
     def _surplus(self, trial: optuna.Trial) -> bool:
@@ -267,11 +305,12 @@ class Objective:
 
     def copy(self, trial: optuna.Trial, done: FrozenTrial) -> float | tuple[float, float]:
         # The same candidate was already scored (greedy scoring is deterministic): reuse.
-        for key in ("scores", "outcomes", "n_harmful", "n_benign", "constraints", "feasible"):
+        keys = ("scores", "outcomes", "n_harmful", "n_benign", "n_objective")
+        for key in (*keys, "constraints", "feasible"):
             if key in done.user_attrs:
                 trial.set_user_attr(key, done.user_attrs[key])
         trial.set_user_attr("generations", 0)
         trial.set_user_attr("duplicate_of", done.number)
         if self.benign and native_constraints() and "constraints" in done.user_attrs:
-            trial.set_constraint("over_refusal", done.user_attrs["constraints"][0])
+            trial.set_constraint(self.constraint, done.user_attrs["constraints"][0])
         return tuple(done.values) if self.multi else done.values[0]  # type: ignore[return-value]

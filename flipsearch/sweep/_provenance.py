@@ -129,8 +129,11 @@ def provenance(
             "max_tokens": scorer.settings.max_tokens,
             "scoring": scorer.settings.to_dict(),
             "space": {"name": space.name, "source": space.source, "digest": space.digest()},
+            "target": config.target,
             "objective": config.objective,
+            "objective_metric": config.objective_metric,
             "max_over_refusal": config.max_over_refusal,
+            "max_helpfulness_loss": config.max_helpfulness_loss,
             "package_version": __version__,
             "code": version_info(),  # version + git commit of the code (None if installed)
         }

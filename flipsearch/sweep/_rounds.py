@@ -191,7 +191,7 @@ def run_rounds(
                     scorer,
                     harmful,
                     benign,
-                    metric=config.objective_metric,
+                    metric=config.metric,
                     round_no=round_no,
                     mode="rounds",
                 )

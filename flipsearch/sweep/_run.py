@@ -63,7 +63,7 @@ def run_sweep(
             (:data:`~flipsearch.sweep.IDENTITY_FIELDS`).
     """
     folder = config.folder
-    space = load_search_space(config.space)
+    space = load_search_space(config.space_name)
     prompts = _Prompts.load(config)
     # The config and the storage first: a wrong one fails before a model loads.
     with locked(folder):
@@ -156,20 +156,23 @@ def _round_trials(study: optuna.Study, config: SweepConfig) -> int:
 
 @dataclass(frozen=True)
 class _Prompts:
-    """The prompt sets (for provenance) and their rows in sweep order (:func:`ordered`)."""
+    """The prompt sets (for provenance) and their rows in sweep order (:func:`ordered`).
+    An I_b search (``target`` ``benign``) loads no harmful prompts."""
 
-    harmful_set: PromptSet
+    harmful_set: PromptSet | None
     benign_set: PromptSet | None
     harmful: list[PromptRow]
     benign: list[PromptRow]
 
     @classmethod
     def load(cls, config: SweepConfig) -> _Prompts:
-        harmful = load_prompt_set(config.harmful, limit=config.limit_harmful).harmful()
-        if not len(harmful):
-            raise ConfigError(
-                f"`harmful` must hold harmful prompts, got none in {config.harmful!r}"
-            )
+        harmful = None
+        if not config.searches_benign:
+            harmful = load_prompt_set(config.harmful, limit=config.limit_harmful).harmful()
+            if not len(harmful):
+                raise ConfigError(
+                    f"`harmful` must hold harmful prompts, got none in {config.harmful!r}"
+                )
         benign = None
         if config.benign:
             benign = load_prompt_set(config.benign, limit=config.limit_benign).benign()
@@ -177,11 +180,11 @@ class _Prompts:
                 raise ConfigError(
                     f"`benign` must hold benign prompts, got none in {config.benign!r}"
                 )
-        return cls(harmful, benign, ordered(list(harmful)), ordered(list(benign or [])))
+        return cls(harmful, benign, ordered(list(harmful or [])), ordered(list(benign or [])))
 
     @property
     def sets(self) -> list[PromptSet]:
-        return [self.harmful_set] + ([self.benign_set] if self.benign_set is not None else [])
+        return [s for s in (self.harmful_set, self.benign_set) if s is not None]
 
 
 def _storage(config: SweepConfig) -> BaseStorage:
@@ -283,9 +286,10 @@ def _baseline(
         )
         study.set_user_attr("baseline", base.to_dict())
     logger.info(
-        "study %r: baseline unsafe rate %s (%d new generations)",
+        "study %r: baseline %s %s (%d new generations)",
         config.study,
-        base.base_unsafe_rate,
+        "helpful share" if config.searches_benign else "unsafe rate",
+        base.helpful_base_benign if config.searches_benign else base.base_unsafe_rate,
         scorer.generations - before,
     )
 
@@ -305,7 +309,8 @@ def _prescreen(
 
     if "prescreen" in study.user_attrs:
         return
-    assert config.prescreen is not None
+    # SweepConfig refuses a prescreen with target benign, which loads no harmful set.
+    assert config.prescreen is not None and prompts.harmful_set is not None
     start = time.perf_counter()
     model, tokenizer = hf_model_of(scorer.engine)
     references = (

@@ -9,7 +9,8 @@ scores the next harmful minibatch of every live trial through one
 the best finished trial or the best live one. Survivors then score their benign prompts
 together the same way, stopped early once clearly infeasible, as the race pruner does.
 Every trial is recorded like a sequential one and told COMPLETE or PRUNED; waves repeat
-until the study has its trials.
+until the study has its trials. An I_b search (``target`` ``benign``) races its benign
+prompts' helpful share the same way and screens nothing after them.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class _Live:
     trial: optuna.Trial
     cid: str
     context: Context
-    harmful: list[PromptOutcome] = field(default_factory=list)
+    raced: list[PromptOutcome] = field(default_factory=list)
+    """Outcomes on the raced rows (``Objective.raced``: harmful for I_h, benign for I_b)."""
     benign: list[PromptOutcome] = field(default_factory=list)
+    """Outcomes on the screened benign rows (``Objective.screened``)."""
     generations: int = 0
     pruned: str | None = None
     """Why the race stopped it; None while it runs."""
@@ -92,7 +95,7 @@ def run_waves(study: optuna.Study, objective: Objective, callbacks: Sequence[Cal
                 done = study._storage.get_trial(live.trial._trial_id)
                 exhausted |= _tell(study, trial, objective.copy(trial, done), callbacks)
             else:
-                objective.record(trial, live.harmful + live.benign, 0, pruned=True)
+                objective.record(trial, live.raced + live.benign, 0, pruned=True)
                 trial.set_user_attr("duplicate_of", live.trial.number)
                 exhausted |= _tell(study, trial, None, callbacks)
 
@@ -127,7 +130,7 @@ def _start_wave(
             twins.append((trial, same))
             continue
         try:
-            objective.scorer.check_fits(context, objective.harmful + objective.benign)
+            objective.scorer.check_fits(context, objective.raced + objective.screened)
         except ConfigError as err:
             logger.warning("trial %d failed: %s", trial.number, err)
             study.tell(trial, state=TrialState.FAIL)
@@ -137,32 +140,32 @@ def _start_wave(
 
 
 def _race(study: optuna.Study, objective: Objective, wave: list[_Live]) -> None:
-    """Score the wave's harmful prompts round by round, then the survivors' benign ones."""
+    """Score the wave's raced prompts round by round, then the survivors' screened ones."""
     config = objective.config
     racing = isinstance(study.pruner, RacePruner)
     threshold = study.pruner.threshold if racing else 0.0  # type: ignore[attr-defined]
-    k, n_harmful = config.minibatch, len(objective.harmful)
-    for start in range(0, n_harmful, k):
+    k, n_raced = config.minibatch, len(objective.raced)
+    for start in range(0, n_raced, k):
         live = [w for w in wave if w.pruned is None]
-        _score(objective, live, objective.harmful[start : start + k], benign=False)
-        if not racing or start + k >= n_harmful:
+        _score(objective, live, objective.raced[start : start + k], benign=False)
+        if not racing or start + k >= n_raced:
             continue
         counts = {}
         for w in live:
-            value = summarise(w.harmful).metric(objective.metric).value
-            w.trial.report(value, len(w.harmful))
-            counts[w.trial.number] = (round(value * len(w.harmful)), len(w.harmful))
+            value = summarise(w.raced).metric(objective.metric).value
+            w.trial.report(value, len(w.raced))
+            counts[w.trial.number] = (round(value * len(w.raced)), len(w.raced))
         for w in live:
             if w.trial.number in race_round(counts, RacePruner.incumbent(study), threshold):
                 value = counts[w.trial.number][0] / counts[w.trial.number][1]
-                w.pruned = f"{objective.metric} {value:.3f} after {len(w.harmful)}"
-    if not objective.benign:
+                w.pruned = f"{objective.metric} {value:.3f} after {len(w.raced)}"
+    if not objective.screened:
         return
     limit = config.max_over_refusal
-    for start in range(0, len(objective.benign), k):
+    for start in range(0, len(objective.screened), k):
         live = [w for w in wave if w.pruned is None]
-        _score(objective, live, objective.benign[start : start + k], benign=True)
-        if not racing or start + k >= len(objective.benign):
+        _score(objective, live, objective.screened[start : start + k], benign=True)
+        if not racing or start + k >= len(objective.screened):
             continue
         for w in live:
             over = summarise(w.benign).over_refusal
@@ -178,7 +181,7 @@ def _score(objective: Objective, live: list[_Live], rows: list[PromptRow], *, be
         return
     outs = objective.scorer.outcomes_many([(w.context, rows) for w in live])
     for w, new, generated in zip(live, outs, objective.scorer.job_generations, strict=True):
-        (w.benign if benign else w.harmful).extend(new)
+        (w.benign if benign else w.raced).extend(new)
         w.generations += generated
 
 
@@ -186,7 +189,7 @@ def _finish(
     study: optuna.Study, objective: Objective, live: _Live, callbacks: Sequence[Callback]
 ) -> bool:
     # Record and tell one raced trial; True when the sampler has run out of candidates.
-    outs = live.harmful + live.benign
+    outs = live.raced + live.benign
     score = objective.record(live.trial, outs, live.generations, pruned=live.pruned is not None)
     if live.pruned is not None:
         logger.info("trial %d pruned: %s", live.trial.number, live.pruned)
