@@ -477,12 +477,19 @@ def test_a_sweep_resumes_only_with_its_enable_thinking(tmp_path):
         _check_identity(config(False))
 
 
-def test_a_sweep_warns_when_a_thinking_model_gets_a_short_window(think_tokenizer, caplog):
+def test_a_sweep_warns_when_a_thinking_model_gets_a_short_window(
+    think_tokenizer, plain_tokenizer, caplog
+):
     from flipsearch.sweep import SweepConfig
     from flipsearch.sweep._run import _scorer
 
-    engine = CannedThinker(think_tokenizer, {}, {})
     cache = GenerationCache(":memory:")
+    # A template that does not think keeps a short window without a warning.
+    plain = CannedThinker(plain_tokenizer, {}, {})
+    with caplog.at_level("WARNING", logger="flipsearch.sweep._run"):
+        _scorer(SweepConfig(study="s", trials=1, max_tokens=24), plain, RefusalJudge(), cache)
+    assert "unfinished" not in caplog.text
+    engine = CannedThinker(think_tokenizer, {}, {})
     with caplog.at_level("WARNING", logger="flipsearch.sweep._run"):
         _scorer(SweepConfig(study="s", trials=1, max_tokens=64), engine, RefusalJudge(), cache)
     assert "will leave many answers unfinished" in caplog.text

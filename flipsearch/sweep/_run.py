@@ -14,9 +14,10 @@ from optuna.storages import BaseStorage
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context
 from flipsearch.engines import Engine
+from flipsearch.engines.chat import template_thinks
 from flipsearch.engines.gpu_shares import judge_shares_gpu, plan_gpu_shares
 from flipsearch.errors import ConfigError
-from flipsearch.flip import FlipScorer, ScoreSettings, default_max_tokens
+from flipsearch.flip import REASONING_MAX_TOKENS, FlipScorer, ScoreSettings
 from flipsearch.judges import Judge
 from flipsearch.models import cache_dir
 from flipsearch.prompts import PromptRow, PromptSet, load_prompt_set
@@ -216,8 +217,10 @@ def _scorer(
     settings = ScoreSettings(
         max_tokens=config.max_tokens, keep_default_system=config.keep_default_system
     )
-    window = default_max_tokens(getattr(engine, "tokenizer", None))
-    if config.max_tokens < window:
+    # Only a template that thinks needs the long window (SmolLM2's does not).
+    tokenizer = getattr(engine, "tokenizer", None)
+    window = REASONING_MAX_TOKENS
+    if tokenizer is not None and template_thinks(tokenizer) and config.max_tokens < window:
         logger.warning(
             "the model's chat template writes a <think> trace before the answer: max_tokens "
             "%d will leave many answers unfinished (never counted safe); `flipsearch score` "
