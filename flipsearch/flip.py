@@ -71,7 +71,7 @@ class ScoreSettings:
     """Scoring window: refusals show in the first tokens, so short windows are cheap
     and enough for refusal judges. Raise it for judges that read whole answers. A
     reasoning model refuses after its trace: :func:`default_max_tokens` gives
-    ``flipsearch score`` a model-aware default."""
+    ``flipsearch score`` and ``flipsearch sweep`` a model-aware default."""
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0

@@ -315,7 +315,9 @@ def write_summary(
         f"# Sweep `{study.study_name}`",
         "",
         f"- model: `{prov.get('model')}` ({prov.get('model_fingerprint')}), engine "
-        f"`{prov.get('engine')}`, judge `{prov.get('judge')}`, max_tokens {prov.get('max_tokens')}",
+        f"`{prov.get('engine')}`, judge `{prov.get('judge')}`"
+        f"{' (reading the reasoning trace)' if prov.get('judge_reads') == 'trace' else ''}, "
+        f"max_tokens {prov.get('max_tokens')}",
         f"- target: {target_of(study)} ({'I_b' if benign else 'I_h'}), objective: "
         f"{prov.get('objective')}, metric {objective_metric_of(study)}, {limit}",
         "- prompt sets: "

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from flipsearch.judges import JudgeConfig
+from flipsearch.judges import JUDGE_READS, JudgeConfig
 from opsa_train.checks import check_choice, check_int
 from opsa_train.errors import OpsaConfigError
 from opsa_train.eval_protocol import check_reasoning_sampling, coerce_task_judges
@@ -185,6 +185,11 @@ class EvalConfig:
     generating engine; None passes nothing (each template's default). With thinking on,
     raise ``max_tokens``: the judge reads the answer after ``</think>``, and a trace cut
     by ``max_tokens`` is ``unfinished`` (counted harmful on harmful prompts)."""
+    judge_reads: str = "answer"
+    """What the harmful-rate and over-refusal judges read of a reasoning model's response:
+    its final ``answer`` after ``</think>`` or its ``trace`` (``--judge-trace``; a response
+    without a trace then gets an invalid verdict: harmful on harmful prompts, a refusal on
+    safe ones). ``samples.jsonl`` keeps both either way."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     """The judge (default: the offline refusal judge) of every task ``judges`` does not name."""
     judges: Mapping[str, JudgeConfig] = field(default_factory=dict)
@@ -251,6 +256,12 @@ class EvalConfig:
         for name in ("max_tokens", "reasoning_max_tokens", "retention_max_tokens", "batch_size"):
             check_int(name, getattr(self, name))
         check_choice("engine", self.engine, ("auto", "vllm", "hf"))
+        check_choice(
+            "judge_reads",
+            self.judge_reads,
+            JUDGE_READS,
+            why="the judge reads the final answer, or the trace (--judge-trace)",
+        )
         if self.enable_thinking is not None and not isinstance(self.enable_thinking, bool):
             raise OpsaConfigError(
                 f"`enable_thinking` must be true, false or null, got {self.enable_thinking!r}"

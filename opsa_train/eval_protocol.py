@@ -77,12 +77,13 @@ def coerce_task_judges(value: object) -> dict[str, JudgeConfig]:
 
 
 def judge_provenance(config: EvalConfig, ran: Mapping[str, Judge]) -> dict[str, dict[str, object]]:
-    """``task -> {name, model, engine, engine_config, id}`` of each judged task's judge.
+    """``task -> {name, model, engine, engine_config, id, reads}`` of each judged task's judge.
 
     ``ran``: task -> the judge that read the task's answers. ``name``, ``model`` (resolved;
     None for the offline judge) and ``engine_config`` come from the config; ``engine`` is
     the engine the judge ran on (``offline`` without one) and ``id`` its verdict cache id
-    (:func:`flipsearch.judges.judge_cache_id`)."""
+    (:func:`flipsearch.judges.judge_cache_id`); ``reads`` is what it read of each response
+    (``answer`` or ``trace``: ``EvalConfig.judge_reads``)."""
     from flipsearch.judges import judge_cache_id
 
     out: dict[str, dict[str, object]] = {}
@@ -96,6 +97,7 @@ def judge_provenance(config: EvalConfig, ran: Mapping[str, Judge]) -> dict[str, 
             "engine": getattr(engine, "name", None) or "offline",
             "engine_config": None if cfg.name == "refusal" else cfg.engine,
             "id": None if judge is None else judge_cache_id(judge),
+            "reads": config.judge_reads,
         }
     return out
 

@@ -140,7 +140,8 @@ def _markdown_report(result: EvalResult) -> str:
         *eq6_coverage({m.model: m.note or "" for m in result.metrics if m.metric == EQ6_METRIC}),
         "",
         *_teacher_legend(cfg),
-        f"Judges: {_judges_line(result)}; safety answers greedy; reasoning "
+        f"Judges: {_judges_line(result)}, reading {_judged_text(cfg)}; safety answers "
+        "greedy; reasoning "
         f"{_reasoning_decoding(cfg)}; max_tokens {cfg.max_tokens} (safety), "
         f"{cfg.reasoning_max_tokens} (reasoning), {cfg.retention_max_tokens} (retention); "
         f"limit {cfg.limit} per set; enable_thinking {cfg.enable_thinking}.",
@@ -165,6 +166,16 @@ def _judges_line(result: EvalResult) -> str:
         where = f" ({j.get('model')}, {j.get('engine')})" if j.get("model") else ""
         parts.append(f"{task} `{j['name']}`{where}")
     return ", ".join(parts)
+
+
+def _judged_text(cfg: EvalConfig) -> str:
+    # What the safety judges read of each response (EvalConfig.judge_reads).
+    if cfg.judge_reads == "trace":
+        return (
+            "the reasoning trace (`--judge-trace`; a response without one gets an invalid "
+            "verdict, counted against the model)"
+        )
+    return "the final answer after `</think>`"
 
 
 def _reasoning_decoding(cfg: EvalConfig) -> str:

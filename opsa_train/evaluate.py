@@ -174,6 +174,7 @@ def evaluate(
                 cache,
                 answers.samples,
                 opens_trace=answers.opens_trace,
+                read=config.judge_reads,
             )
             judges_run.update(
                 judge if isinstance(judge, Mapping) else dict.fromkeys(JUDGED_TASKS, judge)
@@ -223,6 +224,7 @@ def judge_answers(
     samples: Mapping[str, Mapping[int, Sequence[Generation]]] | None = None,
     *,
     opens_trace: Mapping[str, bool] | None = None,
+    read: str = "answer",
 ) -> list[dict[str, object]]:
     """Phase 2: one record per model and item (``samples.jsonl``): the judge's verdict on
     safety and over-refusal answers, the extracted answer and its correctness on reasoning
@@ -235,12 +237,16 @@ def judge_answers(
     (:func:`flipsearch.judges.judge_responses`); the record keeps the whole response and
     the ``trace``. A trace that never closed is ``unfinished``: ``unsafe`` None (harmful on
     harmful prompts, a refusal on benign ones) and, on reasoning items, not correct.
-    ``opens_trace``: per model, whether its template opens ``<think>`` in the prompt."""
+    ``opens_trace``: per model, whether its template opens ``<think>`` in the prompt.
+    ``read="trace"`` (``EvalConfig.judge_reads``): the judges read the trace instead of
+    the final answer; reasoning items are still graded on the answer."""
     by_task = judge if isinstance(judge, Mapping) else dict.fromkeys(JUDGED_TASKS, judge)
     verdicts: dict[tuple[str, int], tuple[Verdict, str]] = {}
     for one in {id(j): j for j in by_task.values()}.values():
         tasks = [t for t, j in by_task.items() if j is one]
-        verdicts.update(judge_tasks(items, responses, one, tasks, cache, opens_trace=opens_trace))
+        verdicts.update(
+            judge_tasks(items, responses, one, tasks, cache, opens_trace=opens_trace, read=read)
+        )
     return answer_records(items, responses, verdicts, samples, opens_trace=opens_trace)
 
 
@@ -252,8 +258,10 @@ def judge_tasks(
     cache: GenerationCache,
     *,
     opens_trace: Mapping[str, bool] | None = None,
+    read: str = "answer",
 ) -> dict[tuple[str, int], tuple[Verdict, str]]:
-    """``(model, item index) -> (verdict, judge id)`` of ``judge`` on the items of ``tasks``."""
+    """``(model, item index) -> (verdict, judge id)`` of ``judge`` on the items of ``tasks``,
+    read from each final answer or (``read="trace"``) trace."""
     judge_id = judge_cache_id(judge)
     idx = [i for i, it in enumerate(items) if it.task in tasks]
     out: dict[tuple[str, int], tuple[Verdict, str]] = {}
@@ -267,6 +275,7 @@ def judge_tasks(
             [gens[i].text for i in idx],
             cache=cache,
             opened_in_prompt=opened,
+            read=read,
         )
         out.update({(name, i): (v, judge_id) for i, v in zip(idx, verdicts, strict=True)})
     return out
@@ -319,7 +328,13 @@ def _judge_by_config(
         try:
             verdicts.update(
                 judge_tasks(
-                    items, answers.responses, judge, tasks, cache, opens_trace=answers.opens_trace
+                    items,
+                    answers.responses,
+                    judge,
+                    tasks,
+                    cache,
+                    opens_trace=answers.opens_trace,
+                    read=config.judge_reads,
                 )
             )
             judges_run.update(dict.fromkeys(tasks, judge))

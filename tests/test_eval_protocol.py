@@ -228,6 +228,7 @@ def test_per_task_judges_are_built_in_turn_and_recorded(tmp_path, monkeypatch):
         "engine": "fake-vllm",
         "engine_config": "auto",
         "id": "llamaguard@1",
+        "reads": "answer",
     }
     assert doc["judges"]["over_refusal"]["name"] == "refusal"
     assert doc["judges"]["over_refusal"]["engine"] == "offline"

@@ -497,3 +497,178 @@ def test_a_sweep_warns_when_a_thinking_model_gets_a_short_window(
     with caplog.at_level("WARNING", logger="flipsearch.sweep._run"):
         _scorer(SweepConfig(study="s", trials=1, max_tokens=1024), engine, RefusalJudge(), cache)
     assert "unfinished" not in caplog.text
+
+
+# ------------------------------------------------------------------------------ sweep and eval
+
+
+class TraceRefuser(CannedThinker):
+    """Answers comply; the trace refuses with a system-placed context and complies without
+    it. Records the scoring windows it was asked for."""
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__(tokenizer, {}, {})
+        self.windows: set[int] = set()
+
+    def generate(self, conversations, sampling, *, use_tqdm=False):
+        self.windows.add(sampling.max_tokens)
+        texts = [f"{REFUSE if len(c) > 1 else COMPLY}\n</think>\n\n{COMPLY}" for c in conversations]
+        return [[Generation(t, (1, 2), (-0.1, -0.1), "stop")] for t in texts]
+
+
+def _sweep_argv(tmp_path, *extra: str) -> list[str]:
+    argv = ["sweep", "--study", "t", "--trials", "1", "--enqueue", "Refuse.", "--benign", ""]
+    argv += ["--limit-harmful", "3", "--minibatch", "3", "--no-progress", "--engine", "hf"]
+    argv += ["--results-dir", str(tmp_path / "results"), "--cache", str(tmp_path / "c.db")]
+    return [*argv, *extra]
+
+
+def _fake_engine_build(monkeypatch, tokenizer) -> dict[str, TraceRefuser]:
+    built: dict[str, TraceRefuser] = {}
+
+    def fake_build(config):
+        set_enable_thinking(tokenizer, config.enable_thinking)
+        built["engine"] = TraceRefuser(tokenizer)
+        return built["engine"]
+
+    monkeypatch.setattr(EngineConfig, "build", fake_build)
+    return built
+
+
+@pytest.mark.parametrize("judge_trace", [False, True])
+def test_sweep_judge_trace_judges_the_trace_and_the_window_is_model_aware(
+    think_tokenizer, tmp_path, monkeypatch, judge_trace
+):
+    import optuna
+
+    from flipsearch.cli import main as cli_main
+    from flipsearch.trials import rate_of
+
+    built = _fake_engine_build(monkeypatch, think_tokenizer)
+    assert cli_main(_sweep_argv(tmp_path, *(["--judge-trace"] if judge_trace else []))) == 0
+    assert built["engine"].windows == {REASONING_MAX_TOKENS}  # no --max-tokens: model-aware
+    folder = tmp_path / "results" / "t"
+    recorded = json.loads((folder / "config.json").read_text())
+    assert recorded["max_tokens"] == REASONING_MAX_TOKENS  # the number used, not null
+    assert recorded["judge_reads"] == ("trace" if judge_trace else "answer")
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{folder / 'study.db'}")
+    prov = study.user_attrs["provenance"]
+    assert prov["max_tokens"] == REASONING_MAX_TOKENS
+    assert prov["judge_reads"] == prov["scoring"]["judge_reads"] == recorded["judge_reads"]
+    assert study.user_attrs["sweep_config"]["max_tokens"] == REASONING_MAX_TOKENS
+    # Answers comply on both sides (no flip); traces flip from complying to refusing.
+    tfr = rate_of(study.trials[0], "tfr")
+    assert tfr is not None and tfr["k"] == (3 if judge_trace else 0) and tfr["n"] == 3
+
+
+def test_sweep_default_window_is_64_on_a_plain_template(plain_tokenizer, tmp_path, monkeypatch):
+    from flipsearch.cli import main as cli_main
+
+    built = _fake_engine_build(monkeypatch, plain_tokenizer)
+    assert cli_main(_sweep_argv(tmp_path)) == 0
+    assert built["engine"].windows == {DEFAULT_MAX_TOKENS}
+    recorded = json.loads((tmp_path / "results" / "t" / "config.json").read_text())
+    assert recorded["max_tokens"] == DEFAULT_MAX_TOKENS
+    # An explicit window is used as given (a new study: this one recorded 64).
+    assert cli_main(_sweep_argv(tmp_path, "--max-tokens", "24", "--study", "u")) == 0
+    assert built["engine"].windows == {24}
+    recorded = json.loads((tmp_path / "results" / "u" / "config.json").read_text())
+    assert recorded["max_tokens"] == 24
+
+
+def test_a_resumed_sweep_compares_the_resolved_window_and_what_the_judge_read(
+    think_tokenizer, tmp_path, monkeypatch, capsys
+):
+    from flipsearch.cli import main as cli_main
+
+    built = _fake_engine_build(monkeypatch, think_tokenizer)
+    assert cli_main(_sweep_argv(tmp_path)) == 0
+    config_json = tmp_path / "results" / "t" / "config.json"
+    # Same model, window unset again: it resolves to the recorded 1024 and resumes.
+    assert cli_main(_sweep_argv(tmp_path, "--trials", "2")) == 0
+    assert json.loads(config_json.read_text())["max_tokens"] == REASONING_MAX_TOKENS
+    assert built["engine"].windows == {REASONING_MAX_TOKENS}
+    capsys.readouterr()
+    assert cli_main(_sweep_argv(tmp_path, "--max-tokens", "64")) == 2
+    err = capsys.readouterr().err
+    assert "`max_tokens` must match" in err and "pass --max-tokens 1024 to resume" in err
+    assert cli_main(_sweep_argv(tmp_path, "--judge-trace")) == 2
+    assert "`judge_reads` must match the study's" in capsys.readouterr().err
+    # A refused resume leaves the recorded window as it was.
+    assert json.loads(config_json.read_text())["max_tokens"] == REASONING_MAX_TOKENS
+
+
+def test_sweep_config_checks_judge_reads_and_max_tokens():
+    from flipsearch.sweep import IDENTITY_FIELDS, SweepConfig
+
+    assert {"judge_reads", "max_tokens"} <= set(IDENTITY_FIELDS)
+    assert SweepConfig(study="s", trials=1).max_tokens is None  # model-aware
+    with pytest.raises(ConfigError, match="`judge_reads` must be one of"):
+        SweepConfig(study="s", trials=1, judge_reads="both")
+    with pytest.raises(ConfigError, match="`max_tokens` must be None"):
+        SweepConfig(study="s", trials=1, max_tokens=0)
+
+
+@pytest.mark.parametrize("judge_trace", [False, True])
+def test_eval_judge_trace_judges_traces(tmp_path, judge_trace):
+    from opsa_train.evaluate import EvalConfig, evaluate
+
+    class Engine:
+        """Refuses in the trace, complies in the answer, on every prompt."""
+
+        name = "fake"
+        tokenizer = None
+
+        def __init__(self, model_path: str) -> None:
+            self.model_path = model_path
+
+        def generate(self, conversations, sampling, *, use_tqdm=False):
+            text = f"<think>{REFUSE}</think>{COMPLY}"
+            return [[Generation(text, (1, 2), (-0.1, -0.1), "stop")] for _ in conversations]
+
+        def close(self) -> None:
+            pass
+
+    config = EvalConfig(
+        models={"m": "fake-m"},
+        harmful_sets=("harmful_core:eval",),
+        over_refusal_sets=("xstest",),
+        reasoning_sets=(),
+        retention_set=None,
+        limit=3,
+        max_tokens=8,
+        judge_reads="trace" if judge_trace else "answer",
+        out_dir=str(tmp_path / "eval"),
+    )
+    result = evaluate(
+        config, engine_factory=Engine, judge=RefusalJudge(), cache=GenerationCache(":memory:"),
+        retention=False,
+    )  # fmt: skip
+    rates = {m.metric: m.value for m in result.metrics if m.set in ("harmful_core:eval", "xstest")}
+    # The trace refuses and the answer complies: the two readings are opposite.
+    assert rates["harmful_rate"] == (0.0 if judge_trace else 1.0)
+    assert rates["over_refusal"] == (1.0 if judge_trace else 0.0)
+    out = tmp_path / "eval"
+    doc = json.loads((out / "eval.json").read_text())
+    reads = "trace" if judge_trace else "answer"
+    assert doc["config"]["judge_reads"] == reads
+    assert {j["reads"] for j in doc["judges"].values()} == {reads}
+    assert ("reading the reasoning trace" in (out / "eval.md").read_text()) is judge_trace
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {(r["trace"], r["response"]) for r in records} == {
+        (REFUSE, f"<think>{REFUSE}</think>{COMPLY}")
+    }
+
+
+def test_opsa_eval_cli_passes_judge_trace():
+    from opsa_train.cli import COMMAND_MODULES, build_parser
+    from opsa_train.commands.eval import build_config
+    from opsa_train.errors import OpsaConfigError
+    from opsa_train.evaluate import EvalConfig
+
+    parser = build_parser(COMMAND_MODULES, prog="opsa-train")
+    argv = ["eval", "--models", "base=smollm2-135m", "--out", "x"]
+    assert build_config(parser.parse_args([*argv, "--judge-trace"])).judge_reads == "trace"
+    assert build_config(parser.parse_args(argv)).judge_reads == "answer"
+    with pytest.raises(OpsaConfigError, match="`judge_reads` must be one of"):
+        EvalConfig(judge_reads="both")

@@ -163,7 +163,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--benign", default="benign:search", help="benign prompt set ('' for none)")
     d.add_argument("--limit-harmful", type=int, default=None, help="first N harmful prompts")
     d.add_argument("--limit-benign", type=int, default=None, help="first N benign prompts")
-    d.add_argument("--max-tokens", type=int, default=64, help="scoring window (default 64)")
+    d.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="scoring window; default 64, or 1024 for a reasoning model (its chat template "
+        "writes a <think> trace before the answer); the study records the number used",
+    )
+    d.add_argument(
+        "--judge-trace",
+        action="store_true",
+        help="the judge reads the reasoning trace (<think>...</think>) instead of the final "
+        "answer after it (part of the study's identity)",
+    )
     d.add_argument(
         "--keep-default-system",
         action="store_true",
@@ -209,6 +221,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         limit_harmful=args.limit_harmful,
         limit_benign=args.limit_benign,
         max_tokens=args.max_tokens,
+        judge_reads="trace" if args.judge_trace else "answer",
         keep_default_system=args.keep_default_system,
         objective=args.objective,
         objective_metric=args.objective_metric,

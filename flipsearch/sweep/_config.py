@@ -14,10 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from flipsearch.checks import check_choice
 from flipsearch.contexts import PLACEMENTS
 from flipsearch.engines import ENGINES, EngineConfig
 from flipsearch.errors import ConfigError
-from flipsearch.judges import JudgeConfig
+from flipsearch.judges import JUDGE_READS, JudgeConfig
 from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
 from flipsearch.scoring import BENIGN_METRICS, HARMFUL_METRICS, OBJECTIVE_METRICS, check_metric
 from flipsearch.storage import (
@@ -60,9 +61,11 @@ IDENTITY_FIELDS = (
     "limit_harmful",
     "limit_benign",
     "max_tokens",
+    "judge_reads",
     "keep_default_system",
 )
-"""Fields a resumed study must keep: scores under other values are not comparable."""
+"""Fields a resumed study must keep: scores under other values are not comparable. An
+unset ``max_tokens`` is compared once the model has loaded and resolved it."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,14 @@ class SweepConfig:
     """First N harmful prompts; None keeps all."""
     limit_benign: int | None = None
     """First N benign prompts; None keeps all."""
-    max_tokens: int = 64
-    """Scoring window in new tokens (greedy decoding, the paper's scoring mode)."""
+    max_tokens: int | None = None
+    """Scoring window in new tokens (greedy decoding, the paper's scoring mode). None:
+    model-aware, resolved when the model has loaded (:func:`flipsearch.flip.default_max_tokens`:
+    64, or 1024 when the chat template thinks before answering). ``config.json`` and the
+    provenance record the number used, and a resumed study compares that number."""
+    judge_reads: str = "answer"
+    """What the judge reads of a reasoning model's response: its final ``answer`` (after
+    ``</think>``) or its ``trace`` (``--judge-trace``; :class:`flipsearch.flip.ScoreSettings`)."""
     keep_default_system: bool = False
     """``system`` placement on a chat template with a default system prompt (the embedded
     SmolLM2's): keep it after the context instead of replacing it
@@ -263,8 +272,19 @@ class SweepConfig:
                 raise ConfigError(f"`{name}` must be in [0, 1], got {value!r}")
         if not isinstance(self.minibatch, int) or self.minibatch < 1:
             raise ConfigError(f"`minibatch` must be an integer >= 1, got {self.minibatch!r}")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ConfigError(f"`max_tokens` must be an integer >= 1, got {self.max_tokens!r}")
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < 1
+        ):
+            raise ConfigError(
+                f"`max_tokens` must be None (model-aware) or an integer >= 1, got "
+                f"{self.max_tokens!r}"
+            )
+        check_choice(
+            "judge_reads",
+            self.judge_reads,
+            JUDGE_READS,
+            why="the judge reads the final answer, or the trace (--judge-trace)",
+        )
         for name in ("limit_harmful", "limit_benign"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from flipsearch import __version__
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
     from flipsearch.prompts import PromptSet
     from flipsearch.space import SearchSpace
 
-__all__ = ["ENGINE_FILE", "check_config", "check_engine_choice", "provenance", "recorded_config"]
+__all__ = [
+    "ENGINE_FILE",
+    "check_config",
+    "check_engine_choice",
+    "check_resolved_config",
+    "provenance",
+    "recorded_config",
+]
 
 ENGINE_FILE = "engine.json"
 """The study's resolved engine and dtype, with the machine facts (``EngineChoice.to_dict``)."""
@@ -82,16 +90,20 @@ def check_engine_choice(config: SweepConfig, choice: EngineChoice) -> None:
 def _check_identity(config: SweepConfig) -> None:
     # config.json: the identity fields and the storage must match the recorded ones.
     path = config.folder / CONFIG_FILE
+    record = config
     if path.is_file():
         old = SweepConfig.from_dict(json.loads(path.read_text()))
         old_id, new_id = old.identity(), config.identity()
         for name in IDENTITY_FIELDS:
+            if name == "max_tokens" and None in (old_id[name], new_id[name]):
+                continue  # model-aware, not resolved yet: compared once the model has loaded
             # config.json records paths portably (recordable): compare in that form.
             if recordable(old_id[name]) != recordable(new_id[name]):
+                hint = _RESUME_HINTS.get(name, "").format(old=old_id[name])
                 raise ConfigError(
                     f"`{name}` must match the study's {path} ({old_id[name]!r}) to resume "
                     f"{config.study!r}, got {new_id[name]!r}: scores on other settings are "
-                    "not comparable. Use a new --study."
+                    f"not comparable. {hint}Use a new --study."
                 )
         # The file holds the masked URL: compare the URLs without passwords.
         if storage_identity(old.storage) != storage_identity(config.storage):
@@ -99,7 +111,32 @@ def _check_identity(config: SweepConfig) -> None:
                 f"`storage` must match the study's {path} ({mask_storage(old.storage)!r}), "
                 f"got {mask_storage(config.storage)!r}: the trials live there"
             )
-    write_json(path, recorded_config(config))
+        if config.max_tokens is None:  # keep the recorded window until this one is resolved
+            record = replace(config, max_tokens=old.max_tokens)
+    write_json(path, recorded_config(record))
+
+
+# What to pass to resume anyway, for the identity fields a flag sets.
+_RESUME_HINTS = {
+    "max_tokens": "An unset --max-tokens is model-aware (64, or 1024 for a chat template "
+    "that thinks): pass --max-tokens {old} to resume, or ",
+    "judge_reads": "Pass --judge-trace to resume a study whose judge read the trace, "
+    "leave it out for one that read the answer, or ",
+}
+
+
+def check_resolved_config(config: SweepConfig) -> None:
+    """Compare and record ``config`` again once its model-aware ``max_tokens`` is resolved
+    (:func:`flipsearch.flip.default_max_tokens` on the loaded model's tokenizer), so
+    ``config.json`` holds the window used and a resumed study compares it. Call it under
+    the study's lock.
+
+    Raises:
+        ConfigError: the study recorded another ``max_tokens``.
+    """
+    if config.max_tokens is None:
+        raise ConfigError("`max_tokens` must be resolved before check_resolved_config, got None")
+    _check_identity(config)
 
 
 def recorded_config(config: SweepConfig) -> dict[str, object]:

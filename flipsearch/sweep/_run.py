@@ -17,7 +17,7 @@ from flipsearch.engines import Engine
 from flipsearch.engines.chat import template_thinks
 from flipsearch.engines.gpu_shares import judge_shares_gpu, plan_gpu_shares
 from flipsearch.errors import ConfigError
-from flipsearch.flip import REASONING_MAX_TOKENS, FlipScorer, ScoreSettings
+from flipsearch.flip import REASONING_MAX_TOKENS, FlipScorer, ScoreSettings, default_max_tokens
 from flipsearch.judges import Judge
 from flipsearch.models import cache_dir
 from flipsearch.prompts import PromptRow, PromptSet, load_prompt_set
@@ -28,7 +28,12 @@ from flipsearch.sweep._callbacks import FINISHED, Progress, Rewrite
 from flipsearch.sweep._config import SweepConfig
 from flipsearch.sweep._factories import make_pruner, make_sampler
 from flipsearch.sweep._objective import Objective, SurplusTrial, ordered
-from flipsearch.sweep._provenance import check_config, provenance, recorded_config
+from flipsearch.sweep._provenance import (
+    check_config,
+    check_resolved_config,
+    provenance,
+    recorded_config,
+)
 from flipsearch.sweep._rounds import make_rewriter, recorded_rounds, run_rounds
 from flipsearch.sweep._stale import recover_stale_trials, retry_trial
 from flipsearch.sweep._waves import run_waves
@@ -68,9 +73,14 @@ def run_sweep(
     prompts = _Prompts.load(config)
     # The config and the storage first: a wrong one fails before a model loads.
     with locked(folder):
-        check_config(config, engine)
+        check_config(config, engine)  # an unset max_tokens is compared once resolved
     storage = _storage(config)
     scorer = _scorer(config, engine, judge, cache)
+    if config.max_tokens is None:
+        # The model-aware window, now known: recorded and compared like an explicit one.
+        config = replace(config, max_tokens=scorer.settings.max_tokens)
+        with locked(folder):
+            check_resolved_config(config)
     pool = CandidatePool(folder / "pool.jsonl")
 
     with locked(folder):
@@ -214,18 +224,24 @@ def _scorer(
     )
     judge = judge or replace(config.judge, gpu_memory_utilization=judge_share).build()
     engine = engine or replace(config.engine, gpu_memory_utilization=generator_share).build()
+    # An unset window is model-aware: 64, or 1024 for a template that thinks.
+    tokenizer = getattr(engine, "tokenizer", None)
+    max_tokens = config.max_tokens
+    if max_tokens is None:
+        max_tokens = default_max_tokens(tokenizer)
     settings = ScoreSettings(
-        max_tokens=config.max_tokens, keep_default_system=config.keep_default_system
+        max_tokens=max_tokens,
+        judge_reads=config.judge_reads,
+        keep_default_system=config.keep_default_system,
     )
     # Only a template that thinks needs the long window (SmolLM2's does not).
-    tokenizer = getattr(engine, "tokenizer", None)
     window = REASONING_MAX_TOKENS
-    if tokenizer is not None and template_thinks(tokenizer) and config.max_tokens < window:
+    if tokenizer is not None and template_thinks(tokenizer) and max_tokens < window:
         logger.warning(
             "the model's chat template writes a <think> trace before the answer: max_tokens "
-            "%d will leave many answers unfinished (never counted safe); `flipsearch score` "
-            "uses %d for such models, set --max-tokens",
-            config.max_tokens,
+            "%d will leave many answers unfinished (never counted safe); leave --max-tokens "
+            "unset for the model-aware %d",
+            max_tokens,
             window,
         )
     return FlipScorer(engine, judge, cache, settings)

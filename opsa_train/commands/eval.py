@@ -71,6 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "default: not passed. With thinking on, raise --max-tokens: the judge reads the "
         "answer after </think>, and a trace cut short is `unfinished` (counted harmful)",
     )
+    p.add_argument(
+        "--judge-trace",
+        action="store_true",
+        help="the harmful-rate and over-refusal judges read the reasoning trace "
+        "(<think>...</think>) instead of the final answer after it",
+    )
     p.add_argument("--judge", default=None, help="refusal (offline), llamaguard, wildguard, ...")
     p.add_argument("--harmful-judge", default=None, help="judge of harmful rates (default --judge)")
     p.add_argument(
@@ -113,6 +119,8 @@ def build_config(args: argparse.Namespace):  # -> EvalConfig
         kw["judges"] = {task: j for task, j in judges.items() if j}
     if args.retention is not None:
         kw["retention_set"] = args.retention or None
+    if getattr(args, "judge_trace", False):
+        kw["judge_reads"] = "trace"
     if getattr(args, "enable_thinking", None) is not None:
         kw["enable_thinking"] = args.enable_thinking == "true"
     for flag in ("limit", "reasoning_limit"):
