@@ -261,6 +261,16 @@ def test_gp_sampler_needs_scipy_or_builds():
         assert isinstance(make_sampler("gp"), optuna.samplers.GPSampler)
 
 
+def test_bruteforce_tells_an_enqueued_trial_when_one_choice_is_left():
+    # Optuna's GridSampler raised KeyError('grid_id') here (optuna#6844): the enqueued
+    # trial has no grid point, and one choice ("x") was still unvisited when it was told.
+    study = optuna.create_study(sampler=make_sampler("bruteforce", grid={"a": ["x"]}))
+    study.enqueue_trial({"a": "y"})
+    study.optimize(lambda t: float(t.suggest_categorical("a", ["x", "y"]) == "x"), n_trials=5)
+    assert [t.params["a"] for t in study.trials] == ["y", "x"]  # then the grid is exhausted
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
 def test_make_sampler_rejects_unknown_names_and_gridless_bruteforce():
     with pytest.raises(ConfigError, match="`sampler` must be one of"):
         make_sampler("cmaes")

@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import optuna
@@ -71,6 +71,28 @@ def make_sampler(
         return _sampler(name, seed, cf, grid)
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's ``GridSampler``, safe to tell an enqueued trial when one choice is left.
+
+    ``GridSampler.after_trial`` reads the told trial's ``grid_id`` once a single grid
+    point remains unvisited; an enqueued trial (a baseline, a pool candidate) has none,
+    so telling it raised ``KeyError: 'grid_id'`` (optuna/optuna#6844, open). Such a trial
+    covers no grid point: the study stops only when the grid is exhausted.
+    """
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
+        elif self.is_exhausted(study):
+            study.stop()
+
+
 def _sampler(
     name: str,
     seed: int | None,
@@ -95,7 +117,7 @@ def _sampler(
             raise ConfigError(
                 f"`grid` must give the dimensions' choices for the bruteforce sampler, got {grid!r}"
             )
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _GridSampler(grid, seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=cf)
     raise ConfigError(f"`sampler` must be one of {SAMPLERS}, got {name!r}")
