@@ -415,10 +415,11 @@ def export_of(
                 "best context is an I_h. Run `flipsearch sweep --target benign` for I_b"
             )
         best = best_trial(benign_study)
-        _check_same_model(prov, _manifest(benign_study, best))
+        benign_prov = _manifest(benign_study, best)
+        _check_same_model(prov, benign_prov)
         benign = Context(best.user_attrs["context"], best.user_attrs["placement"])
         scores["benign"] = dict(best.user_attrs.get("scores") or {})
-        prov["benign"] = _manifest(benign_study, best)
+        prov["benign"] = benign_prov
         prov["benign_measured"] = True
     elif benign is not None:
         measured = next(
