@@ -10,9 +10,15 @@ contexts of ``paper_axes`` plus the four of ``baselines``) on the same prompts:
   that survive are scored on the benign prompts;
 - batched race: the same sweep with ``race_width`` (``--race-width``, default all the
   contexts): each round, one generation request holds the next minibatch of every live
-  context, so the engine batches across contexts (:mod:`flipsearch.sweep._waves`).
+  context, so the engine batches across contexts (:mod:`flipsearch.sweep._waves`);
+- prescreened race (``--prescreen N``): the batched race after a generation-free proxy
+  (``SweepConfig.prescreen``, :mod:`flipsearch.proxy`) ranked every searched context and
+  kept the best N; the baselines are raced with them. The proxy's forward tokens are
+  charged as generations: divided by the exhaustive arm's forward tokens per generation
+  (prompt plus generated tokens).
 
-Each arm reports generations, generated tokens, engine calls and wall time.
+Each arm reports generations, generated tokens, engine calls and wall time; ``--arms``
+picks which of them run (the exhaustive arm always runs).
 
 The default prompt sets are the search splits of the built-in sets, 27 harmful and 27
 benign prompts, scored in a 24-token window.
@@ -43,6 +49,7 @@ from _common import machine_header
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context, check_placement
 from flipsearch.engines import Engine, EngineConfig, engine_choice_record
+from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.flip import FlipScorer, ScoreSettings
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import load_prompt_set
@@ -93,15 +100,24 @@ class CountingEngine:
         self._engine = engine
         self.calls = 0
         self.tokens = 0
+        self.prompt_tokens = 0
 
     def generate(self, conversations, sampling, **kw):  # type: ignore[no-untyped-def]
         outs = self._engine.generate(conversations, sampling, **kw)
         self.calls += 1
         self.tokens += sum(len(g.token_ids) for gens in outs for g in gens)
+        tokenizer = getattr(self._engine, "tokenizer", None)
+        if tokenizer is not None:
+            self.prompt_tokens += sum(
+                len(render_prompt_ids(tokenizer, conv)) * sampling.n for conv in conversations
+            )
         return outs
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._engine, name)
+
+
+ARMS = ("sweep", "batched", "prescreened")
 
 
 def rank_key(tfr: float, over: float, max_over: float) -> tuple[bool, float, float]:
@@ -125,9 +141,29 @@ def main() -> None:
         "--race-width", type=int, default=None,
         help="contexts per wave in the batched-race arm (default: all of them)",
     )  # fmt: skip
+    ap.add_argument(
+        "--arms", default="sweep,batched",
+        help="comma-separated arms besides the exhaustive one: sweep, batched, prescreened",
+    )  # fmt: skip
+    ap.add_argument(
+        "--prescreen", default="8",
+        help="contexts the proxy keeps in the prescreened arm; a comma-separated list "
+        "runs one arm per value (default 8)",
+    )  # fmt: skip
+    ap.add_argument("--prescreen-by", default="likelihood", help="the proxy design it ranks by")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
     machine = machine_header()
+    wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(wanted) - set(ARMS))
+    if unknown or not wanted:
+        raise SystemExit(f"--arms must name some of {', '.join(ARMS)}, got {args.arms!r}")
+    try:
+        keep_counts = [int(n) for n in args.prescreen.split(",")]
+    except ValueError:
+        keep_counts = []
+    if not keep_counts or min(keep_counts) < 1:
+        raise SystemExit(f"--prescreen must be integers >= 1, got {args.prescreen!r}")
 
     contexts = fixed_contexts(args.contexts)
     harmful = load_prompt_set(args.harmful, limit=args.n_harmful).harmful()
@@ -152,6 +188,7 @@ def main() -> None:
     gens_a = cache_a.stats.generation_misses
     secs_a = time.perf_counter() - t0
     tokens_a, calls_a = engine.tokens, engine.calls
+    forward_per_generation = (engine.tokens + engine.prompt_tokens) / max(gens_a, 1)
 
     # ---- the pruned sweep over the same list, one trial at a time and in waves
     space = tmp / "efficiency.yaml"
@@ -177,10 +214,22 @@ def main() -> None:
     )
     arms = {}
     width = args.race_width or len(contexts)
-    for arm, cfg in (
-        ("sweep", config),
-        ("batched race", dataclasses.replace(config, race_width=width, study="batched")),
-    ):
+    configs = {
+        "sweep": config,
+        "batched": dataclasses.replace(config, race_width=width, study="batched"),
+    }
+    for n in keep_counts:
+        configs[f"prescreened {n}"] = dataclasses.replace(
+            config,
+            race_width=min(width, n + 4),
+            study=f"prescreened-{n}",
+            prescreen=n,
+            prescreen_by=args.prescreen_by,
+            trials=n + 4,  # the kept contexts and the baselines, nothing more
+        )
+    run_arms = [a for a in configs if a.split(" ")[0] in wanted]
+    for arm in run_arms:
+        cfg = configs[arm]
         before_tokens, before_calls = engine.tokens, engine.calls
         t0 = time.perf_counter()
         cache = GenerationCache(tmp / f"{cfg.study}.sqlite")
@@ -192,7 +241,6 @@ def main() -> None:
             engine.tokens - before_tokens,
             engine.calls - before_calls,
         )
-    gens_b = arms["sweep"][1]
 
     # ---- compare winners
     m = args.max_over_refusal
@@ -212,23 +260,32 @@ def main() -> None:
         same = name == ex_name
         inside = ex_best.tfr.ci_low <= exh.tfr.value <= ex_best.tfr.ci_high
         pruned = sum(t.state.name == "PRUNED" for t in arm_study.trials)
+        screen = arm_study.user_attrs.get("prescreen")
+        proxy_generations = screen["forward_tokens"] / forward_per_generation if screen else 0.0
+        charged = gens + proxy_generations
         results[arm] = {
             "generations": gens, "ratio": gens / gens_a, "tokens": tokens,
             "engine_calls": calls, "seconds": round(secs, 1), "time_ratio": secs / secs_a,
             "same_winner": same, "inside_ci": inside, "pruned": pruned, "winner": name,
+            "proxy_generations": round(proxy_generations, 1),
+            "charged_ratio": charged / gens_a, "prescreen": screen,
         }  # fmt: skip
+        if screen:
+            kept = [cid for cid, _ in screen["kept"]]
+            print(
+                f"{arm + ':':13s} the proxy ({screen['by']}) ranked {screen['contexts']} "
+                f"contexts in {screen['seconds']:.0f} s, {screen['forward_tokens']:.0f} forward "
+                f"tokens = {proxy_generations:.0f} generations' worth; kept {kept}"
+            )
         print(
-            f"{arm + ':':13s} {gens} generations ({gens / gens_a:.1%}), {tokens} tokens, "
+            f"{arm + ':':13s} {gens} generations ({gens / gens_a:.1%}; "
+            f"{charged / gens_a:.1%} with the proxy charged), {tokens} tokens, "
             f"{calls} engine calls in {secs:.0f} s ({secs / secs_a:.0%} of exhaustive); "
             f"{pruned} of {len(arm_study.trials)} trials pruned; winner {name} "
             # The best trial is a scored one: its tfr rate is there.
             f"(TFR {rate_of(best, 'tfr')['value']:.3f}); the exhaustive winner: {same}; "  # type: ignore[index]
             f"inside its TFR CI: {inside}"
         )
-    ratio = gens_b / gens_a
-    same = bool(results["sweep"]["same_winner"])
-    inside = bool(results["sweep"]["inside_ci"])
-    pruned = int(results["sweep"]["pruned"])  # type: ignore[call-overload]
     if args.out:
         Path(args.out).write_text(
             json.dumps(
@@ -242,15 +299,12 @@ def main() -> None:
                     "pruner": args.pruner,
                     "minibatch": args.minibatch,
                     "exhaustive_generations": gens_a,
-                    "sweep_generations": gens_b,
-                    "ratio": ratio,
                     "exhaustive_tokens": tokens_a,
+                    "exhaustive_forward_tokens_per_generation": forward_per_generation,
                     "exhaustive_engine_calls": calls_a,
                     "exhaustive_seconds": round(secs_a, 1),
                     "arms": results,
-                    "same_winner": same,
-                    "inside_ci": inside,
-                    "pruned": pruned,
+                    "exhaustive_winner": ex_name,
                     "harmful": args.harmful,
                     "benign": args.benign,
                     "max_tokens": args.max_tokens,

@@ -21,7 +21,7 @@ from flipsearch.commands._common import (
     open_cache,
 )
 from flipsearch.errors import ConfigError
-from flipsearch.proxy import DIRECTION_HARMFUL, DIRECTION_HARMLESS
+from flipsearch.proxy import ANSWER_TOKENS, DIRECTION_HARMFUL, DIRECTION_HARMLESS, MAX_PROMPTS
 
 OPENING_SPACE = "baselines"
 """The reference contexts whose refusals give the likelihood proxy its refusal openings."""
@@ -65,6 +65,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=24,
         help="window of the context-free answers the likelihood proxy reads (default 24)",
     )
+    p.add_argument(
+        "--max-prompts",
+        type=int,
+        default=MAX_PROMPTS,
+        help=f"prompts each context is scored on: the first base-unsafe ones (default "
+        f"{MAX_PROMPTS}; 0: all)",
+    )
+    p.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=ANSWER_TOKENS,
+        help=f"tokens of each unsafe answer the likelihood proxy reads (default {ANSWER_TOKENS})",
+    )
     p.add_argument("--micro-batch", type=int, default=32, help="rows per forward pass")
     add_engine_args(p)
     add_judge_args(p)
@@ -104,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         direction_harmful=[r.prompt for r in load_prompt_set(args.direction_harmful).harmful()],
         direction_harmless=[r.prompt for r in load_prompt_set(args.direction_harmless).benign()],
         direction_layers=parse_layers(args.direction_layers),
+        answer_tokens=args.answer_tokens,
+        max_prompts=args.max_prompts or None,
         micro_batch=args.micro_batch,
     )
     print(

@@ -33,9 +33,11 @@ from flipsearch.proxy._likelihood import (
 )
 from flipsearch.proxy._rank import RankAgreement, rank_agreement, ranks, spearman
 from flipsearch.proxy._screen import (
+    ANSWER_TOKENS,
     DESIGNS,
     DIRECTION_HARMFUL,
     DIRECTION_HARMLESS,
+    MAX_PROMPTS,
     ProxyRow,
     ProxySetup,
     hf_model_of,
@@ -45,9 +47,11 @@ from flipsearch.proxy._screen import (
 )
 
 __all__ = [
+    "ANSWER_TOKENS",
     "DESIGNS",
     "DIRECTION_HARMFUL",
     "DIRECTION_HARMLESS",
+    "MAX_PROMPTS",
     "AnswerScores",
     "DirectionScore",
     "DirectionTargets",

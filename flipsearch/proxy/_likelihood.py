@@ -5,7 +5,9 @@ scores well when it lowers the mean token log-probability of that unsafe answer 
 the probability that the answer starts as the model's own refusals do (the first tokens
 of refusals the judge found in its answers). Teacher forcing only: one forward pass per
 prompt over context + prompt + the unsafe answer cut to its first tokens (where flips
-show); the refusal term is read from the same pass, at the answer's first position.
+show; by default only the first token, which ranked contexts as well as 16 on the
+embedded model); the refusal term is read from the same pass, at the answer's first
+position.
 
     score = mean over prompts of [refusal_shift + unsafe_drop]
     refusal_shift = log P(first token in R | c, x) - log P(first token in R | x)
@@ -59,7 +61,7 @@ class LikelihoodTargets:
         unsafe: Sequence[tuple[str, str]],
         openings: Sequence[Sequence[int]],
         *,
-        answer_tokens: int = 16,
+        answer_tokens: int = 1,
         default_system: str | None = None,
         micro_batch: int = 32,
     ) -> LikelihoodTargets:

@@ -28,6 +28,10 @@ DIRECTION_HARMFUL = "harmful_core:train"
 """Default harmful prompts the refusal direction is fitted on (a train split)."""
 DIRECTION_HARMLESS = "benign:train"
 """Default harmless prompts the refusal direction is fitted on (a train split)."""
+ANSWER_TOKENS = 1
+"""Default answer tokens the likelihood proxy reads: the first, where flips show."""
+MAX_PROMPTS = 8
+"""Default prompts each context is scored on (the first base-unsafe ones)."""
 
 
 def hf_model_of(engine: object) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -69,7 +73,8 @@ def prepare_proxies(
     direction_harmful: Sequence[str] | None = None,
     direction_harmless: Sequence[str] | None = None,
     direction_layers: Sequence[int] | None = None,
-    answer_tokens: int = 16,
+    answer_tokens: int = ANSWER_TOKENS,
+    max_prompts: int | None = MAX_PROMPTS,
     opening_tokens: int = 8,
     openings: int = 4,
     micro_batch: int = 32,
@@ -77,19 +82,26 @@ def prepare_proxies(
     """Build the targets of ``designs`` on ``harmful``.
 
     ``likelihood`` reads (or makes, through ``scorer`` and its cache) the context-free
-    answers to ``harmful`` and the answers with each of ``opening_contexts`` (default: the
-    built-in ``baselines`` space); refusals among them give the openings. ``direction`` is
-    fitted on ``direction_harmful`` vs ``direction_harmless`` (default
-    :data:`DIRECTION_HARMFUL` vs :data:`DIRECTION_HARMLESS`; use train splits, never the
-    prompts it scores), at the best separating layer of ``direction_layers`` (default:
-    every block but the last).
+    answers to ``harmful`` and keeps the first ``max_prompts`` prompts whose answer is
+    unsafe (None: all), each answer cut to ``answer_tokens``; the answers to those prompts
+    with each of ``opening_contexts`` (default: the built-in ``baselines`` space) and the
+    context-free refusals give the refusal openings. ``direction`` scores the first
+    ``max_prompts`` harmful prompts; it is fitted on ``direction_harmful`` vs
+    ``direction_harmless`` (default :data:`DIRECTION_HARMFUL` vs
+    :data:`DIRECTION_HARMLESS`; use train splits, never the prompts it scores), at the
+    best separating layer of ``direction_layers`` (default: every block but the last).
+
+    The defaults (the first answer token, 8 prompts) are the cheapest setting measured
+    to rank contexts as well as the full one (``results/benchmarks/proxy.md``).
 
     Raises:
-        ConfigError: an unknown design.
+        ConfigError: an unknown design, or ``max_prompts`` < 1.
     """
     unknown = [d for d in designs if d not in DESIGNS]
     if unknown or not designs:
         raise ConfigError(f"`designs` must be a non-empty subset of {DESIGNS}, got {designs!r}")
+    if max_prompts is not None and max_prompts < 1:
+        raise ConfigError(f"`max_prompts` must be None or >= 1, got {max_prompts}")
     start = time.perf_counter()
     before_gen, before_tok = scorer.generations, scorer.new_tokens
     template = scorer.template
@@ -100,13 +112,16 @@ def prepare_proxies(
     likelihood = direction = None
     if "likelihood" in designs:
         base = scorer.outcomes(Context(""), rows)
-        pairs = zip(rows, base, strict=True)
-        unsafe = [(r.prompt, o.base_text) for r, o in pairs if o.base_unsafe[0]]
+        kept = [(r, o) for r, o in zip(rows, base, strict=True) if o.base_unsafe[0]]
+        kept = kept[:max_prompts]
+        unsafe = [(r.prompt, o.base_text) for r, o in kept]
         refusals = [o.base_text for o in base if o.base_refusal[0]]
         if opening_contexts is None:
             opening_contexts = [c.context for c in load_search_space("baselines").enumerate()]
-        for context in opening_contexts:
-            refusals += [o.ctx_text for o in scorer.outcomes(context, rows) if o.ctx_refusal[0]]
+        kept_rows = [r for r, _ in kept]
+        for context in opening_contexts if kept_rows else ():
+            outcomes = scorer.outcomes(context, kept_rows)
+            refusals += [o.ctx_text for o in outcomes if o.ctx_refusal[0]]
         likelihood = LikelihoodTargets.build(
             model,
             tokenizer,
@@ -135,7 +150,7 @@ def prepare_proxies(
             model,
             tokenizer,
             fitted,
-            [r.prompt for r in rows],
+            [r.prompt for r in rows[:max_prompts]],
             default_system=default_system,
             micro_batch=micro_batch,
         )
