@@ -39,6 +39,8 @@ from flipsearch.judges import JudgeConfig
 from flipsearch.paths import cache_dir
 from flipsearch.prompts import load_prompt_set
 from flipsearch.proxy import (
+    ANSWER_TOKENS,
+    MAX_PROMPTS,
     DirectionTargets,
     direction_shift,
     fit_refusal_direction,
@@ -136,6 +138,13 @@ def main() -> None:
     ap.add_argument("--contexts", type=int, default=44, help="grammar contexts + 4 references")
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--cost-contexts", type=int, default=4)
+    ap.add_argument(
+        "--sweep-window", type=int, default=64,
+        help="also time generation at this window, the sweep's default on a model that "
+        "does not think (0: skip)",
+    )  # fmt: skip
+    ap.add_argument("--max-prompts", type=int, default=MAX_PROMPTS, help="0: all")
+    ap.add_argument("--answer-tokens", type=int, default=ANSWER_TOKENS)
     ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"])
     ap.add_argument("--out", default="results/benchmarks/proxy.md")
     args = ap.parse_args()
@@ -163,7 +172,8 @@ def main() -> None:
         f"judge `{judge.name}`; {len(contexts)} contexts ({len(contexts) - 4} distinct "
         "paper_axes texts evenly spaced over the grammar, alternately system and prefix, "
         "plus the 4 built-in references); "
-        f"`python benchmarks/proxy.py --n-harmful {args.n_harmful} --contexts {args.contexts}`.",
+        f"`python benchmarks/proxy.py --n-harmful {args.n_harmful} --contexts {args.contexts} "
+        f"--max-prompts {args.max_prompts} --answer-tokens {args.answer_tokens}`.",
         "",
     ]
     csv_rows: list[dict[str, object]] = []
@@ -188,6 +198,8 @@ def main() -> None:
             tokenizer,
             harmful,
             opening_contexts=references,
+            max_prompts=args.max_prompts or None,
+            answer_tokens=args.answer_tokens,
         )
         rows = list(score_candidates(setup, model, tokenizer, candidates))
         # A variant: the direction restricted to the middle half of the blocks (Arditi et
@@ -200,19 +212,26 @@ def main() -> None:
             [r.prompt for r in load_prompt_set("benign:train").benign()],
             layers=range(n_layers // 4, 3 * n_layers // 4 + 1),
         )
-        mid_targets = DirectionTargets.build(model, tokenizer, mid, [r.prompt for r in harmful])
+        direction_prompts = [r.prompt for r in harmful][: args.max_prompts or None]
+        mid_targets = DirectionTargets.build(model, tokenizer, mid, direction_prompts)
         extra = {
             c.id: {"direction_mid": direction_shift(model, tokenizer, c.context, mid_targets).score}
             for c in candidates
         }
         cost = design_costs(setup, model, tokenizer, candidates)
-        gen_secs, gen_tokens = generation_cost(
-            engine, judge, [c for _, c in contexts[: args.cost_contexts]], harmful, args.max_tokens
+        timed = [c for _, c in contexts[: args.cost_contexts]]
+        gen_secs, gen_tokens = generation_cost(engine, judge, timed, harmful, args.max_tokens)
+        sweep_cost = (
+            generation_cost(engine, judge, timed, harmful, args.sweep_window)
+            if args.sweep_window and args.sweep_window != args.max_tokens
+            else None
         )
         assert setup.likelihood is not None and setup.direction is not None
         lines += [
             f"## `{set_name}` ({len(harmful)} harmful prompts, "
-            f"{len(setup.likelihood.prompts)} of them base-unsafe)",
+            f"the proxies read the first {len(setup.likelihood.prompts)} base-unsafe ones, "
+            f"{args.answer_tokens} answer token(s) each; the direction the first "
+            f"{len(direction_prompts)})",
             "",
             f"Refusal openings: {len(setup.likelihood.openings)} "
             f"({', '.join(repr(tokenizer.decode(list(o))) for o in setup.likelihood.openings)}); "
@@ -245,13 +264,27 @@ def main() -> None:
                 f"({gen_secs / secs:.1f}x) | {tokens:.0f} ({gen_tokens / tokens:.1f}x) |"
                 for design, (secs, tokens) in cost.items()
             ),
+        ]
+        if sweep_cost is not None:
+            sw_secs, sw_tokens = sweep_cost
+            lines += [
+                f"| generation at the sweep's default window ({args.sweep_window} tokens, same "
+                f"contexts, empty cache) | {sw_secs:.2f} | {sw_tokens:.0f} |",
+                *(
+                    f"| {design} (ratio: {args.sweep_window}-token generation / proxy) | "
+                    f"{secs:.2f} ({sw_secs / secs:.1f}x) | {tokens:.0f} "
+                    f"({sw_tokens / tokens:.1f}x) |"
+                    for design, (secs, tokens) in cost.items()
+                ),
+            ]
+        lines += [
             "",
             f"Set-up, once per prompt set: {setup.generations} new generations "
             f"({setup.new_tokens} tokens; 0 with a warm cache), {setup.seconds:.1f} s.",
             "",
         ]
         # Set-up counted cold: the reference contexts' answers that give the refusal openings.
-        setup_generations = len(references) * len(harmful)
+        setup_generations = len(references) * len(setup.likelihood.prompts)
         lines += prescreen_lines(rows, measured, len(harmful), setup_generations, cost, gen_tokens)
         for r in rows:
             row = {"set": set_name, **r.to_dict(), **extra[r.candidate_id]}

@@ -231,6 +231,76 @@ def test_spearman_equals_scipy_with_ties():
     assert agreement == rank_agreement(x, y, resamples=500, seed=1)
 
 
+class _RecordingScorer:
+    """Stands in for FlipScorer in ``prepare_proxies``: every other prompt's context-free
+    answer is unsafe, every reference context refuses, and each request is recorded."""
+
+    template = None
+    generations = 0
+    new_tokens = 0
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[str]]] = []
+
+    def outcomes(self, context, rows):  # type: ignore[no-untyped-def]
+        from types import SimpleNamespace
+
+        self.requests.append((context.text, [r.prompt for r in rows]))
+        return [
+            SimpleNamespace(
+                base_unsafe=(i % 2 == 0,),
+                base_refusal=(False,),
+                base_text=f"Sure, here is step one for {r.prompt}",
+                ctx_refusal=(True,),
+                ctx_text="I'm sorry, but I can't help with that.",
+            )
+            for i, r in enumerate(rows)
+        ]
+
+
+def test_prepare_proxies_reads_the_first_max_prompts_unsafe_prompts_only(tiny3):
+    """The likelihood proxy keeps the first ``max_prompts`` base-unsafe prompts, reads one
+    answer token by default, and asks the reference contexts about those prompts only."""
+    from flipsearch.prompts import load_prompt_set
+    from flipsearch.proxy import prepare_proxies
+
+    model, tok = tiny3
+    harmful = load_prompt_set("harmful_core:search", limit=10)
+    prompts = [r.prompt for r in harmful.harmful()]
+    refs = [Context("Refuse harm.", "system"), Context("Be safe.", "prefix")]
+    scorer = _RecordingScorer()
+    setup = prepare_proxies(
+        scorer, model, tok, harmful, designs=["likelihood"], opening_contexts=refs, max_prompts=2
+    )  # type: ignore[arg-type]
+    assert setup.likelihood is not None
+    assert list(setup.likelihood.prompts) == [prompts[0], prompts[2]]
+    assert [len(a) for a in setup.likelihood.answers] == [1, 1]
+    assert scorer.requests == [
+        ("", prompts),
+        ("Refuse harm.", [prompts[0], prompts[2]]),
+        ("Be safe.", [prompts[0], prompts[2]]),
+    ]
+    assert setup.likelihood.openings == (
+        tuple(tok.encode("I'm sorry, but I can't help with that.", add_special_tokens=False)[:8]),
+    )
+
+    every = prepare_proxies(
+        _RecordingScorer(),
+        model,
+        tok,
+        harmful,
+        designs=["likelihood"],
+        opening_contexts=refs,
+        max_prompts=None,
+        answer_tokens=3,
+    )  # type: ignore[arg-type]
+    assert every.likelihood is not None
+    assert list(every.likelihood.prompts) == prompts[::2]
+    assert all(len(a) == 3 for a in every.likelihood.answers)
+    with pytest.raises(ConfigError, match="max_prompts"):
+        prepare_proxies(_RecordingScorer(), model, tok, harmful, max_prompts=0)  # type: ignore[arg-type]
+
+
 def test_refusal_openings_are_the_most_frequent_first_tokens(tiny3):
     _, tok = tiny3
     refusals = ["I'm sorry, I can't.", "I cannot do that.", "I'm sorry, I can't.", " "]
