@@ -192,7 +192,8 @@ def main() -> None:
 
     # ---- the pruned sweep over the same list, one trial at a time and in waves
     space = tmp / "efficiency.yaml"
-    n_searched = len(contexts) - 4
+    n_baselines = 4  # fixed_contexts puts the four `baselines` last
+    n_searched = len(contexts) - n_baselines
     write_list_space(space, contexts[:n_searched])  # the baselines come through `baselines`
     config = SweepConfig(
         space=str(space),
@@ -221,11 +222,11 @@ def main() -> None:
     for n in keep_counts:
         configs[f"prescreened {n}"] = dataclasses.replace(
             config,
-            race_width=min(width, n + 4),
+            race_width=min(width, n + n_baselines),
             study=f"prescreened-{n}",
             prescreen=n,
             prescreen_by=args.prescreen_by,
-            trials=n + 4,  # the kept contexts and the baselines, nothing more
+            trials=n + n_baselines,  # the kept contexts and the baselines, nothing more
         )
     run_arms = [a for a in configs if a.split(" ")[0] in wanted]
     for arm in run_arms:
