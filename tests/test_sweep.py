@@ -33,6 +33,7 @@ from flipsearch.sweep import (
     recorded_rounds,
     run_sweep,
 )
+from flipsearch.sweep._objective import budget_taken
 from flipsearch.sweep._rounds import make_rewriter
 from flipsearch.trials import parse_storage
 
@@ -736,6 +737,25 @@ def test_two_workers_on_one_journal_do_no_duplicate_work(tmp_path):
     assert len(scored) == len(set(scored))
     # Nothing was generated twice: the two workers' generations are exactly the cache rows.
     assert sum(generated) == GenerationCache(config.cache).counts()["generations"]
+
+
+def test_two_trials_starting_together_never_both_stand_down():
+    # The CI failure: trials 8 and 9 (two workers) each counted the other as running and
+    # both stood down, so a 9-trial grid sweep ended with 8 candidates. Only older running
+    # trials count: the older one runs, the younger one is surplus.
+    study = optuna.create_study()
+    for _ in range(8):
+        study.tell(study.ask(), 0.5)
+    older, younger = study.ask(), study.ask()
+    trials = study.get_trials(deepcopy=False)
+    assert not budget_taken(trials, older.number, budget=9)
+    assert budget_taken(trials, younger.number, budget=9)
+    # With room for both, neither stands down; with the budget met, both do.
+    assert not budget_taken(trials, younger.number, budget=10)
+    study.tell(older, 0.5)
+    study.tell(study.ask(), 0.5)
+    done = study.get_trials(deepcopy=False)
+    assert budget_taken(done, younger.number, budget=9)
 
 
 def test_a_killed_worker_loses_no_finished_trial_and_its_trial_is_retried(tmp_path):

@@ -46,13 +46,32 @@ if TYPE_CHECKING:
     from flipsearch.proposers import CandidatePool
     from flipsearch.space import SearchSpace
 
-__all__ = ["Objective", "SurplusTrial", "constraint_excess", "constraint_name", "ordered"]
+__all__ = [
+    "Objective",
+    "SurplusTrial",
+    "budget_taken",
+    "constraint_excess",
+    "constraint_name",
+    "ordered",
+]
 
 
 def ordered(rows: Sequence[PromptRow]) -> list[PromptRow]:
     """``rows`` in a fixed, content-independent shuffle (hash of the id), so each minibatch
     mixes categories; the same for every trial and worker, so pruning steps line up."""
     return sorted(rows, key=lambda r: hashlib.sha256(r.id.encode()).hexdigest())
+
+
+def budget_taken(trials: Sequence[FrozenTrial], number: int, budget: int) -> bool:
+    """Whether the trials already finished, plus the running ones started before trial
+    ``number`` (lower numbers), make up ``budget``: trial ``number`` is then surplus.
+
+    Only older running trials count, so two trials that start together never both stand
+    down for each other and leave the budget one short.
+    """
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    older = sum(t.state == TrialState.RUNNING and t.number < number for t in trials)
+    return done + older >= budget
 
 
 def _compact(values: Sequence[float]) -> list[float | int]:
@@ -257,13 +276,12 @@ class Objective:
         return score
 
     def _surplus(self, trial: optuna.Trial) -> bool:
-        # Another worker's running trials already complete the budget: stop instead of
-        # overshooting (Optuna's MaxTrialsCallback only checks after a trial). An enqueued
-        # candidate goes back into the queue.
-        trials = trial.study.get_trials(deepcopy=False)
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-        running = sum(t.state == TrialState.RUNNING and t.number != trial.number for t in trials)
-        if done + running < self.config.trials:
+        # Older running trials (another worker's, or this worker's wave) already complete
+        # the budget: stop instead of overshooting (Optuna's MaxTrialsCallback only checks
+        # after a trial). An enqueued candidate goes back into the queue.
+        if not budget_taken(
+            trial.study.get_trials(deepcopy=False), trial.number, self.config.trials
+        ):
             return False
         attrs = {
             k: v for k, v in trial.user_attrs.items() if k in (POOL_ATTR, "retry_of", "retries")
