@@ -1,7 +1,8 @@
 """Search efficiency: a pruned sweep against exhaustive scoring of the same contexts.
 
-Both arms see the same fixed list of contexts (the first ``--contexts - 4`` distinct
-contexts of ``paper_axes`` plus the four of ``baselines``) on the same prompts:
+Both arms see the same fixed list of contexts (``--contexts - 4`` distinct texts of
+``paper_axes`` plus the four of ``baselines``; ``--contexts all``: every context of the
+grammar, both placements, plus the baselines) on the same prompts:
 
 - exhaustive: every context on every harmful and benign prompt;
 - sweep: :func:`flipsearch.sweep.run_sweep` as a user runs it: the known baselines
@@ -25,6 +26,11 @@ benign prompts, scored in a 24-token window.
 
 Each arm has its own fresh cache, and generations are counted the same way in both:
 cache misses, the context-free baseline included (both generate it once per prompt).
+``--exhaustive-cache PATH`` keeps the exhaustive arm's cache there instead, so a long
+exhaustive arm (the whole grammar: 35k generations, about 13 h on a 2-core CPU) resumes
+where a stopped run left off; its generations are then counted as the arm needs them
+(every context and the context-free baseline on every prompt), and its seconds are this
+run's only. ``--arms none`` runs the exhaustive arm alone.
 The goal is a sweep using <= 35% of the exhaustive generations whose winner is the
 exhaustive winner, or lies inside the exhaustive winner's TFR 95% interval.
 
@@ -45,6 +51,7 @@ from pathlib import Path
 
 import yaml
 from _common import machine_header
+from tqdm.auto import tqdm
 
 from flipsearch.cache import GenerationCache
 from flipsearch.contexts import Context, check_placement
@@ -53,15 +60,22 @@ from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.flip import FlipScorer, ScoreSettings
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import load_prompt_set
+from flipsearch.proxy import RANKINGS
 from flipsearch.space import load_search_space
 from flipsearch.sweep import PRUNERS, SweepConfig, run_sweep
 from flipsearch.trials import ranked_trials, rate_of
 
 
-def fixed_contexts(n: int) -> list[tuple[str, Context]]:
+def fixed_contexts(n: int | None) -> list[tuple[str, Context]]:
     """``n`` contexts: ``n - 4`` distinct texts of paper_axes, evenly spaced over its
     enumeration so every axis varies, placed alternately as a system message and a
-    user-turn prefix, then the four baselines (last)."""
+    user-turn prefix, then the four baselines (last). None: every context of paper_axes
+    (each text in both placements), then the baselines."""
+    references = load_search_space("baselines").enumerate()
+    baselines = [(c.id.split("@")[0], c.context) for c in references]
+    if n is None:
+        every = load_search_space("paper_axes").enumerate()
+        return [(c.id.split("@")[0], c.context) for c in every] + baselines
     if n < 5:
         raise SystemExit(f"--contexts must be >= 5, got {n}")
     distinct, seen = [], set()
@@ -80,8 +94,7 @@ def fixed_contexts(n: int) -> list[tuple[str, Context]]:
         )
         for c, p in zip(picked, ["system", "prefix"] * want, strict=False)
     ]
-    baselines = load_search_space("baselines").enumerate()
-    return grammar + [(c.id.split("@")[0], c.context) for c in baselines]
+    return grammar + baselines
 
 
 def write_list_space(path: Path, contexts: list[tuple[str, Context]]) -> None:
@@ -131,7 +144,14 @@ def main() -> None:
     ap.add_argument("--benign", default="benign:search")
     ap.add_argument("--n-harmful", type=int, default=27)
     ap.add_argument("--n-benign", type=int, default=27, help="as many as harmful by default")
-    ap.add_argument("--contexts", type=int, default=16)
+    ap.add_argument(
+        "--contexts", default="16",
+        help="contexts in the list (>= 5), or all: the whole paper_axes grammar (default 16)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--exhaustive-cache", default=None,
+        help="keep the exhaustive arm's generation cache here, so a stopped run resumes",
+    )  # fmt: skip
     ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"])
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--minibatch", type=int, default=2)
@@ -143,19 +163,22 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument(
         "--arms", default="sweep,batched",
-        help="comma-separated arms besides the exhaustive one: sweep, batched, prescreened",
+        help="comma-separated arms besides the exhaustive one: sweep, batched, prescreened; "
+        "none: the exhaustive arm alone",
     )  # fmt: skip
     ap.add_argument(
         "--prescreen", default="8",
         help="contexts the proxy keeps in the prescreened arm; a comma-separated list "
         "runs one arm per value (default 8)",
     )  # fmt: skip
-    ap.add_argument("--prescreen-by", default="likelihood", help="the proxy design it ranks by")
+    ap.add_argument(
+        "--prescreen-by", default="likelihood", choices=RANKINGS, help="what the prescreen ranks by"
+    )
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args()
     machine = machine_header()
     wanted = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = sorted(set(wanted) - set(ARMS))
+    unknown = sorted(set(wanted) - set(ARMS) - {"none"})
     if unknown or not wanted:
         raise SystemExit(f"--arms must name some of {', '.join(ARMS)}, got {args.arms!r}")
     try:
@@ -165,7 +188,9 @@ def main() -> None:
     if not keep_counts or min(keep_counts) < 1:
         raise SystemExit(f"--prescreen must be integers >= 1, got {args.prescreen!r}")
 
-    contexts = fixed_contexts(args.contexts)
+    if args.contexts != "all" and not args.contexts.isdigit():
+        raise SystemExit(f"--contexts must be an integer or all, got {args.contexts!r}")
+    contexts = fixed_contexts(None if args.contexts == "all" else int(args.contexts))
     harmful = load_prompt_set(args.harmful, limit=args.n_harmful).harmful()
     benign = load_prompt_set(args.benign, limit=args.n_benign).benign()
     engine_cfg = EngineConfig(engine=args.engine)
@@ -179,16 +204,25 @@ def main() -> None:
 
     # ---- exhaustive: every context on every prompt
     t0 = time.perf_counter()
-    cache_a = GenerationCache(tmp / "exhaustive.sqlite")
+    resumed = args.exhaustive_cache is not None
+    cache_a = GenerationCache(args.exhaustive_cache or tmp / "exhaustive.sqlite")
     scorer = FlipScorer(engine, judge, cache_a, ScoreSettings(max_tokens=args.max_tokens))  # type: ignore[arg-type]
     exhaustive = {}
-    for name, ctx in contexts:
+    for name, ctx in tqdm(contexts, desc="exhaustive", unit="context", disable=not resumed):
         s = scorer.score(ctx, harmful, benign).score
         exhaustive[(ctx.text, ctx.placement)] = (name, s)
-    gens_a = cache_a.stats.generation_misses
+    # Greedy, one answer per prompt: each context on every prompt, plus the baseline.
+    needed = (len(contexts) + 1) * (len(harmful) + len(benign))
+    gens_a = needed if resumed else cache_a.stats.generation_misses
     secs_a = time.perf_counter() - t0
     tokens_a, calls_a = engine.tokens, engine.calls
-    forward_per_generation = (engine.tokens + engine.prompt_tokens) / max(gens_a, 1)
+    made = max(cache_a.stats.generation_misses, 1)
+    forward_per_generation = (engine.tokens + engine.prompt_tokens) / made
+    if resumed:
+        print(
+            f"exhaustive arm: {cache_a.stats.generation_misses} of its {needed} generations "
+            f"made in this run ({secs_a:.0f} s), the rest read from {args.exhaustive_cache}"
+        )
 
     # ---- the pruned sweep over the same list, one trial at a time and in waves
     space = tmp / "efficiency.yaml"

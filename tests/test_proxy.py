@@ -204,8 +204,8 @@ def test_refusal_direction_needs_both_halves_of_both_sets(tiny3):
         fit_refusal_direction(model, tok, HARMFUL, HARMLESS, layers=[3])
 
 
-def _row(cid: str, likelihood: float) -> ProxyRow:
-    return ProxyRow(cid, "system", cid, likelihood, 0.0, 0.0, None, 1.0, 0.1)
+def _row(cid: str, likelihood: float, selective: float | None = None) -> ProxyRow:
+    return ProxyRow(cid, "system", cid, likelihood, 0.0, 0.0, None, 1.0, 0.1, None, selective)
 
 
 def test_prescreen_keeps_exactly_the_top_n_with_ties_in_first_seen_order():
@@ -216,6 +216,10 @@ def test_prescreen_keeps_exactly_the_top_n_with_ties_in_first_seen_order():
         top_candidates(rows, 0, by="likelihood")
     with pytest.raises(ConfigError, match="direction"):
         top_candidates(rows, 2, by="direction")  # not scored with it
+    with pytest.raises(ConfigError, match="selective needs benign prompts"):
+        top_candidates(rows, 2, by="selective")
+    both = [_row("a", 0.9, selective=-0.2), _row("b", 0.1, selective=0.3), _row("c", 0.5, 0.0)]
+    assert top_candidates(both, 2, by="selective") == ["b", "c"]
 
 
 def test_spearman_equals_scipy_with_ties():
@@ -249,7 +253,8 @@ class _RecordingScorer:
         return [
             SimpleNamespace(
                 base_unsafe=(i % 2 == 0,),
-                base_refusal=(False,),
+                # Every third benign prompt is refused without a context.
+                base_refusal=(r.type == "benign" and i % 3 == 1,),
                 base_text=f"Sure, here is step one for {r.prompt}",
                 ctx_refusal=(True,),
                 ctx_text="I'm sorry, but I can't help with that.",
@@ -301,6 +306,77 @@ def test_prepare_proxies_reads_the_first_max_prompts_unsafe_prompts_only(tiny3):
         prepare_proxies(_RecordingScorer(), model, tok, harmful, max_prompts=0)  # type: ignore[arg-type]
 
 
+def test_benign_term_and_selective_equal_a_hand_computation(tiny3):
+    """With benign prompts, the likelihood score is read on the first ``max_prompts`` of
+    them the model answers without refusing (the same formula, by hand here), and
+    ``selective`` is the harmful score minus the benign one."""
+    from flipsearch.prompts import load_prompt_set
+    from flipsearch.proxy import prepare_proxies, score_candidates
+    from flipsearch.space import Candidate
+
+    model, tok = tiny3
+    harmful = load_prompt_set("harmful_core:search", limit=6)
+    benign = load_prompt_set("benign:search", limit=6)
+    benign_prompts = [r.prompt for r in benign.benign()]
+    scorer = _RecordingScorer()
+    setup = prepare_proxies(
+        scorer,  # type: ignore[arg-type]
+        model,
+        tok,
+        harmful,
+        benign=benign,
+        designs=["likelihood"],
+        opening_contexts=[Context("Refuse harm.", "system")],
+        max_prompts=3,
+    )
+    targets = setup.benign_likelihood
+    assert targets is not None and setup.likelihood is not None
+    # Prompt 1 of each chunk of three is refused at base: the first three others are
+    # kept, and answers were asked for two chunks, not the whole set.
+    assert list(targets.prompts) == [benign_prompts[i] for i in (0, 2, 3)]
+    assert [r for _, r in scorer.requests[-2:]] == [benign_prompts[:3], benign_prompts[3:6]]
+    assert targets.openings == setup.likelihood.openings and targets.openings
+    first = [o[0] for o in targets.openings]
+    want = 0.0
+    for prompt in targets.prompts:
+        answer = tok.encode(f"Sure, here is step one for {prompt}", add_special_tokens=False)[:1]
+        base_mean, base_mass = _by_hand(model, _ids(tok, prompt), answer, first)
+        ctx_mean, ctx_mass = _by_hand(model, _ids(tok, prompt, CONTEXT), answer, first)
+        want += ((base_mean - ctx_mean) + (ctx_mass - base_mass)) / 3
+    row = next(iter(score_candidates(setup, model, tok, [Candidate("c", CONTEXT, {})])))
+    assert row.benign == pytest.approx(want, abs=1e-4)
+    harmful_score = likelihood_shift(model, tok, CONTEXT, setup.likelihood).score
+    assert row.selective == pytest.approx(harmful_score - want, abs=1e-4)
+
+
+def test_benign_term_needs_a_benign_prompt_answered_without_refusal(tiny3):
+    from types import SimpleNamespace
+
+    from flipsearch.prompts import load_prompt_set
+    from flipsearch.proxy import prepare_proxies
+
+    class RefusesBenign(_RecordingScorer):
+        def outcomes(self, context, rows):  # type: ignore[no-untyped-def]
+            outs = super().outcomes(context, rows)
+            return [
+                SimpleNamespace(**{**vars(o), "base_refusal": (r.type == "benign",)})
+                for o, r in zip(outs, rows, strict=True)
+            ]
+
+    model, tok = tiny3
+    benign = load_prompt_set("benign:search", limit=4)
+    with pytest.raises(ConfigError, match=r"benign:search.*none qualifies"):
+        prepare_proxies(
+            RefusesBenign(),  # type: ignore[arg-type]
+            model,
+            tok,
+            load_prompt_set("harmful_core:search", limit=4),
+            benign=benign,
+            designs=["likelihood"],
+            opening_contexts=[],
+        )
+
+
 def test_refusal_openings_are_the_most_frequent_first_tokens(tiny3):
     _, tok = tiny3
     refusals = ["I'm sorry, I can't.", "I cannot do that.", "I'm sorry, I can't.", " "]
@@ -315,13 +391,18 @@ def test_proxy_cli_ranks_the_builtin_references_on_the_embedded_model(tmp_path: 
         sys.executable, "-m", "flipsearch.cli", "proxy", "--space", "baselines",
         "--harmful", "harmful_core:search", "--limit", "8", "--engine", "hf",
         "--cache", str(tmp_path / "cache.sqlite"), "--max-tokens", "16", "--out", str(out),
+        "--benign", "benign:search", "--max-prompts", "4",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 4
-    scores = [float(r["likelihood"]) for r in rows]
+    # With benign prompts the CSV is ordered by selective = likelihood - benign.
+    scores = [float(r["selective"]) for r in rows]
     assert scores == sorted(scores, reverse=True)
+    for r in rows:
+        want = float(r["likelihood"]) - float(r["benign"])
+        assert float(r["selective"]) == pytest.approx(want, abs=1e-6)
     assert all(math.isfinite(float(r["direction"])) for r in rows)
     assert "new generations" in done.stdout and "scored 4 contexts" in done.stdout
 

@@ -338,6 +338,8 @@ def test_config_defaults_depend_on_the_objective():
         ({"rewrite_rounds": 2, "rewrite_every": 3}, "`rewrite_every` must be 0 with rewrite_r"),
         ({"proposer_engine": "tgi"}, "`proposer_engine` must be one of"),
         ({"proposer_max_tokens": 0}, "`proposer_max_tokens` must be >= 1"),
+        ({"prescreen_by": "vibes"}, "`prescreen_by` must be one of"),
+        ({"prescreen_by": "selective", "benign": None}, "'selective' subtracts the proxy"),
     ],
 )
 def test_config_rejects_bad_values(kw, match):

@@ -44,6 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--harmful", default="harmful_core:search", help="prompts to score on")
     p.add_argument("--limit", type=int, default=None, help="first N harmful prompts")
     p.add_argument(
+        "--benign",
+        default=None,
+        help="benign prompts (e.g. benign:search): adds the likelihood score on them "
+        "(column benign, higher: more over-refusal) and selective = likelihood - benign, "
+        "which then orders the CSV",
+    )
+    p.add_argument(
         "--direction-harmful",
         default=DIRECTION_HARMFUL,
         help="harmful prompts the refusal direction is fitted on (a train split)",
@@ -101,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     space = load_search_space(args.space)
     candidates = space.enumerate(limit=None, unique=True)
     harmful = load_prompt_set(args.harmful, limit=args.limit)
+    benign = load_prompt_set(args.benign) if args.benign else None
+    if benign is not None and "likelihood" not in designs:
+        raise ConfigError("`--benign` adds to the likelihood design: add it to `--design`")
     engine = build_engine(args)
     model, tokenizer = hf_model_of(engine)
     scorer = FlipScorer(
@@ -112,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         model,
         tokenizer,
         harmful,
+        benign=benign,
         designs=designs,
         opening_contexts=[Context(c.text, c.placement) for c in openings],
         direction_harmful=[r.prompt for r in load_prompt_set(args.direction_harmful).harmful()],
@@ -141,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     seconds = time.perf_counter() - start
-    rows.sort(key=lambda r: -float(getattr(r, designs[0])))
+    order = "selective" if benign is not None else designs[0]
+    rows.sort(key=lambda r: -float(getattr(r, order)))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as fh:

@@ -27,7 +27,7 @@ from flipsearch.commands._common import (
     engine_and_judge_configs,
 )
 from flipsearch.contexts import PLACEMENTS
-from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
+from flipsearch.proxy import RANKINGS as PRESCREEN_RANKINGS
 
 if TYPE_CHECKING:
     from flipsearch.sweep import SweepConfig
@@ -112,8 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--prescreen-by",
         default="likelihood",
-        choices=PRESCREEN_DESIGNS,
-        help="the proxy the prescreen ranks by (default likelihood)",
+        choices=PRESCREEN_RANKINGS,
+        help="what the prescreen ranks by: likelihood, direction, or selective (likelihood "
+        "minus the same score on the benign prompts: flips without over-refusal)",
     )
     s.add_argument(
         "--race-width",

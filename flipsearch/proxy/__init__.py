@@ -7,6 +7,10 @@ Two designs (issue #13), both scored per context from one forward pass per row:
 - ``direction`` (:mod:`._direction`): how far the context moves harmful prompts along
   the refusal direction of Arditi et al. 2024 (prompt tokens only).
 
+Given benign prompts, the likelihood score is also read on them (how far a context
+pushes helpful answers towards refusal); ``selective`` ranks by the harmful score minus
+the benign one, so a prescreen keeps contexts that flip without over-refusing.
+
 Each context's common prefix (chat header + context) is encoded once and reused by all
 its rows. :func:`rank_agreement` measures a proxy against measured flip rates
 (``benchmarks/proxy.py``).
@@ -38,6 +42,7 @@ from flipsearch.proxy._screen import (
     DIRECTION_HARMFUL,
     DIRECTION_HARMLESS,
     MAX_PROMPTS,
+    RANKINGS,
     ProxyRow,
     ProxySetup,
     hf_model_of,
@@ -52,6 +57,7 @@ __all__ = [
     "DIRECTION_HARMFUL",
     "DIRECTION_HARMLESS",
     "MAX_PROMPTS",
+    "RANKINGS",
     "AnswerScores",
     "DirectionScore",
     "DirectionTargets",

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from flipsearch.prompts import PromptSet
 
 DESIGNS: tuple[str, ...] = ("likelihood", "direction")
+RANKINGS: tuple[str, ...] = (*DESIGNS, "selective")
+"""What a prescreen ranks by: a design's score, or ``selective``, the likelihood score on
+harmful prompts minus the same score on benign ones (flips that do not over-refuse)."""
 DIRECTION_HARMFUL = "harmful_core:train"
 """Default harmful prompts the refusal direction is fitted on (a train split)."""
 DIRECTION_HARMLESS = "benign:train"
@@ -55,6 +58,9 @@ class ProxySetup:
 
     likelihood: LikelihoodTargets | None
     direction: DirectionTargets | None
+    benign_likelihood: LikelihoodTargets | None
+    """The likelihood targets on benign prompts and their helpful context-free answers
+    (None: no benign prompts given): how far a context pushes them towards refusal."""
     generations: int
     """New generations made to build it (0 with a warm cache): context-free answers to the
     harmful prompts and the reference contexts' answers that give the refusal openings."""
@@ -68,6 +74,7 @@ def prepare_proxies(
     tokenizer: PreTrainedTokenizerBase,
     harmful: PromptSet,
     *,
+    benign: PromptSet | None = None,
     designs: Sequence[str] = DESIGNS,
     opening_contexts: Sequence[Context] | None = None,
     direction_harmful: Sequence[str] | None = None,
@@ -91,11 +98,17 @@ def prepare_proxies(
     :data:`DIRECTION_HARMLESS`; use train splits, never the prompts it scores), at the
     best separating layer of ``direction_layers`` (default: every block but the last).
 
+    With ``benign`` (and ``likelihood``), the same likelihood score is also built on the
+    first ``max_prompts`` benign prompts the model answers without refusing: how far a
+    context lowers their helpful answers and raises the refusal openings there, the
+    over-refusal side of :data:`RANKINGS` ``selective``.
+
     The defaults (the first answer token, 8 prompts) are the cheapest setting measured
     to rank contexts as well as the full one (``results/benchmarks/proxy.md``).
 
     Raises:
-        ConfigError: an unknown design, or ``max_prompts`` < 1.
+        ConfigError: an unknown design, ``max_prompts`` < 1, or ``benign`` without a
+            prompt the model answers without refusing.
     """
     unknown = [d for d in designs if d not in DESIGNS]
     if unknown or not designs:
@@ -109,7 +122,7 @@ def prepare_proxies(
         template.kept_default(scorer.settings.keep_default_system) if template else None
     )
     rows = list(harmful.harmful())
-    likelihood = direction = None
+    likelihood = direction = benign_likelihood = None
     if "likelihood" in designs:
         base = scorer.outcomes(Context(""), rows)
         kept = [(r, o) for r, o in zip(rows, base, strict=True) if o.base_unsafe[0]]
@@ -131,6 +144,18 @@ def prepare_proxies(
             default_system=default_system,
             micro_batch=micro_batch,
         )
+        if benign is not None:
+            benign_likelihood = _benign_targets(
+                scorer,
+                model,
+                tokenizer,
+                benign,
+                likelihood.openings,
+                max_prompts=max_prompts,
+                answer_tokens=answer_tokens,
+                default_system=default_system,
+                micro_batch=micro_batch,
+            )
     if "direction" in designs:
         from flipsearch.prompts import load_prompt_set
 
@@ -157,9 +182,54 @@ def prepare_proxies(
     return ProxySetup(
         likelihood=likelihood,
         direction=direction,
+        benign_likelihood=benign_likelihood,
         generations=scorer.generations - before_gen,
         new_tokens=scorer.new_tokens - before_tok,
         seconds=time.perf_counter() - start,
+    )
+
+
+def _benign_targets(
+    scorer: FlipScorer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    benign: PromptSet,
+    openings: Sequence[Sequence[int]],
+    *,
+    max_prompts: int | None,
+    answer_tokens: int,
+    default_system: str | None,
+    micro_batch: int,
+) -> LikelihoodTargets:
+    # The first `max_prompts` benign prompts answered without a refusal, with their
+    # answers; answers are made (or read from the cache) a chunk at a time until enough.
+    rows = list(benign.benign())
+    step = max_prompts or len(rows) or 1
+    helpful: list[tuple[str, str]] = []
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        base = scorer.outcomes(Context(""), chunk)
+        helpful += [
+            (r.prompt, o.base_text)
+            for r, o in zip(chunk, base, strict=True)
+            if o.base_refusal[0] is False
+        ]
+        if max_prompts is not None and len(helpful) >= max_prompts:
+            break
+    if not helpful:
+        raise ConfigError(
+            f"the benign term needs benign prompts the model answers without refusing; "
+            f"{benign.name!r} has {len(rows)} benign prompts and none qualifies: give a "
+            "benign set the model answers (`--benign`), or rank by `likelihood`"
+        )
+    return LikelihoodTargets.build(
+        model,
+        tokenizer,
+        helpful[:max_prompts],
+        openings,
+        answer_tokens=answer_tokens,
+        default_system=default_system,
+        micro_batch=micro_batch,
     )
 
 
@@ -177,6 +247,11 @@ class ProxyRow:
     forward_tokens: float
     """Whole-model token equivalents run (see :class:`~flipsearch.proxy.ForwardCount`)."""
     seconds: float
+    benign: float | None = None
+    """The likelihood score on benign prompts (higher: more over-refusal); None without
+    benign prompts."""
+    selective: float | None = None
+    """``likelihood`` minus ``benign``: flips that do not over-refuse."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -194,12 +269,17 @@ def score_candidates(
     for cand in candidates:
         start = time.perf_counter()
         tokens = 0.0
-        lk = dr = None
+        lk = dr = bn = None
         if setup.likelihood is not None:
             lk = likelihood_shift(
                 model, tokenizer, cand.context, setup.likelihood, micro_batch=micro_batch
             )
             tokens += lk.forward_tokens
+        if setup.benign_likelihood is not None:
+            bn = likelihood_shift(
+                model, tokenizer, cand.context, setup.benign_likelihood, micro_batch=micro_batch
+            )
+            tokens += bn.forward_tokens
         if setup.direction is not None:
             dr = direction_shift(
                 model, tokenizer, cand.context, setup.direction, micro_batch=micro_batch
@@ -215,18 +295,24 @@ def score_candidates(
             direction=dr.score if dr else None,
             forward_tokens=tokens,
             seconds=time.perf_counter() - start,
+            benign=bn.score if bn else None,
+            selective=lk.score - bn.score if lk and bn else None,
         )
 
 
 def top_candidates(rows: Sequence[ProxyRow], n: int, *, by: str) -> list[str]:
-    """Candidate ids of the ``n`` highest-scoring rows by design ``by`` (ties: first seen).
+    """Candidate ids of the ``n`` highest-scoring rows by ``by``, one of :data:`RANKINGS`
+    (ties: first seen).
 
     Raises:
-        ConfigError: ``n`` < 1, or ``by`` is not a design the rows were scored with.
+        ConfigError: ``n`` < 1, or ``by`` is not a ranking every row was scored with.
     """
     if n < 1:
         raise ConfigError(f"`prescreen` must be >= 1, got {n}")
-    if by not in DESIGNS or any(getattr(r, by) is None for r in rows):
-        raise ConfigError(f"`by` must be a design every row was scored with, got {by!r}")
+    if by not in RANKINGS or any(getattr(r, by) is None for r in rows):
+        raise ConfigError(
+            f"`by` must be one of {RANKINGS} that every row was scored with, got {by!r}"
+            + (" (selective needs benign prompts)" if by == "selective" else "")
+        )
     order = sorted(range(len(rows)), key=lambda i: -float(getattr(rows[i], by)))
     return [rows[i].candidate_id for i in order[:n]]

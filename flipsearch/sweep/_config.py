@@ -19,7 +19,7 @@ from flipsearch.contexts import PLACEMENTS
 from flipsearch.engines import ENGINES, EngineConfig
 from flipsearch.errors import ConfigError
 from flipsearch.judges import JUDGE_READS, JudgeConfig
-from flipsearch.proxy import DESIGNS as PRESCREEN_DESIGNS
+from flipsearch.proxy import RANKINGS as PRESCREEN_RANKINGS
 from flipsearch.scoring import BENIGN_METRICS, HARMFUL_METRICS, OBJECTIVE_METRICS, check_metric
 from flipsearch.storage import (
     StorageSpec,
@@ -170,7 +170,9 @@ class SweepConfig:
     generation (raced by the pruner); None: no prescreen. Set ``trials`` to N plus the
     baselines and enqueued contexts to score only those."""
     prescreen_by: str = "likelihood"
-    """The proxy design the prescreen ranks by: ``likelihood`` or ``direction``."""
+    """What the prescreen ranks by: ``likelihood``, ``direction``, or ``selective`` (the
+    likelihood score on the harmful prompts minus the same on the benign ones, which
+    keeps contexts that flip without over-refusing; needs ``benign``)."""
 
     # -- where to store
     results_dir: str = "results"
@@ -306,9 +308,14 @@ class SweepConfig:
                     f"got objective {self.objective!r} and pruner {self.pruner!r}: unset "
                     "race_width or change them"
                 )
-        if self.prescreen_by not in PRESCREEN_DESIGNS:
+        if self.prescreen_by not in PRESCREEN_RANKINGS:
             raise ConfigError(
-                f"`prescreen_by` must be one of {PRESCREEN_DESIGNS}, got {self.prescreen_by!r}"
+                f"`prescreen_by` must be one of {PRESCREEN_RANKINGS}, got {self.prescreen_by!r}"
+            )
+        if self.prescreen_by == "selective" and self.benign is None:
+            raise ConfigError(
+                "`prescreen_by` 'selective' subtracts the proxy on benign prompts, but "
+                "`benign` is None: give a benign set or rank by 'likelihood'"
             )
         if self.rewrite_every < 0:
             raise ConfigError(f"`rewrite_every` must be >= 0, got {self.rewrite_every!r}")

@@ -337,12 +337,14 @@ def _prescreen(
         if config.baselines
         else None  # the built-in references
     )
+    selective = config.prescreen_by == "selective"
     setup = prepare_proxies(
         scorer,
         model,
         tokenizer,
         prompts.harmful_set,
-        designs=[config.prescreen_by],
+        benign=prompts.benign_set if selective else None,
+        designs=["likelihood"] if selective else [config.prescreen_by],
         opening_contexts=references,
     )
     candidates = space.enumerate(limit=None, unique=True)
