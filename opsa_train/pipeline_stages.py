@@ -34,7 +34,7 @@ from opsa_train.pipeline_config import (
     _sweep_config,
     _train_config,
 )
-from opsa_train.stage_state import StageState, file_digest, stage_key
+from opsa_train.stage_state import StageState, export_digest, stage_key
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _train_inputs(r: _Run, kind: str) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "model": _model_digest(r.cfg.model),
-        "export": file_digest(r.cfg.export_path),
+        "export": export_digest(r.cfg.export_path),
         "export_key": r.keys["export"],
         "prompts": _prompt_digests([*config.harmful_prompts, *config.benign_prompts]),
     }
@@ -171,7 +171,7 @@ def _eval_inputs(r: _Run) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "models": {"base": _model_digest(r.cfg.model), **_upstream(r, "opsa", "baseline")},
-        "export": file_digest(r.cfg.export_path),
+        "export": export_digest(r.cfg.export_path),
         "prompts": _prompt_digests([*sets, config.retention_set]),
     }
 
@@ -191,7 +191,7 @@ def _analysis_inputs(r: _Run) -> dict[str, object]:
     return {
         "config": config.to_dict(),
         "models": {"base": _model_digest(r.cfg.model), **_upstream(r, "opsa", "baseline")},
-        "export": file_digest(r.cfg.export_path),
+        "export": export_digest(r.cfg.export_path),
         "prompts": _prompt_digests([config.prompts]),
     }
 

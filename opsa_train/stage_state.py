@@ -35,7 +35,15 @@ from opsa_train.errors import OpsaConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "StageRecord", "StageState", "file_digest", "stage_key"]
+__all__ = [
+    "EXPORT_VOLATILE",
+    "STATE_FILE",
+    "StageRecord",
+    "StageState",
+    "export_digest",
+    "file_digest",
+    "stage_key",
+]
 
 STATE_FILE = "state.json"
 _SCHEMA_VERSION = 1
@@ -60,6 +68,30 @@ def file_digest(path: str | Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     except FileNotFoundError:
         return "missing"
+
+
+EXPORT_VOLATILE = ("created", "code")
+"""Provenance fields of an export file that say when and by which commit it was written."""
+
+
+def export_digest(path: str | Path) -> str:
+    """sha256 (16 hex) of an export file's contents without :data:`EXPORT_VOLATILE`:
+    re-exporting the same contexts from the same study keeps the downstream stages' keys
+    (a stage's own code changes bump its version). ``"missing"`` when it does not exist;
+    a file that is not a JSON object is digested byte for byte."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "missing"
+    except (ValueError, UnicodeDecodeError):
+        return file_digest(path)
+    if not isinstance(doc, dict):
+        return file_digest(path)
+    provenance = doc.get("provenance")
+    if isinstance(provenance, dict):
+        doc["provenance"] = {k: v for k, v in provenance.items() if k not in EXPORT_VOLATILE}
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 from opsa_train.errors import OpsaConfigError
 from opsa_train.pipeline import PipelineConfig
 from opsa_train.pipeline_report import publish, write_report
-from opsa_train.stage_state import StageState, file_digest, stage_key
+from opsa_train.stage_state import StageState, export_digest, file_digest, stage_key
 
 
 def test_stage_key_changes_with_every_part_and_ignores_dict_order():
@@ -30,6 +30,39 @@ def test_file_digest_follows_content(tmp_path):
     first = file_digest(f)
     f.write_text("b")
     assert file_digest(f) != first
+
+
+def test_export_digest_ignores_when_and_by_which_commit_the_export_was_written(tmp_path):
+    # Two fresh-clone demos at different commits exported the same context; the file
+    # digest (and so the opsa, baseline, eval and analysis keys) differed on `created`
+    # and `code.commit` alone.
+    f = tmp_path / "best.json"
+    assert export_digest(f) == "missing"
+    doc = {
+        "schema_version": 1,
+        "contexts": {"harmful": {"text": "Refuse harm.", "placement": "suffix"}},
+        "provenance": {
+            "model_fingerprint": "abc",
+            "code": {"commit": "b45a505", "dirty": False},
+            "created": "2026-12-02T01:08:11Z",
+        },
+    }
+    f.write_text(json.dumps(doc))
+    first = export_digest(f)
+    doc["provenance"].update(code={"commit": "5e458dd", "dirty": False}, created="2026-12-03")
+    f.write_text(json.dumps(doc, indent=2))
+    assert export_digest(f) == first
+    # Anything training reads still changes it: the context, the model.
+    doc["contexts"]["harmful"]["text"] = "Refuse all harm."
+    f.write_text(json.dumps(doc))
+    assert export_digest(f) != first
+    doc["contexts"]["harmful"]["text"] = "Refuse harm."
+    doc["provenance"]["model_fingerprint"] = "def"
+    f.write_text(json.dumps(doc))
+    assert export_digest(f) != first
+    # A file that is not JSON is digested byte for byte.
+    f.write_text("not json")
+    assert export_digest(f) == file_digest(f)
 
 
 def test_records_persist_and_only_done_under_the_same_key_counts(tmp_path):
