@@ -422,9 +422,11 @@ template: "{strength} {scope}"
 
 
 @pytest.mark.slow
-def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_engine):
+@pytest.mark.parametrize("by", ["likelihood", "selective"])
+def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_engine, by: str):
     """``prescreen=2`` on an 8-context space: the sweep scores by generation exactly the
-    two contexts that rank first by the likelihood proxy (computed here independently)."""
+    two contexts that rank first by the proxy (computed here independently), ranked by the
+    likelihood score or by selective (which reads the sweep's benign prompts too)."""
     import optuna
 
     from flipsearch.cache import GenerationCache
@@ -444,10 +446,13 @@ def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_eng
         study="pre",
         trials=2,
         prescreen=2,
+        prescreen_by=by,
         engine=EngineConfig(engine="hf"),
         harmful="harmful_core:search",
-        benign=None,
+        benign="benign:search" if by == "selective" else None,
         limit_harmful=6,
+        limit_benign=10,
+        pruner="none",  # score both kept contexts whole: this checks what was kept
         max_tokens=16,
         minibatch=6,
         max_over_refusal=1.0,
@@ -458,19 +463,22 @@ def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_eng
     study = run_sweep(config, engine=hf_engine, cache=cache)
 
     harmful = load_prompt_set("harmful_core:search", limit=6)
+    benign = load_prompt_set("benign:search", limit=10) if by == "selective" else None
     scorer = FlipScorer(hf_engine, JudgeConfig().build(), cache, ScoreSettings(max_tokens=16))
     setup = prepare_proxies(
         scorer,
         hf_engine.model,
         hf_engine.tokenizer,
         harmful,
+        benign=benign,
         designs=["likelihood"],
         opening_contexts=[c.context for c in load_search_space("baselines").enumerate()],
     )
     candidates = load_search_space(str(space_file)).enumerate(unique=True)
     rows = list(score_candidates(setup, hf_engine.model, hf_engine.tokenizer, candidates))
     assert len(rows) == 8
-    want = [r.candidate_id for r in sorted(rows, key=lambda r: -float(r.likelihood or 0))[:2]]
+    assert all((r.selective is None) == (by == "likelihood") for r in rows)
+    want = [r.candidate_id for r in sorted(rows, key=lambda r: -float(getattr(r, by)))[:2]]
 
     record = study.user_attrs["prescreen"]
     assert [cid for cid, _ in record["kept"]] == want

@@ -63,7 +63,8 @@ class ProxySetup:
     (None: no benign prompts given): how far a context pushes them towards refusal."""
     generations: int
     """New generations made to build it (0 with a warm cache): context-free answers to the
-    harmful prompts and the reference contexts' answers that give the refusal openings."""
+    harmful (and benign) prompts and the reference contexts' answers that give the refusal
+    openings."""
     new_tokens: int
     seconds: float
 
