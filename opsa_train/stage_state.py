@@ -57,7 +57,11 @@ def stage_key(stage: str, version: int, **parts: object) -> str:
         version: bump it when the stage's code changes what it produces.
         parts: the resolved config and input digests; any JSON-serialisable values.
     """
-    doc = {"stage": stage, "version": version, **parts}
+    return _json_digest({"stage": stage, "version": version, **parts})
+
+
+def _json_digest(doc: object) -> str:
+    # sha256 (16 hex) of canonical JSON: sorted keys, no spaces, str() for the rest.
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
@@ -90,8 +94,7 @@ def export_digest(path: str | Path) -> str:
     provenance = doc.get("provenance")
     if isinstance(provenance, dict):
         doc["provenance"] = {k: v for k, v in provenance.items() if k not in EXPORT_VOLATILE}
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    return _json_digest(doc)
 
 
 @dataclass(frozen=True)
