@@ -61,6 +61,7 @@ from flipsearch.flip import FlipScorer, ScoreSettings
 from flipsearch.judges import JudgeConfig
 from flipsearch.prompts import load_prompt_set
 from flipsearch.proxy import RANKINGS
+from flipsearch.scoring import summarise
 from flipsearch.space import load_search_space
 from flipsearch.sweep import PRUNERS, SweepConfig, run_sweep
 from flipsearch.trials import ranked_trials, rate_of
@@ -152,6 +153,11 @@ def main() -> None:
         "--exhaustive-cache", default=None,
         help="keep the exhaustive arm's generation cache here, so a stopped run resumes",
     )  # fmt: skip
+    ap.add_argument(
+        "--exhaustive-batch", type=int, default=1,
+        help="contexts per engine call in the exhaustive arm (default 1: one context, all "
+        "its prompts, per call; more lets vLLM batch across contexts)",
+    )  # fmt: skip
     ap.add_argument("--engine", default="hf", choices=["hf", "vllm", "auto"])
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--minibatch", type=int, default=2)
@@ -188,6 +194,8 @@ def main() -> None:
     if not keep_counts or min(keep_counts) < 1:
         raise SystemExit(f"--prescreen must be integers >= 1, got {args.prescreen!r}")
 
+    if args.exhaustive_batch < 1:
+        raise SystemExit(f"--exhaustive-batch must be >= 1, got {args.exhaustive_batch}")
     if args.contexts != "all" and not args.contexts.isdigit():
         raise SystemExit(f"--contexts must be an integer or all, got {args.contexts!r}")
     contexts = fixed_contexts(None if args.contexts == "all" else int(args.contexts))
@@ -208,9 +216,15 @@ def main() -> None:
     cache_a = GenerationCache(args.exhaustive_cache or tmp / "exhaustive.sqlite")
     scorer = FlipScorer(engine, judge, cache_a, ScoreSettings(max_tokens=args.max_tokens))  # type: ignore[arg-type]
     exhaustive = {}
-    for name, ctx in tqdm(contexts, desc="exhaustive", unit="context", disable=not resumed):
-        s = scorer.score(ctx, harmful, benign).score
-        exhaustive[(ctx.text, ctx.placement)] = (name, s)
+    rows = list(harmful) + list(benign)
+    step = args.exhaustive_batch
+    with tqdm(total=len(contexts), desc="exhaustive", unit="context", disable=not resumed) as bar:
+        for start in range(0, len(contexts), step):
+            chunk = contexts[start : start + step]
+            outcomes = scorer.outcomes_many([(ctx, rows) for _, ctx in chunk])
+            for (name, ctx), outs in zip(chunk, outcomes, strict=True):
+                exhaustive[(ctx.text, ctx.placement)] = (name, summarise(outs))
+            bar.update(len(chunk))
     # Greedy, one answer per prompt: each context on every prompt, plus the baseline.
     needed = (len(contexts) + 1) * (len(harmful) + len(benign))
     gens_a = needed if resumed else cache_a.stats.generation_misses
@@ -338,6 +352,7 @@ def main() -> None:
                     "exhaustive_forward_tokens_per_generation": forward_per_generation,
                     "exhaustive_engine_calls": calls_a,
                     "exhaustive_seconds": round(secs_a, 1),
+                    "exhaustive_batch": args.exhaustive_batch,
                     "arms": results,
                     "exhaustive_winner": ex_name,
                     "harmful": args.harmful,

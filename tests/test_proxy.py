@@ -19,6 +19,7 @@ import torch
 
 from flipsearch.contexts import Context
 from flipsearch.engines.chat import render_prompt_ids
+from flipsearch.engines.teacher_forcing import common_prefix
 from flipsearch.errors import ConfigError
 from flipsearch.prompts._split import prompt_bucket
 from flipsearch.proxy import (
@@ -177,7 +178,9 @@ def test_refusal_direction_and_its_score_equal_a_hand_computation(tiny3):
     fitted = fit_refusal_direction(model, tok, HARMFUL, HARMLESS, micro_batch=3)
     d, layer, unit, pooled = _fit_by_hand(model, tok, HARMFUL, HARMLESS)
     assert fitted.layer == layer
-    assert fitted.separation[layer] == pytest.approx(d, abs=1e-3)
+    # d is ~190 on this random model: a relative bound (float32 kernels differ between
+    # AVX2 and AVX-512 machines by ~1e-5 of it).
+    assert fitted.separation[layer] == pytest.approx(d, rel=1e-4)
     assert set(fitted.separation) == {1, 2}
     assert torch.allclose(fitted.direction, unit, atol=1e-4)
     assert fitted.scale == pytest.approx(pooled, rel=1e-3)
@@ -345,8 +348,15 @@ def test_benign_term_and_selective_equal_a_hand_computation(tiny3):
         want += ((base_mean - ctx_mean) + (ctx_mass - base_mass)) / 3
     row = next(iter(score_candidates(setup, model, tok, [Candidate("c", CONTEXT, {})])))
     assert row.benign == pytest.approx(want, abs=1e-4)
-    harmful_score = likelihood_shift(model, tok, CONTEXT, setup.likelihood).score
-    assert row.selective == pytest.approx(harmful_score - want, abs=1e-4)
+    harmful = likelihood_shift(model, tok, CONTEXT, setup.likelihood)
+    assert row.selective == pytest.approx(harmful.score - want, abs=1e-4)
+    # Both terms come from one pass: the context's prefix (header + context) is run once,
+    # so the row costs exactly one prefix less than scoring the two sets apart.
+    alone = likelihood_shift(model, tok, CONTEXT, targets)
+    every_row = [_ids(tok, p, CONTEXT) for p in (*setup.likelihood.prompts, *targets.prompts)]
+    prefix = common_prefix(every_row)
+    assert 0 < len(prefix) < min(map(len, every_row))
+    assert row.forward_tokens == harmful.forward_tokens + alone.forward_tokens - len(prefix)
 
 
 def test_benign_term_needs_a_benign_prompt_answered_without_refusal(tiny3):

@@ -33,6 +33,7 @@ from flipsearch.proxy._likelihood import (
     LikelihoodScore,
     LikelihoodTargets,
     likelihood_shift,
+    likelihood_shifts,
     refusal_openings,
 )
 from flipsearch.proxy._rank import RankAgreement, rank_agreement, ranks, spearman
@@ -74,6 +75,7 @@ __all__ = [
     "hf_model_of",
     "last_token_states",
     "likelihood_shift",
+    "likelihood_shifts",
     "prepare_proxies",
     "rank_agreement",
     "ranks",

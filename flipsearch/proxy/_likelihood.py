@@ -146,20 +146,64 @@ def likelihood_shift(
     micro_batch: int = 32,
 ) -> LikelihoodScore:
     """Score ``context`` against ``targets`` (see the module docstring)."""
+    return likelihood_shifts(model, tokenizer, context, [targets], micro_batch=micro_batch)[0]
+
+
+def likelihood_shifts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    context: Context,
+    targets: Sequence[LikelihoodTargets],
+    *,
+    micro_batch: int = 32,
+) -> list[LikelihoodScore]:
+    """:func:`likelihood_shift` of ``context`` against each of ``targets`` (the harmful
+    and the benign ones) from one teacher-forced pass over all their rows, so the
+    context's prefix is encoded once. Each score's ``forward_tokens`` is that pass's.
+
+    Raises:
+        ValueError: ``targets`` differ in their openings or default system prompt.
+    """
+    if len({(t.openings, t.default_system) for t in targets}) > 1:
+        raise ValueError("targets scored in one pass must share openings and default_system")
+    first = targets[0]
     count = ForwardCount()
-    answer_lp, opening_lp = targets.logprobs(
-        model, tokenizer, context, count=count, micro_batch=micro_batch
+    prompt_ids = [
+        ids
+        for t in targets
+        for ids in context_prompt_ids(
+            tokenizer, t.prompts, context, default_system=first.default_system
+        )
+    ]
+    scores = answer_scores(
+        model,
+        prompt_ids,
+        [a for t in targets for a in t.answers],
+        [o[0] for o in first.openings],
+        count=count,
+        micro_batch=micro_batch,
     )
-    n = len(targets.prompts)
-    drop = sum(b - a for a, b in zip(answer_lp, targets.base_answer_lp, strict=True)) / n
-    shift = (
-        sum(a - b for a, b in zip(opening_lp, targets.base_opening_lp, strict=True)) / n
-        if targets.openings
-        else 0.0
-    )
-    return LikelihoodScore(
-        score=shift + drop, refusal_shift=shift, unsafe_drop=drop, forward_tokens=count.tokens
-    )
+    out, start = [], 0
+    for t in targets:
+        n = len(t.prompts)
+        answer_lp = scores.mean_logprob[start : start + n]
+        opening_lp = scores.first_token_mass[start : start + n]
+        start += n
+        drop = sum(b - a for a, b in zip(answer_lp, t.base_answer_lp, strict=True)) / n
+        shift = (
+            sum(a - b for a, b in zip(opening_lp, t.base_opening_lp, strict=True)) / n
+            if t.openings
+            else 0.0
+        )
+        out.append(
+            LikelihoodScore(
+                score=shift + drop,
+                refusal_shift=shift,
+                unsafe_drop=drop,
+                forward_tokens=count.tokens,
+            )
+        )
+    return out
 
 
 def refusal_openings(

@@ -12,7 +12,7 @@ from flipsearch.errors import ConfigError
 from flipsearch.proxy._direction import DirectionTargets, direction_shift, fit_refusal_direction
 from flipsearch.proxy._likelihood import (
     LikelihoodTargets,
-    likelihood_shift,
+    likelihood_shifts,
     refusal_openings,
 )
 from flipsearch.space import Candidate, load_search_space
@@ -272,15 +272,15 @@ def score_candidates(
         tokens = 0.0
         lk = dr = bn = None
         if setup.likelihood is not None:
-            lk = likelihood_shift(
-                model, tokenizer, cand.context, setup.likelihood, micro_batch=micro_batch
+            # The benign rows ride in the harmful rows' pass: the prefix is encoded once.
+            targets = [setup.likelihood]
+            if setup.benign_likelihood is not None:
+                targets.append(setup.benign_likelihood)
+            lk, *rest = likelihood_shifts(
+                model, tokenizer, cand.context, targets, micro_batch=micro_batch
             )
+            bn = rest[0] if rest else None
             tokens += lk.forward_tokens
-        if setup.benign_likelihood is not None:
-            bn = likelihood_shift(
-                model, tokenizer, cand.context, setup.benign_likelihood, micro_batch=micro_batch
-            )
-            tokens += bn.forward_tokens
         if setup.direction is not None:
             dr = direction_shift(
                 model, tokenizer, cand.context, setup.direction, micro_batch=micro_batch
