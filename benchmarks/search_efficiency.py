@@ -302,10 +302,17 @@ def main() -> None:
         f"{secs_a:.0f} s; winner {ex_name}: TFR {ex_best.tfr}, over-refusal "
         f"{ex_best.over_refusal.value:.3f}"
     )
+    # The exhaustive ranking (list order breaks ties), to place each arm's winner in it.
+    order = sorted(
+        exhaustive,
+        key=lambda k: rank_key(exhaustive[k][1].tfr.value, exhaustive[k][1].over_refusal.value, m),
+    )
     results = {}
     for arm, (arm_study, gens, secs, tokens, calls) in arms.items():
         best = ranked_trials(arm_study)[0]
-        name, exh = exhaustive[(best.user_attrs["context"], best.user_attrs["placement"])]
+        key = (best.user_attrs["context"], best.user_attrs["placement"])
+        name, exh = exhaustive[key]
+        rank = order.index(key) + 1
         same = name == ex_name
         inside = ex_best.tfr.ci_low <= exh.tfr.value <= ex_best.tfr.ci_high
         pruned = sum(t.state.name == "PRUNED" for t in arm_study.trials)
@@ -318,6 +325,8 @@ def main() -> None:
             "same_winner": same, "inside_ci": inside, "pruned": pruned, "winner": name,
             "proxy_generations": round(proxy_generations, 1),
             "charged_ratio": charged / gens_a, "prescreen": screen,
+            "winner_exhaustive_rank": rank, "winner_exhaustive_tfr": exh.tfr.value,
+            "winner_exhaustive_over_refusal": exh.over_refusal.value,
         }  # fmt: skip
         if screen:
             kept = [cid for cid, _ in screen["kept"]]
@@ -333,7 +342,8 @@ def main() -> None:
             f"{pruned} of {len(arm_study.trials)} trials pruned; winner {name} "
             # The best trial is a scored one: its tfr rate is there.
             f"(TFR {rate_of(best, 'tfr')['value']:.3f}); the exhaustive winner: {same}; "  # type: ignore[index]
-            f"inside its TFR CI: {inside}"
+            f"inside its TFR CI: {inside}; exhaustive rank {rank} (TFR {exh.tfr.value:.3f}, "
+            f"over-refusal {exh.over_refusal.value:.3f})"
         )
     if args.out:
         Path(args.out).write_text(
@@ -361,6 +371,10 @@ def main() -> None:
                     "exhaustive_tfr": {
                         name: score.tfr.value for name, score in exhaustive.values()
                     },
+                    "exhaustive_over_refusal": {
+                        name: score.over_refusal.value for name, score in exhaustive.values()
+                    },
+                    "exhaustive_winner_tfr_ci": [ex_best.tfr.ci_low, ex_best.tfr.ci_high],
                 },
                 indent=2,
             )
