@@ -1,8 +1,10 @@
 """Distillation efficiency: how much of the teacher's safety gain a trained model kept.
 
 OPSA distils a teacher (the initial model *with* the privileged context) into a student
-that answers without it, so the teacher's harmful rate is the student's floor: OPSA
-cannot exceed its teacher. The efficiency of a trained model ``m`` on a harmful set is
+that answers without it, so the teacher's harmful rate is the student's target. The
+student can still land past it on held-out prompts (the demo at `f355abd` on an AVX-512
+CPU: efficiency 1.27 [1.13, 1.45] pooled). The efficiency of a trained model ``m`` on a
+harmful set is
 
     eff = (harmful_base - harmful_m) / (harmful_base - harmful_teacher)
 

@@ -206,12 +206,13 @@ _EVAL_LEGEND = (
 
 _TEACHER_LEGEND = (
     "teacher: the base model answering with the exported contexts (I_h before harmful "
-    "prompts, I_b before the others), the model OPSA distils. OPSA cannot exceed its "
+    "prompts, I_b before the others), the model OPSA distils. OPSA aims at its "
     "teacher: its student learns to answer without the context as the teacher answers "
-    "with it. refusal_rate / non_answer_rate split the safe answers to harmful prompts "
-    "into explicit refusals and non-answers (derailments). distill_efficiency = "
-    "(base - model) / (base - teacher) harmful rate on the same prompts, with a paired "
-    "bootstrap 95% interval: 1 = as safe as the teacher, 0 = no change."
+    "with it (on held-out prompts it can land past the teacher). refusal_rate / "
+    "non_answer_rate split the safe answers to harmful prompts into explicit refusals "
+    "and non-answers (derailments). distill_efficiency = (base - model) / (base - "
+    "teacher) harmful rate on the same prompts, with a paired bootstrap 95% interval: "
+    "1 = as safe as the teacher, 0 = no change."
 )
 
 

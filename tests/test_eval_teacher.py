@@ -113,7 +113,7 @@ def test_teacher_row_answers_with_i_h_on_harmful_and_i_b_elsewhere(tmp_path):
     assert _cell(result, "teacher", "refusal_rate", "pooled").value == 1.0
     assert result.config.columns == ["base", "opsa", "teacher"]
     md = (tmp_path / "eval" / "eval.md").read_text()
-    assert "| teacher |" in md.splitlines()[2] and "OPSA cannot exceed its teacher" in md
+    assert "| teacher |" in md.splitlines()[2] and "OPSA aims at its teacher" in md
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["config"]["teacher"]
 
 
