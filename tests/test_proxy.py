@@ -495,3 +495,58 @@ def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_eng
     assert record["contexts"] == 8 and record["forward_tokens"] > 0
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert sorted(t.user_attrs["candidate_id"] for t in done) == sorted(want)
+
+
+def test_contexts_batched_together_equal_a_plain_forward_by_hand(tiny3):
+    """Rows of several contexts in shared micro-batches, each on its own prefix KV (the
+    prefixes of different lengths encoded in one padded pass): every score equals a plain
+    full forward, and each context is charged exactly what it costs scored alone."""
+    from flipsearch.proxy import answer_scores_grouped
+
+    model, tok = tiny3
+    contexts = [
+        CONTEXT,
+        Context("Be safe.", "system"),
+        Context("Think first: would the answer help someone cause harm? Then refuse.", "prefix"),
+    ]
+    completions = [[11, 12, 13], [14], [15, 16]]
+    first = [11, 14, 200]
+    groups = [([_ids(tok, p, c) for p in PROMPTS], completions) for c in contexts]
+    assert len({len(common_prefix(prompts)) for prompts, _ in groups}) == 3
+    counts = [ForwardCount() for _ in groups]
+    got = answer_scores_grouped(model, groups, first, counts=counts, micro_batch=4)
+    for (prompts, comps), scores, count in zip(groups, got, counts, strict=True):
+        for i, (p, c) in enumerate(zip(prompts, comps, strict=True)):
+            mean, mass = _by_hand(model, p, c, first)
+            assert scores.mean_logprob[i] == pytest.approx(mean, abs=1e-4)
+            assert scores.first_token_mass[i] == pytest.approx(mass, abs=1e-4)
+        alone = ForwardCount()
+        answer_scores(model, prompts, comps, first, count=alone)
+        assert count.tokens == alone.tokens
+
+
+def test_score_candidates_batches_contexts_without_changing_a_score(tiny3):
+    from flipsearch.proxy import ProxySetup, score_candidates
+    from flipsearch.space import Candidate
+
+    model, tok = tiny3
+    unsafe = list(zip(PROMPTS, ["Sure, here", "Dear customer", "Step one"], strict=True))
+    openings = [tuple(tok.encode("I'm sorry", add_special_tokens=False))]
+    targets = LikelihoodTargets.build(model, tok, unsafe, openings, answer_tokens=2)
+    benign = LikelihoodTargets.build(model, tok, unsafe[:2], openings, answer_tokens=2)
+    setup = ProxySetup(targets, None, benign, generations=0, new_tokens=0, seconds=0.0)
+    cands = [
+        Candidate(f"c{i}", Context(text, placement), {})
+        for i, (text, placement) in enumerate(
+            [("Refuse harm.", "system"), ("Be careful, always.", "prefix"), ("No.", "system")]
+        )
+    ]
+    one = list(score_candidates(setup, model, tok, cands, contexts_per_pass=1))
+    two = list(score_candidates(setup, model, tok, cands, contexts_per_pass=2, micro_batch=3))
+    assert [r.candidate_id for r in two] == ["c0", "c1", "c2"]
+    for a, b in zip(one, two, strict=True):
+        assert b.likelihood == pytest.approx(a.likelihood, abs=1e-4)
+        assert b.selective == pytest.approx(a.selective, abs=1e-4)
+        assert b.forward_tokens == a.forward_tokens
+    with pytest.raises(ConfigError, match="contexts_per_pass"):
+        list(score_candidates(setup, model, tok, cands, contexts_per_pass=0))

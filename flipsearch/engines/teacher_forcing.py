@@ -97,6 +97,56 @@ class PrefixCache:
     """Per layer (keys, values), each (1, kv_heads, P, head_dim)."""
 
 
+@dataclass(frozen=True)
+class PrefixBatch:
+    """The KV caches of several prefixes, one per row of a batch, right-padded to the
+    longest and computed in one pass (:func:`encode_prefixes`); :meth:`select` picks a
+    prefix for each row. Exact under the same conditions as :class:`PrefixCache`."""
+
+    lengths: tuple[int, ...]
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    """Per layer (keys, values), each (K, kv_heads, P_max, head_dim); padding past a
+    prefix's length is never attended."""
+
+    def select(self, rows: Sequence[int]) -> PrefixBatch:
+        """The prefixes of a batch whose row ``b`` continues prefix ``rows[b]``."""
+        import torch
+
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.layers[0][0].device)
+        return PrefixBatch(
+            lengths=tuple(self.lengths[r] for r in rows),
+            layers=tuple(
+                (k.index_select(0, index), v.index_select(0, index)) for k, v in self.layers
+            ),
+        )
+
+
+def encode_prefixes(model: PreTrainedModel, prefixes: Sequence[Sequence[int]]) -> PrefixBatch:
+    """Run every prefix through the decoder in one right-padded pass (no grad) and keep
+    their KV caches. Causal attention keeps each prefix's KV independent of the padding.
+
+    Raises:
+        ConfigError: no prefixes, or an empty one.
+    """
+    import torch
+
+    if not prefixes or any(not ids for ids in prefixes):
+        raise ConfigError("`prefixes` must be non-empty lists of token ids")
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in prefixes)
+    input_ids = torch.zeros((len(prefixes), width), dtype=torch.long)
+    attention = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for row, ids in enumerate(prefixes):
+        input_ids[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        attention[row, : len(ids)] = 1
+    with torch.no_grad():
+        out = model.get_decoder()(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=True
+        )
+    layers = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+    return PrefixBatch(lengths=tuple(len(ids) for ids in prefixes), layers=layers)
+
+
 def common_prefix(rows: Sequence[Sequence[int]]) -> tuple[int, ...]:
     """The longest run of token ids every row starts with (() for no rows)."""
     if not rows:
@@ -141,7 +191,10 @@ def supports_prefix_cache(model: PreTrainedModel) -> bool:
 
 
 def completion_logits(
-    model: PreTrainedModel, batch: CompletionBatch, *, prefix: PrefixCache | None = None
+    model: PreTrainedModel,
+    batch: CompletionBatch,
+    *,
+    prefix: PrefixCache | PrefixBatch | None = None,
 ) -> torch.Tensor:
     """Next-token logits at each completion position, shape (B, T, V).
 
@@ -154,7 +207,8 @@ def completion_logits(
         batch: the rows; with ``prefix``, the part of each row *after* the prefix (its
             ``prompt_lens`` count the prompt tokens after the prefix, at least one).
         prefix: the KV cache of the token ids every row starts with (`encode_prefix`);
-            the rows then sit at positions ``len(prefix.ids)`` onwards.
+            the rows then sit at positions ``len(prefix.ids)`` onwards. Or one prefix
+            per row (`PrefixBatch.select`), each row after its own.
     """
     import torch
 
@@ -187,18 +241,36 @@ def completion_logits(
 
 
 def prefix_forward_inputs(
-    batch: CompletionBatch, prefix: PrefixCache, device: torch.device
+    batch: CompletionBatch, prefix: PrefixCache | PrefixBatch, device: torch.device
 ) -> dict[str, object]:
     """Decoder arguments that run ``batch``'s rows on top of ``prefix``.
 
     The prefix's KV is expanded over the batch (a view; each layer's update concatenates
     into a fresh tensor, so the shared cache is never written), its positions are
-    attended, and the rows' positions start at ``len(prefix.ids)``.
+    attended, and the rows' positions start at ``len(prefix.ids)``. A
+    :class:`PrefixBatch` gives each row its own prefix: its padding is masked and the
+    row's positions start at its prefix's length.
     """
     import torch
     from transformers import DynamicCache
 
     n_rows, width = batch.input_ids_B_L.shape
+    if isinstance(prefix, PrefixBatch):
+        if len(prefix.lengths) != n_rows:
+            raise ValueError(f"one prefix per row: {len(prefix.lengths)} for {n_rows} rows")
+        lengths_B = torch.tensor(prefix.lengths, device=device)
+        n_prefix = int(prefix.layers[0][0].shape[2])
+        prefix_mask_B_P = (torch.arange(n_prefix, device=device)[None] < lengths_B[:, None]).to(
+            batch.attention_mask_B_L.dtype
+        )
+        return {
+            "attention_mask": torch.cat(
+                [prefix_mask_B_P, batch.attention_mask_B_L.to(device)], dim=1
+            ),
+            "position_ids": lengths_B[:, None] + torch.arange(width, device=device)[None],
+            "past_key_values": DynamicCache(list(prefix.layers)),
+            "use_cache": True,
+        }
     n_prefix = len(prefix.ids)
     attention_B_PL = torch.cat(
         [

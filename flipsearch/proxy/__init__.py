@@ -12,7 +12,8 @@ pushes helpful answers towards refusal); ``selective`` ranks by the harmful scor
 the benign one, so a prescreen keeps contexts that flip without over-refusing.
 
 Each context's common prefix (chat header + context) is encoded once and reused by all
-its rows. :func:`rank_agreement` measures a proxy against measured flip rates
+its rows; the likelihood rows of several contexts are batched together
+(:data:`CONTEXTS_PER_PASS`). :func:`rank_agreement` measures a proxy against measured flip rates
 (``benchmarks/proxy.py``).
 
 Example:
@@ -28,7 +29,13 @@ from flipsearch.proxy._direction import (
     direction_shift,
     fit_refusal_direction,
 )
-from flipsearch.proxy._forward import AnswerScores, ForwardCount, answer_scores, last_token_states
+from flipsearch.proxy._forward import (
+    AnswerScores,
+    ForwardCount,
+    answer_scores,
+    answer_scores_grouped,
+    last_token_states,
+)
 from flipsearch.proxy._likelihood import (
     LikelihoodScore,
     LikelihoodTargets,
@@ -39,6 +46,7 @@ from flipsearch.proxy._likelihood import (
 from flipsearch.proxy._rank import RankAgreement, rank_agreement, ranks, spearman
 from flipsearch.proxy._screen import (
     ANSWER_TOKENS,
+    CONTEXTS_PER_PASS,
     DESIGNS,
     DIRECTION_HARMFUL,
     DIRECTION_HARMLESS,
@@ -54,6 +62,7 @@ from flipsearch.proxy._screen import (
 
 __all__ = [
     "ANSWER_TOKENS",
+    "CONTEXTS_PER_PASS",
     "DESIGNS",
     "DIRECTION_HARMFUL",
     "DIRECTION_HARMLESS",
@@ -70,6 +79,7 @@ __all__ = [
     "RankAgreement",
     "RefusalDirection",
     "answer_scores",
+    "answer_scores_grouped",
     "direction_shift",
     "fit_refusal_direction",
     "hf_model_of",

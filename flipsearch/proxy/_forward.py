@@ -20,6 +20,7 @@ from flipsearch.engines.teacher_forcing import (
     common_prefix,
     completion_logits,
     encode_prefix,
+    encode_prefixes,
     prefix_forward_inputs,
     supports_prefix_cache,
 )
@@ -73,9 +74,7 @@ def shared_prefix(
 ) -> PrefixCache | None:
     """The KV cache of the ids all ``rows`` start with, leaving each row at least one
     token of its own; None where the model type cannot reuse it or nothing is shared."""
-    if not rows or not supports_prefix_cache(model):
-        return None
-    ids = common_prefix(rows)[: min(len(r) for r in rows) - 1]
+    ids = _prefix_ids(model, rows)
     if not ids:
         return None
     count.add(len(ids), fraction=fraction)
@@ -106,34 +105,75 @@ def answer_scores(
     encoded once. ``first_token_mass`` is log sum_j p(first_tokens[j] | prompt) at the
     position that predicts the first completion token (-inf for no ``first_tokens``).
     """
+    return answer_scores_grouped(
+        model, [(prompts, completions)], first_tokens, counts=[count], micro_batch=micro_batch
+    )[0]
+
+
+def answer_scores_grouped(
+    model: PreTrainedModel,
+    groups: Sequence[tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]],
+    first_tokens: Sequence[int],
+    *,
+    counts: Sequence[ForwardCount],
+    micro_batch: int = 32,
+) -> list[AnswerScores]:
+    """:func:`answer_scores` of several groups of ``(prompts, completions)`` (one group
+    per context), batched together: each group's common prefix is encoded once, all
+    prefixes in one pass, and rows of different groups share micro-batches. Each
+    group's tokens are charged to its own ``counts`` entry."""
     import torch
 
-    if any(not c for c in completions):
+    if len(counts) != len(groups):
+        raise ValueError(f"one count per group: {len(counts)} for {len(groups)} groups")
+    if any(not c for _, completions in groups for c in completions):
         raise ValueError("every completion must hold at least one token")
-    prefix = shared_prefix(model, prompts, count)
-    cut = len(prefix.ids) if prefix is not None else 0
+    prefixes = [_prefix_ids(model, prompts) for prompts, _ in groups]
+    shared = encode_prefixes(model, prefixes) if all(prefixes) else None
+    if shared is not None:
+        for ids, count in zip(prefixes, counts, strict=True):
+            count.add(len(ids))
+    rows = [
+        (g, list(prompt[len(prefixes[g]) if shared is not None else 0 :]), list(completion))
+        for g, (prompts, completions) in enumerate(groups)
+        for prompt, completion in zip(prompts, completions, strict=True)
+    ]
     first = torch.tensor(sorted(set(first_tokens)), dtype=torch.long)
-    means: list[float] = []
-    masses: list[float] = []
+    means: list[list[float]] = [[] for _ in groups]
+    masses: list[list[float]] = [[] for _ in groups]
     with torch.no_grad():
-        for start in range(0, len(prompts), micro_batch):
-            p = [list(x[cut:]) for x in prompts[start : start + micro_batch]]
-            c = [list(x) for x in completions[start : start + micro_batch]]
-            batch = build_completion_batch(p, c, pad_id=0)
-            count.add(int(batch.attention_mask_B_L.sum()))
+        for start in range(0, len(rows), micro_batch):
+            chunk = rows[start : start + micro_batch]
+            batch = build_completion_batch([p for _, p, _ in chunk], [c for _, _, c in chunk], 0)
+            owners = [g for g, _, _ in chunk]
+            tokens_B = batch.attention_mask_B_L.sum(dim=1).tolist()
+            for g in sorted(set(owners)):
+                counts[g].add(sum(t for o, t in zip(owners, tokens_B, strict=True) if o == g))
+            prefix = shared.select(owners) if shared is not None else None
             logits_B_T_V = completion_logits(model, batch, prefix=prefix)
             logp_B_T_V = torch.log_softmax(logits_B_T_V.float(), dim=-1)
             targets_B_T = batch.targets_B_T.to(logp_B_T_V.device)
             chosen_B_T = logp_B_T_V.gather(-1, targets_B_T[:, :, None])[:, :, 0]
             mask_B_T = batch.completion_mask_B_T.to(logp_B_T_V.device)
-            sums_B = (chosen_B_T * mask_B_T).sum(dim=1)
-            means.extend((sums_B / mask_B_T.sum(dim=1)).tolist())
+            mean_B = ((chosen_B_T * mask_B_T).sum(dim=1) / mask_B_T.sum(dim=1)).tolist()
             if len(first):
-                mass_B = torch.logsumexp(logp_B_T_V[:, 0, first.to(logp_B_T_V.device)], dim=-1)
-                masses.extend(mass_B.tolist())
+                mass_B = torch.logsumexp(
+                    logp_B_T_V[:, 0, first.to(logp_B_T_V.device)], dim=-1
+                ).tolist()
             else:
-                masses.extend([float("-inf")] * len(p))
-    return AnswerScores(tuple(means), tuple(masses))
+                mass_B = [float("-inf")] * len(chunk)
+            for g, mean, mass in zip(owners, mean_B, mass_B, strict=True):
+                means[g].append(mean)
+                masses[g].append(mass)
+    return [AnswerScores(tuple(m), tuple(x)) for m, x in zip(means, masses, strict=True)]
+
+
+def _prefix_ids(model: PreTrainedModel, rows: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    # The ids all rows start with, leaving each row at least one token of its own; ()
+    # where the model type cannot reuse a prefix's KV.
+    if not rows or not supports_prefix_cache(model):
+        return ()
+    return common_prefix(rows)[: min(len(r) for r in rows) - 1]
 
 
 class _StopForward(Exception):

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 
 from flipsearch.contexts import Context
 from flipsearch.errors import ConfigError
-from flipsearch.proxy._forward import ForwardCount, answer_scores, context_prompt_ids
+from flipsearch.proxy._forward import (
+    AnswerScores,
+    ForwardCount,
+    answer_scores,
+    answer_scores_grouped,
+    context_prompt_ids,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -146,20 +152,21 @@ def likelihood_shift(
     micro_batch: int = 32,
 ) -> LikelihoodScore:
     """Score ``context`` against ``targets`` (see the module docstring)."""
-    return likelihood_shifts(model, tokenizer, context, [targets], micro_batch=micro_batch)[0]
+    return likelihood_shifts(model, tokenizer, [context], [targets], micro_batch=micro_batch)[0][0]
 
 
 def likelihood_shifts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    context: Context,
+    contexts: Sequence[Context],
     targets: Sequence[LikelihoodTargets],
     *,
     micro_batch: int = 32,
-) -> list[LikelihoodScore]:
-    """:func:`likelihood_shift` of ``context`` against each of ``targets`` (the harmful
-    and the benign ones) from one teacher-forced pass over all their rows, so the
-    context's prefix is encoded once. Each score's ``forward_tokens`` is that pass's.
+) -> list[list[LikelihoodScore]]:
+    """Per context, :func:`likelihood_shift` against each of ``targets`` (the harmful
+    and the benign ones), all from one batched teacher-forced run: each context's prefix
+    is encoded once for all its rows, and the contexts share micro-batches. A score's
+    ``forward_tokens`` is its context's: its prefix and all its rows, every target's.
 
     Raises:
         ValueError: ``targets`` differ in their openings or default system prompt.
@@ -167,22 +174,34 @@ def likelihood_shifts(
     if len({(t.openings, t.default_system) for t in targets}) > 1:
         raise ValueError("targets scored in one pass must share openings and default_system")
     first = targets[0]
-    count = ForwardCount()
-    prompt_ids = [
-        ids
-        for t in targets
-        for ids in context_prompt_ids(
-            tokenizer, t.prompts, context, default_system=first.default_system
-        )
-    ]
-    scores = answer_scores(
+    groups = []
+    for context in contexts:
+        prompts: list[list[int]] = []
+        answers: list[tuple[int, ...]] = []
+        for t in targets:
+            prompts += context_prompt_ids(
+                tokenizer, t.prompts, context, default_system=first.default_system
+            )
+            answers += t.answers
+        groups.append((prompts, answers))
+    counts = [ForwardCount() for _ in contexts]
+    per_context = answer_scores_grouped(
         model,
-        prompt_ids,
-        [a for t in targets for a in t.answers],
+        groups,
         [o[0] for o in first.openings],
-        count=count,
+        counts=counts,
         micro_batch=micro_batch,
     )
+    return [
+        _scores_by_target(targets, scores, count.tokens)
+        for scores, count in zip(per_context, counts, strict=True)
+    ]
+
+
+def _scores_by_target(
+    targets: Sequence[LikelihoodTargets], scores: AnswerScores, tokens: float
+) -> list[LikelihoodScore]:
+    # One context's rows hold every target's prompts, in order: split them back.
     out, start = [], 0
     for t in targets:
         n = len(t.prompts)
@@ -197,10 +216,7 @@ def likelihood_shifts(
         )
         out.append(
             LikelihoodScore(
-                score=shift + drop,
-                refusal_shift=shift,
-                unsafe_drop=drop,
-                forward_tokens=count.tokens,
+                score=shift + drop, refusal_shift=shift, unsafe_drop=drop, forward_tokens=tokens
             )
         )
     return out

@@ -11,6 +11,7 @@ from flipsearch.contexts import Context
 from flipsearch.errors import ConfigError
 from flipsearch.proxy._direction import DirectionTargets, direction_shift, fit_refusal_direction
 from flipsearch.proxy._likelihood import (
+    LikelihoodScore,
     LikelihoodTargets,
     likelihood_shifts,
     refusal_openings,
@@ -35,6 +36,8 @@ ANSWER_TOKENS = 1
 """Default answer tokens the likelihood proxy reads: the first, where flips show."""
 MAX_PROMPTS = 8
 """Default prompts each context is scored on (the first base-unsafe ones)."""
+CONTEXTS_PER_PASS = 8
+"""Default contexts whose likelihood rows are batched together (:func:`score_candidates`)."""
 
 
 def hf_model_of(engine: object) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -265,40 +268,75 @@ def score_candidates(
     candidates: Iterable[Candidate],
     *,
     micro_batch: int = 32,
+    contexts_per_pass: int = CONTEXTS_PER_PASS,
 ) -> Iterable[ProxyRow]:
-    """Yield each candidate's :class:`ProxyRow`, in order (lazily, for progress bars)."""
+    """Yield each candidate's :class:`ProxyRow`, in order (lazily, for progress bars).
+
+    The likelihood scores of ``contexts_per_pass`` candidates at a time come from one
+    batched run (their prefixes encoded together, their rows sharing micro-batches of
+    ``micro_batch``); a row's ``seconds`` is its share of that run.
+
+    Raises:
+        ConfigError: ``contexts_per_pass`` < 1.
+    """
+    if contexts_per_pass < 1:
+        raise ConfigError(f"`contexts_per_pass` must be >= 1, got {contexts_per_pass}")
+    chunk: list[Candidate] = []
     for cand in candidates:
+        chunk.append(cand)
+        if len(chunk) == contexts_per_pass:
+            yield from _score_chunk(setup, model, tokenizer, chunk, micro_batch)
+            chunk = []
+    if chunk:
+        yield from _score_chunk(setup, model, tokenizer, chunk, micro_batch)
+
+
+def _score_chunk(
+    setup: ProxySetup,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    chunk: Sequence[Candidate],
+    micro_batch: int,
+) -> list[ProxyRow]:
+    start = time.perf_counter()
+    likelihood: list[list[LikelihoodScore]] = [[] for _ in chunk]
+    if setup.likelihood is not None:
+        # The benign rows ride in the harmful rows' pass: each prefix is encoded once.
+        targets = [setup.likelihood]
+        if setup.benign_likelihood is not None:
+            targets.append(setup.benign_likelihood)
+        likelihood = likelihood_shifts(
+            model, tokenizer, [c.context for c in chunk], targets, micro_batch=micro_batch
+        )
+    shared_seconds = (time.perf_counter() - start) / len(chunk)
+    rows = []
+    for cand, scores in zip(chunk, likelihood, strict=True):
         start = time.perf_counter()
-        tokens = 0.0
-        lk = dr = bn = None
-        if setup.likelihood is not None:
-            # The benign rows ride in the harmful rows' pass: the prefix is encoded once.
-            targets = [setup.likelihood]
-            if setup.benign_likelihood is not None:
-                targets.append(setup.benign_likelihood)
-            lk, *rest = likelihood_shifts(
-                model, tokenizer, cand.context, targets, micro_batch=micro_batch
-            )
-            bn = rest[0] if rest else None
-            tokens += lk.forward_tokens
+        lk = scores[0] if scores else None
+        bn = scores[1] if len(scores) > 1 else None
+        tokens = lk.forward_tokens if lk is not None else 0.0
+        dr = None
         if setup.direction is not None:
             dr = direction_shift(
                 model, tokenizer, cand.context, setup.direction, micro_batch=micro_batch
             )
             tokens += dr.forward_tokens
-        yield ProxyRow(
-            candidate_id=cand.id,
-            placement=cand.context.placement,
-            text=cand.context.text,
-            likelihood=lk.score if lk else None,
-            refusal_shift=lk.refusal_shift if lk else None,
-            unsafe_drop=lk.unsafe_drop if lk else None,
-            direction=dr.score if dr else None,
-            forward_tokens=tokens,
-            seconds=time.perf_counter() - start,
-            benign=bn.score if bn else None,
-            selective=lk.score - bn.score if lk and bn else None,
+        rows.append(
+            ProxyRow(
+                candidate_id=cand.id,
+                placement=cand.context.placement,
+                text=cand.context.text,
+                likelihood=lk.score if lk else None,
+                refusal_shift=lk.refusal_shift if lk else None,
+                unsafe_drop=lk.unsafe_drop if lk else None,
+                direction=dr.score if dr else None,
+                forward_tokens=tokens,
+                seconds=shared_seconds + time.perf_counter() - start,
+                benign=bn.score if bn else None,
+                selective=lk.score - bn.score if lk and bn else None,
+            )
         )
+    return rows
 
 
 def top_candidates(rows: Sequence[ProxyRow], n: int, *, by: str) -> list[str]:
