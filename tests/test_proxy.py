@@ -550,3 +550,30 @@ def test_score_candidates_batches_contexts_without_changing_a_score(tiny3):
         assert b.forward_tokens == a.forward_tokens
     with pytest.raises(ConfigError, match="contexts_per_pass"):
         list(score_candidates(setup, model, tok, cands, contexts_per_pass=0))
+
+
+def test_states_of_contexts_batched_together_equal_a_full_pass(tiny3):
+    from flipsearch.proxy import direction_shifts, last_token_states_grouped
+
+    model, tok = tiny3
+    contexts = [CONTEXT, Context("Be safe.", "prefix")]
+    groups = [[_ids(tok, p, c) for p in PROMPTS] for c in contexts]
+    counts = [ForwardCount(), ForwardCount()]
+    got = last_token_states_grouped(model, groups, [1, 2], counts=counts, micro_batch=4)
+    for prompts, states, count in zip(groups, got, counts, strict=True):
+        for i, p in enumerate(prompts):
+            hidden = model.get_decoder()(input_ids=torch.tensor([p]), output_hidden_states=True)
+            for layer in (1, 2):
+                assert torch.allclose(
+                    states[layer][i], hidden.hidden_states[layer][0, -1], atol=1e-4
+                )
+        alone = ForwardCount()
+        last_token_states(model, prompts, [1, 2], count=alone)
+        assert count.tokens == alone.tokens
+    fitted = fit_refusal_direction(model, tok, HARMFUL, HARMLESS, micro_batch=3)
+    targets = DirectionTargets.build(model, tok, fitted, PROMPTS)
+    together = direction_shifts(model, tok, contexts, targets, micro_batch=5)
+    for context, score in zip(contexts, together, strict=True):
+        apart = direction_shift(model, tok, context, targets)
+        assert score.score == pytest.approx(apart.score, abs=1e-4)
+        assert score.forward_tokens == apart.forward_tokens

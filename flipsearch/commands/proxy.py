@@ -21,7 +21,13 @@ from flipsearch.commands._common import (
     open_cache,
 )
 from flipsearch.errors import ConfigError
-from flipsearch.proxy import ANSWER_TOKENS, DIRECTION_HARMFUL, DIRECTION_HARMLESS, MAX_PROMPTS
+from flipsearch.proxy import (
+    ANSWER_TOKENS,
+    CONTEXTS_PER_PASS,
+    DIRECTION_HARMFUL,
+    DIRECTION_HARMLESS,
+    MAX_PROMPTS,
+)
 
 OPENING_SPACE = "baselines"
 """The reference contexts whose refusals give the likelihood proxy its refusal openings."""
@@ -86,6 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"tokens of each unsafe answer the likelihood proxy reads (default {ANSWER_TOKENS})",
     )
     p.add_argument("--micro-batch", type=int, default=32, help="rows per forward pass")
+    p.add_argument(
+        "--contexts-per-pass",
+        type=int,
+        default=CONTEXTS_PER_PASS,
+        help=f"contexts whose rows are batched together (default {CONTEXTS_PER_PASS})",
+    )
     add_engine_args(p)
     add_judge_args(p)
     add_cache_args(p)
@@ -145,7 +157,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rows = list(
         tqdm(
-            score_candidates(setup, model, tokenizer, candidates, micro_batch=args.micro_batch),
+            score_candidates(
+                setup,
+                model,
+                tokenizer,
+                candidates,
+                micro_batch=args.micro_batch,
+                contexts_per_pass=args.contexts_per_pass,
+            ),
             total=len(candidates),
             desc="proxy",
             disable=not sys.stderr.isatty(),

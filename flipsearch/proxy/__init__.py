@@ -12,8 +12,8 @@ pushes helpful answers towards refusal); ``selective`` ranks by the harmful scor
 the benign one, so a prescreen keeps contexts that flip without over-refusing.
 
 Each context's common prefix (chat header + context) is encoded once and reused by all
-its rows; the likelihood rows of several contexts are batched together
-(:data:`CONTEXTS_PER_PASS`). :func:`rank_agreement` measures a proxy against measured flip rates
+its rows; the rows of several contexts are batched together (:data:`CONTEXTS_PER_PASS`).
+:func:`rank_agreement` measures a proxy against measured flip rates
 (``benchmarks/proxy.py``).
 
 Example:
@@ -27,6 +27,7 @@ from flipsearch.proxy._direction import (
     DirectionTargets,
     RefusalDirection,
     direction_shift,
+    direction_shifts,
     fit_refusal_direction,
 )
 from flipsearch.proxy._forward import (
@@ -35,6 +36,7 @@ from flipsearch.proxy._forward import (
     answer_scores,
     answer_scores_grouped,
     last_token_states,
+    last_token_states_grouped,
 )
 from flipsearch.proxy._likelihood import (
     LikelihoodScore,
@@ -81,9 +83,11 @@ __all__ = [
     "answer_scores",
     "answer_scores_grouped",
     "direction_shift",
+    "direction_shifts",
     "fit_refusal_direction",
     "hf_model_of",
     "last_token_states",
+    "last_token_states_grouped",
     "likelihood_shift",
     "likelihood_shifts",
     "prepare_proxies",

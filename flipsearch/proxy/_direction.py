@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 from flipsearch.contexts import Context
 from flipsearch.errors import ConfigError
 from flipsearch.prompts._split import prompt_bucket
-from flipsearch.proxy._forward import ForwardCount, context_prompt_ids, last_token_states
+from flipsearch.proxy._forward import (
+    ForwardCount,
+    context_prompt_ids,
+    last_token_states,
+    last_token_states_grouped,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -169,8 +174,31 @@ def direction_shift(
     micro_batch: int = 32,
 ) -> DirectionScore:
     """Mean projection change over ``targets.prompts``, in units of the direction's scale."""
-    count = ForwardCount()
-    with_ctx = targets.projections(model, tokenizer, context, count, micro_batch)
-    shifts = [a - b for a, b in zip(with_ctx, targets.base_projection, strict=True)]
-    score = sum(shifts) / len(shifts) / targets.direction.scale
-    return DirectionScore(score=score, forward_tokens=count.tokens)
+    return direction_shifts(model, tokenizer, [context], targets, micro_batch=micro_batch)[0]
+
+
+def direction_shifts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[Context],
+    targets: DirectionTargets,
+    *,
+    micro_batch: int = 32,
+) -> list[DirectionScore]:
+    """:func:`direction_shift` of each of ``contexts``, their rows batched together."""
+    groups = [
+        context_prompt_ids(tokenizer, targets.prompts, c, default_system=targets.default_system)
+        for c in contexts
+    ]
+    counts = [ForwardCount() for _ in contexts]
+    layer = targets.direction.layer
+    states = last_token_states_grouped(
+        model, groups, [layer], counts=counts, micro_batch=micro_batch
+    )
+    scores = []
+    for by_layer, count in zip(states, counts, strict=True):
+        with_ctx = [float(x) for x in targets.direction.project(by_layer[layer])]
+        shifts = [a - b for a, b in zip(with_ctx, targets.base_projection, strict=True)]
+        score = sum(shifts) / len(shifts) / targets.direction.scale
+        scores.append(DirectionScore(score=score, forward_tokens=count.tokens))
+    return scores

@@ -1,9 +1,10 @@
 """Forward passes the proxies share: one context's rows, its KV computed once.
 
 Every row of one context starts with the same token ids (the chat header and, for
-``system`` and ``prefix`` placement, the context itself). :func:`run_rows` encodes that
-common prefix once and runs only the rest of each row, and counts the forward tokens it
-ran, the unit in which the proxies' cost is compared with generation.
+``system`` and ``prefix`` placement, the context itself). The functions here encode that
+common prefix once and run only the rest of each row; several contexts' rows are batched
+together, each on its own prefix's KV. They count the forward tokens they ran, the unit
+in which the proxies' cost is compared with generation.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from typing import TYPE_CHECKING
 from flipsearch.contexts import Context
 from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.engines.teacher_forcing import (
-    PrefixCache,
     build_completion_batch,
     common_prefix,
     completion_logits,
-    encode_prefix,
     encode_prefixes,
     prefix_forward_inputs,
     supports_prefix_cache,
@@ -63,22 +62,6 @@ class ForwardCount:
     def add(self, tokens: int, *, fraction: float = 1.0) -> None:
         self.tokens += tokens * fraction
         self.passes += 1
-
-
-def shared_prefix(
-    model: PreTrainedModel,
-    rows: Sequence[Sequence[int]],
-    count: ForwardCount,
-    *,
-    fraction: float = 1.0,
-) -> PrefixCache | None:
-    """The KV cache of the ids all ``rows`` start with, leaving each row at least one
-    token of its own; None where the model type cannot reuse it or nothing is shared."""
-    ids = _prefix_ids(model, rows)
-    if not ids:
-        return None
-    count.add(len(ids), fraction=fraction)
-    return encode_prefix(model, ids)
 
 
 @dataclass(frozen=True)
@@ -193,37 +176,74 @@ def last_token_states(
     Layer 0 is the embedding output, layer ``l`` the output of decoder block ``l``
     (transformers' ``hidden_states`` indexing). Only blocks up to the highest requested
     layer run (a hook stops the forward pass there); ``count`` is charged that fraction
-    of the model per token.
+    of the model per token. All prompts' common prefix is encoded once (every block).
     """
+    return last_token_states_grouped(
+        model, [prompts], layers, counts=[count], micro_batch=micro_batch
+    )[0]
+
+
+def last_token_states_grouped(
+    model: PreTrainedModel,
+    groups: Sequence[Sequence[Sequence[int]]],
+    layers: Sequence[int],
+    *,
+    counts: Sequence[ForwardCount],
+    micro_batch: int = 32,
+) -> list[dict[int, torch.Tensor]]:
+    """:func:`last_token_states` of several groups of prompts (one per context), batched
+    together as :func:`answer_scores_grouped` batches them."""
     import torch
 
+    if len(counts) != len(groups):
+        raise ValueError(f"one count per group: {len(counts)} for {len(groups)} groups")
     n_layers = int(model.config.num_hidden_layers)
     top = max(layers)
     fraction = top / n_layers
-    prefix = shared_prefix(model, prompts, count)  # every block: the KV of all layers
-    cut = len(prefix.ids) if prefix is not None else 0
+    prefixes = [_prefix_ids(model, prompts) for prompts in groups]
+    # Every block runs on a prefix: the rows attend to the KV of all layers.
+    shared = encode_prefixes(model, prefixes) if all(prefixes) else None
+    if shared is not None:
+        for ids, count in zip(prefixes, counts, strict=True):
+            count.add(len(ids))
+    rows = [
+        (g, list(prompt[len(prefixes[g]) if shared is not None else 0 :]))
+        for g, prompts in enumerate(groups)
+        for prompt in prompts
+    ]
     decoder = model.get_decoder()
     device = next(model.parameters()).device
-    parts: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    parts: list[dict[int, list[torch.Tensor]]] = [{layer: [] for layer in layers} for _ in groups]
     with torch.no_grad():
-        for start in range(0, len(prompts), micro_batch):
-            p = [list(x[cut:]) for x in prompts[start : start + micro_batch]]
-            batch = build_completion_batch(p, [[] for _ in p], pad_id=0)
-            count.add(int(batch.attention_mask_B_L.sum()), fraction=fraction)
+        for start in range(0, len(rows), micro_batch):
+            chunk = rows[start : start + micro_batch]
+            batch = build_completion_batch([p for _, p in chunk], [[] for _ in chunk], pad_id=0)
+            owners = [g for g, _ in chunk]
+            tokens_B = batch.attention_mask_B_L.sum(dim=1).tolist()
+            for g in sorted(set(owners)):
+                counts[g].add(
+                    sum(t for o, t in zip(owners, tokens_B, strict=True) if o == g),
+                    fraction=fraction,
+                )
             inputs: dict[str, object] = {
                 "input_ids": batch.input_ids_B_L.to(device),
                 "attention_mask": batch.attention_mask_B_L.to(device),
                 "use_cache": False,
                 "output_hidden_states": True,
             }
-            if prefix is not None:
-                inputs.update(prefix_forward_inputs(batch, prefix, device))
+            if shared is not None:
+                inputs.update(prefix_forward_inputs(batch, shared.select(owners), device))
             hidden = _hidden_states_up_to(decoder, inputs, top)
             last_B = torch.tensor(batch.prompt_lens, device=device) - 1
-            rows_B = torch.arange(len(p), device=device)
+            rows_B = torch.arange(len(chunk), device=device)
             for layer in layers:
-                parts[layer].append(hidden[layer][rows_B, last_B].float().cpu())
-    return {layer: torch.cat(chunks) for layer, chunks in parts.items()}
+                states = hidden[layer][rows_B, last_B].float().cpu()
+                for b, g in enumerate(owners):
+                    parts[g][layer].append(states[b : b + 1])
+    return [
+        {layer: torch.cat(chunks) if chunks else torch.empty(0) for layer, chunks in p.items()}
+        for p in parts
+    ]
 
 
 def _hidden_states_up_to(decoder: torch.nn.Module, inputs: dict[str, object], top: int) -> list:

@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 
 from flipsearch.contexts import Context
 from flipsearch.errors import ConfigError
-from flipsearch.proxy._direction import DirectionTargets, direction_shift, fit_refusal_direction
+from flipsearch.proxy._direction import (
+    DirectionScore,
+    DirectionTargets,
+    direction_shifts,
+    fit_refusal_direction,
+)
 from flipsearch.proxy._likelihood import (
     LikelihoodScore,
     LikelihoodTargets,
@@ -272,8 +277,8 @@ def score_candidates(
 ) -> Iterable[ProxyRow]:
     """Yield each candidate's :class:`ProxyRow`, in order (lazily, for progress bars).
 
-    The likelihood scores of ``contexts_per_pass`` candidates at a time come from one
-    batched run (their prefixes encoded together, their rows sharing micro-batches of
+    ``contexts_per_pass`` candidates at a time are scored in one batched run per design
+    (their prefixes encoded together, their rows sharing micro-batches of
     ``micro_batch``); a row's ``seconds`` is its share of that run.
 
     Raises:
@@ -308,19 +313,23 @@ def _score_chunk(
         likelihood = likelihood_shifts(
             model, tokenizer, [c.context for c in chunk], targets, micro_batch=micro_batch
         )
-    shared_seconds = (time.perf_counter() - start) / len(chunk)
+    direction: list[DirectionScore | None] = [None for _ in chunk]
+    if setup.direction is not None:
+        direction = list(
+            direction_shifts(
+                model,
+                tokenizer,
+                [c.context for c in chunk],
+                setup.direction,
+                micro_batch=micro_batch,
+            )
+        )
+    seconds = (time.perf_counter() - start) / len(chunk)
     rows = []
-    for cand, scores in zip(chunk, likelihood, strict=True):
-        start = time.perf_counter()
+    for cand, scores, dr in zip(chunk, likelihood, direction, strict=True):
         lk = scores[0] if scores else None
         bn = scores[1] if len(scores) > 1 else None
-        tokens = lk.forward_tokens if lk is not None else 0.0
-        dr = None
-        if setup.direction is not None:
-            dr = direction_shift(
-                model, tokenizer, cand.context, setup.direction, micro_batch=micro_batch
-            )
-            tokens += dr.forward_tokens
+        tokens = (lk.forward_tokens if lk else 0.0) + (dr.forward_tokens if dr else 0.0)
         rows.append(
             ProxyRow(
                 candidate_id=cand.id,
@@ -331,7 +340,7 @@ def _score_chunk(
                 unsafe_drop=lk.unsafe_drop if lk else None,
                 direction=dr.score if dr else None,
                 forward_tokens=tokens,
-                seconds=shared_seconds + time.perf_counter() - start,
+                seconds=seconds,
                 benign=bn.score if bn else None,
                 selective=lk.score - bn.score if lk and bn else None,
             )
