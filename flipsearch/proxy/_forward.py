@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from flipsearch.contexts import Context
 from flipsearch.engines.chat import render_prompt_ids
 from flipsearch.engines.teacher_forcing import (
+    PrefixBatch,
     build_completion_batch,
     common_prefix,
     completion_logits,
@@ -107,19 +108,13 @@ def answer_scores_grouped(
     group's tokens are charged to its own ``counts`` entry."""
     import torch
 
-    if len(counts) != len(groups):
-        raise ValueError(f"one count per group: {len(counts)} for {len(groups)} groups")
     if any(not c for _, completions in groups for c in completions):
         raise ValueError("every completion must hold at least one token")
-    prefixes = [_prefix_ids(model, prompts) for prompts, _ in groups]
-    shared = encode_prefixes(model, prefixes) if all(prefixes) else None
-    if shared is not None:
-        for ids, count in zip(prefixes, counts, strict=True):
-            count.add(len(ids))
+    shared, rests = _encode_group_prefixes(model, [prompts for prompts, _ in groups], counts)
     rows = [
-        (g, list(prompt[len(prefixes[g]) if shared is not None else 0 :]), list(completion))
-        for g, (prompts, completions) in enumerate(groups)
-        for prompt, completion in zip(prompts, completions, strict=True)
+        (g, rest, list(completion))
+        for g, ((_, completions), group_rests) in enumerate(zip(groups, rests, strict=True))
+        for rest, completion in zip(group_rests, completions, strict=True)
     ]
     first = torch.tensor(sorted(set(first_tokens)), dtype=torch.long)
     means: list[list[float]] = [[] for _ in groups]
@@ -129,9 +124,7 @@ def answer_scores_grouped(
             chunk = rows[start : start + micro_batch]
             batch = build_completion_batch([p for _, p, _ in chunk], [c for _, _, c in chunk], 0)
             owners = [g for g, _, _ in chunk]
-            tokens_B = batch.attention_mask_B_L.sum(dim=1).tolist()
-            for g in sorted(set(owners)):
-                counts[g].add(sum(t for o, t in zip(owners, tokens_B, strict=True) if o == g))
+            _charge_rows(counts, owners, batch.attention_mask_B_L.sum(dim=1).tolist())
             prefix = shared.select(owners) if shared is not None else None
             logits_B_T_V = completion_logits(model, batch, prefix=prefix)
             logp_B_T_V = torch.log_softmax(logits_B_T_V.float(), dim=-1)
@@ -149,6 +142,40 @@ def answer_scores_grouped(
                 means[g].append(mean)
                 masses[g].append(mass)
     return [AnswerScores(tuple(m), tuple(x)) for m, x in zip(means, masses, strict=True)]
+
+
+def _encode_group_prefixes(
+    model: PreTrainedModel,
+    groups: Sequence[Sequence[Sequence[int]]],
+    counts: Sequence[ForwardCount],
+) -> tuple[PrefixBatch | None, list[list[list[int]]]]:
+    # Each group's common prefix, all encoded in one pass (every block, charged to the
+    # group's count), and each row's ids after its group's prefix. No prefix at all
+    # (None, whole rows) when any group has none to share.
+    if len(counts) != len(groups):
+        raise ValueError(f"one count per group: {len(counts)} for {len(groups)} groups")
+    prefixes = [_prefix_ids(model, prompts) for prompts in groups]
+    shared = encode_prefixes(model, prefixes) if all(prefixes) else None
+    if shared is not None:
+        for ids, count in zip(prefixes, counts, strict=True):
+            count.add(len(ids))
+    cuts = [len(ids) if shared is not None else 0 for ids in prefixes]
+    rests = [[list(row[cut:]) for row in rows] for rows, cut in zip(groups, cuts, strict=True)]
+    return shared, rests
+
+
+def _charge_rows(
+    counts: Sequence[ForwardCount],
+    owners: Sequence[int],
+    tokens_B: Sequence[int],
+    *,
+    fraction: float = 1.0,
+) -> None:
+    # Charge each group the tokens of its rows in one micro-batch.
+    for g in sorted(set(owners)):
+        counts[g].add(
+            sum(t for o, t in zip(owners, tokens_B, strict=True) if o == g), fraction=fraction
+        )
 
 
 def _prefix_ids(model: PreTrainedModel, rows: Sequence[Sequence[int]]) -> tuple[int, ...]:
@@ -195,22 +222,12 @@ def last_token_states_grouped(
     together as :func:`answer_scores_grouped` batches them."""
     import torch
 
-    if len(counts) != len(groups):
-        raise ValueError(f"one count per group: {len(counts)} for {len(groups)} groups")
     n_layers = int(model.config.num_hidden_layers)
     top = max(layers)
     fraction = top / n_layers
-    prefixes = [_prefix_ids(model, prompts) for prompts in groups]
     # Every block runs on a prefix: the rows attend to the KV of all layers.
-    shared = encode_prefixes(model, prefixes) if all(prefixes) else None
-    if shared is not None:
-        for ids, count in zip(prefixes, counts, strict=True):
-            count.add(len(ids))
-    rows = [
-        (g, list(prompt[len(prefixes[g]) if shared is not None else 0 :]))
-        for g, prompts in enumerate(groups)
-        for prompt in prompts
-    ]
+    shared, rests = _encode_group_prefixes(model, groups, counts)
+    rows = [(g, rest) for g, group_rests in enumerate(rests) for rest in group_rests]
     decoder = model.get_decoder()
     device = next(model.parameters()).device
     parts: list[dict[int, list[torch.Tensor]]] = [{layer: [] for layer in layers} for _ in groups]
@@ -220,11 +237,7 @@ def last_token_states_grouped(
             batch = build_completion_batch([p for _, p in chunk], [[] for _ in chunk], pad_id=0)
             owners = [g for g, _ in chunk]
             tokens_B = batch.attention_mask_B_L.sum(dim=1).tolist()
-            for g in sorted(set(owners)):
-                counts[g].add(
-                    sum(t for o, t in zip(owners, tokens_B, strict=True) if o == g),
-                    fraction=fraction,
-                )
+            _charge_rows(counts, owners, tokens_B, fraction=fraction)
             inputs: dict[str, object] = {
                 "input_ids": batch.input_ids_B_L.to(device),
                 "attention_mask": batch.attention_mask_B_L.to(device),
