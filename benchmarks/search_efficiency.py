@@ -29,8 +29,10 @@ cache misses, the context-free baseline included (both generate it once per prom
 ``--exhaustive-cache PATH`` keeps the exhaustive arm's cache there instead, so a long
 exhaustive arm (the whole grammar: 35k generations, about 13 h on a 2-core CPU) resumes
 where a stopped run left off; its generations are then counted as the arm needs them
-(every context and the context-free baseline on every prompt), and its seconds are this
-run's only. ``--arms none`` runs the exhaustive arm alone.
+(every context and the context-free baseline on every prompt), and its seconds and
+tokens are those of the runs that made them, kept beside the cache (``PATH.cost.json``,
+:class:`ExhaustiveCost`; a cache the record does not account for, or one filled on
+another machine type, is refused). ``--arms none`` runs the exhaustive arm alone.
 The goal is a sweep using <= 35% of the exhaustive generations whose winner is the
 exhaustive winner, or lies inside the exhaustive winner's TFR 95% interval.
 
@@ -134,6 +136,38 @@ class CountingEngine:
 ARMS = ("sweep", "batched", "prescreened")
 
 
+class ExhaustiveCost:
+    """What making the exhaustive arm's cache cost, kept beside it (``CACHE.cost.json``)
+    and added to by every run that generates into it, so a resumed run charges the arms
+    against the runs that made the generations, not against reading them back."""
+
+    FIELDS = ("generations", "seconds", "generated_tokens", "prompt_tokens", "engine_calls")
+
+    def __init__(self, cache: Path, machine: dict[str, object]) -> None:
+        self.path = Path(f"{cache}.cost.json")
+        self.totals: dict[str, float] = dict.fromkeys(self.FIELDS, 0.0)
+        self.machines: list[dict[str, object]] = []
+        if self.path.exists():
+            record = json.loads(self.path.read_text())
+            self.totals = {k: float(record[k]) for k in self.FIELDS}
+            self.machines = list(record["machines"])
+        self.machine = json.loads(json.dumps(machine))  # as the record holds it
+
+    def add(self, **made: float) -> None:
+        for k in self.FIELDS:
+            self.totals[k] += made[k]
+        if made["generations"] and self.machine not in self.machines:
+            self.machines.append(self.machine)
+        record = json.dumps({**self.totals, "machines": self.machines}, indent=2)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(record)
+        partial.replace(self.path)  # atomic: a kill leaves the old record or the new one
+
+    def on_this_machine(self) -> bool:
+        """Whether every recorded generation was made on this machine type."""
+        return self.machines == [self.machine]
+
+
 def rank_key(tfr: float, over: float, max_over: float) -> tuple[bool, float, float]:
     # The sweep's ranking: feasible first, then TFR down, over-refusal up.
     return (over > max_over, -tfr, over)
@@ -213,7 +247,9 @@ def main() -> None:
     # ---- exhaustive: every context on every prompt
     t0 = time.perf_counter()
     resumed = args.exhaustive_cache is not None
-    cache_a = GenerationCache(args.exhaustive_cache or tmp / "exhaustive.sqlite")
+    cache_path = Path(args.exhaustive_cache or tmp / "exhaustive.sqlite")
+    cache_a = GenerationCache(cache_path)
+    cost = ExhaustiveCost(cache_path, machine)
     scorer = FlipScorer(engine, judge, cache_a, ScoreSettings(max_tokens=args.max_tokens))  # type: ignore[arg-type]
     exhaustive = {}
     rows = list(harmful) + list(benign)
@@ -221,22 +257,49 @@ def main() -> None:
     with tqdm(total=len(contexts), desc="exhaustive", unit="context", disable=not resumed) as bar:
         for start in range(0, len(contexts), step):
             chunk = contexts[start : start + step]
+            before = (cache_a.stats.generation_misses, engine.tokens, engine.prompt_tokens)
+            chunk_start, calls = time.perf_counter(), engine.calls
             outcomes = scorer.outcomes_many([(ctx, rows) for _, ctx in chunk])
             for (name, ctx), outs in zip(chunk, outcomes, strict=True):
                 exhaustive[(ctx.text, ctx.placement)] = (name, summarise(outs))
+            made = cache_a.stats.generation_misses - before[0]
+            if made:  # recorded per chunk: a stopped run keeps what it paid for
+                cost.add(
+                    generations=made,
+                    seconds=time.perf_counter() - chunk_start,
+                    generated_tokens=engine.tokens - before[1],
+                    prompt_tokens=engine.prompt_tokens - before[2],
+                    engine_calls=engine.calls - calls,
+                )
             bar.update(len(chunk))
     # Greedy, one answer per prompt: each context on every prompt, plus the baseline.
     needed = (len(contexts) + 1) * (len(harmful) + len(benign))
-    gens_a = needed if resumed else cache_a.stats.generation_misses
-    secs_a = time.perf_counter() - t0
-    tokens_a, calls_a = engine.tokens, engine.calls
-    made = max(cache_a.stats.generation_misses, 1)
-    forward_per_generation = (engine.tokens + engine.prompt_tokens) / made
-    if resumed:
-        print(
-            f"exhaustive arm: {cache_a.stats.generation_misses} of its {needed} generations "
-            f"made in this run ({secs_a:.0f} s), the rest read from {args.exhaustive_cache}"
+    made_here = cache_a.stats.generation_misses
+    recorded = cost.totals["generations"]
+    if not recorded or not cost.on_this_machine():
+        raise SystemExit(
+            f"{cost.path} records {recorded:.0f} of the exhaustive arm's {needed} "
+            f"generations, made on {cost.machines} (this machine: {machine}): the arms "
+            "cannot be charged against it. Fill the cache on this machine type with this "
+            "script (a stopped run resumes and adds to the record)."
         )
+    # A run killed between a chunk's cache write and its record leaves generations
+    # unrecorded: charge them at the recorded rate, and say so.
+    scale = needed / recorded if recorded < needed else 1.0
+    gens_a = needed
+    secs_a = cost.totals["seconds"] * scale
+    tokens_a = int(cost.totals["generated_tokens"] * scale)
+    calls_a = int(cost.totals["engine_calls"])
+    forward_per_generation = (
+        cost.totals["generated_tokens"] + cost.totals["prompt_tokens"]
+    ) / recorded
+    print(
+        f"exhaustive arm: {made_here} of its {needed} generations made in this run, "
+        f"{needed - made_here} read from {cache_path}; its cost, from {cost.path}: "
+        f"{secs_a:.0f} s, {forward_per_generation:.1f} forward tokens per generation"
+        + (f" ({needed - recorded:.0f} unrecorded generations charged at the recorded rate)"
+           if scale > 1 else "")
+    )  # fmt: skip
 
     # ---- the pruned sweep over the same list, one trial at a time and in waves
     space = tmp / "efficiency.yaml"

@@ -23,11 +23,13 @@ from flipsearch.engines.teacher_forcing import common_prefix
 from flipsearch.errors import ConfigError
 from flipsearch.prompts._split import prompt_bucket
 from flipsearch.proxy import (
+    RANKINGS,
     DirectionTargets,
     ForwardCount,
     LikelihoodTargets,
     ProxyRow,
     answer_scores,
+    design_of,
     direction_shift,
     fit_refusal_direction,
     last_token_states,
@@ -207,8 +209,12 @@ def test_refusal_direction_needs_both_halves_of_both_sets(tiny3):
         fit_refusal_direction(model, tok, HARMFUL, HARMLESS, layers=[3])
 
 
-def _row(cid: str, likelihood: float, selective: float | None = None) -> ProxyRow:
-    return ProxyRow(cid, "system", cid, likelihood, 0.0, 0.0, None, 1.0, 0.1, None, selective)
+def _row(
+    cid: str, likelihood: float, selective: float | None = None, unsafe_drop: float = 0.0
+) -> ProxyRow:
+    return ProxyRow(
+        cid, "system", cid, likelihood, 0.0, unsafe_drop, None, 1.0, 0.1, None, selective
+    )
 
 
 def test_prescreen_keeps_exactly_the_top_n_with_ties_in_first_seen_order():
@@ -223,6 +229,16 @@ def test_prescreen_keeps_exactly_the_top_n_with_ties_in_first_seen_order():
         top_candidates(rows, 2, by="selective")
     both = [_row("a", 0.9, selective=-0.2), _row("b", 0.1, selective=0.3), _row("c", 0.5, 0.0)]
     assert top_candidates(both, 2, by="selective") == ["b", "c"]
+    terms = [_row("a", 0.9, unsafe_drop=0.1), _row("b", 0.1, unsafe_drop=0.7), _row("c", 0.5)]
+    assert top_candidates(terms, 2, by="unsafe_drop") == ["b", "a"]
+    assert top_candidates(terms, 2, by="refusal_shift") == ["a", "b"]  # all 0.0: first seen
+
+
+def test_each_ranking_needs_the_design_that_scores_it():
+    assert design_of("direction") == "direction"
+    for ranking in ("likelihood", "unsafe_drop", "refusal_shift", "selective"):
+        assert design_of(ranking) == "likelihood"
+    assert set(RANKINGS) == {"likelihood", "direction", "unsafe_drop", "refusal_shift", "selective"}
 
 
 def test_spearman_equals_scipy_with_ties():
@@ -432,11 +448,12 @@ template: "{strength} {scope}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("by", ["likelihood", "selective"])
+@pytest.mark.parametrize("by", ["likelihood", "unsafe_drop", "selective"])
 def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_engine, by: str):
     """``prescreen=2`` on an 8-context space: the sweep scores by generation exactly the
     two contexts that rank first by the proxy (computed here independently), ranked by the
-    likelihood score or by selective (which reads the sweep's benign prompts too)."""
+    likelihood score, by its unsafe-answer term alone, or by selective (which reads the
+    sweep's benign prompts too)."""
     import optuna
 
     from flipsearch.cache import GenerationCache
@@ -487,7 +504,7 @@ def test_sweep_prescreen_enqueues_exactly_the_proxy_top_n(tmp_path: Path, hf_eng
     candidates = load_search_space(str(space_file)).enumerate(unique=True)
     rows = list(score_candidates(setup, hf_engine.model, hf_engine.tokenizer, candidates))
     assert len(rows) == 8
-    assert all((r.selective is None) == (by == "likelihood") for r in rows)
+    assert all((r.selective is None) == (by != "selective") for r in rows)
     want = [r.candidate_id for r in sorted(rows, key=lambda r: -float(getattr(r, by)))[:2]]
 
     record = study.user_attrs["prescreen"]

@@ -113,8 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--prescreen-by",
         default="likelihood",
         choices=PRESCREEN_RANKINGS,
-        help="what the prescreen ranks by: likelihood, direction, or selective (likelihood "
-        "minus the same score on the benign prompts: flips without over-refusal)",
+        help="what the prescreen ranks by: likelihood, direction, a likelihood term "
+        "(unsafe_drop: the unsafe answers' drop; refusal_shift: the refusal openings' rise), "
+        "or selective (likelihood minus the same score on the benign prompts: flips "
+        "without over-refusal)",
     )
     s.add_argument(
         "--race-width",

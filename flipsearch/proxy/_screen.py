@@ -30,9 +30,12 @@ if TYPE_CHECKING:
     from flipsearch.prompts import PromptSet
 
 DESIGNS: tuple[str, ...] = ("likelihood", "direction")
-RANKINGS: tuple[str, ...] = (*DESIGNS, "selective")
-"""What a prescreen ranks by: a design's score, or ``selective``, the likelihood score on
-harmful prompts minus the same score on benign ones (flips that do not over-refuse)."""
+RANKINGS: tuple[str, ...] = (*DESIGNS, "unsafe_drop", "refusal_shift", "selective")
+"""What a prescreen ranks by: a design's score; one of the likelihood score's two terms,
+``unsafe_drop`` (how far the context lowers the unsafe answers; prompt-specific) or
+``refusal_shift`` (how far it raises the refusal openings; primes refusals anywhere); or
+``selective``, the likelihood score on harmful prompts minus the same score on benign
+ones (flips that do not over-refuse)."""
 DIRECTION_HARMFUL = "harmful_core:train"
 """Default harmful prompts the refusal direction is fitted on (a train split)."""
 DIRECTION_HARMLESS = "benign:train"
@@ -43,6 +46,12 @@ MAX_PROMPTS = 8
 """Default prompts each context is scored on (the first base-unsafe ones)."""
 CONTEXTS_PER_PASS = 8
 """Default contexts whose likelihood rows are batched together (:func:`score_candidates`)."""
+
+
+def design_of(ranking: str) -> str:
+    """The design a ranking of :data:`RANKINGS` needs scored: ``direction`` for itself,
+    else ``likelihood``."""
+    return "direction" if ranking == "direction" else "likelihood"
 
 
 def hf_model_of(engine: object) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -170,9 +170,10 @@ class SweepConfig:
     generation (raced by the pruner); None: no prescreen. Set ``trials`` to N plus the
     baselines and enqueued contexts to score only those."""
     prescreen_by: str = "likelihood"
-    """What the prescreen ranks by: ``likelihood``, ``direction``, or ``selective`` (the
-    likelihood score on the harmful prompts minus the same on the benign ones, which
-    keeps contexts that flip without over-refusing; needs ``benign``)."""
+    """What the prescreen ranks by (:data:`flipsearch.proxy.RANKINGS`): ``likelihood``,
+    ``direction``, one likelihood term (``unsafe_drop``, ``refusal_shift``), or
+    ``selective`` (the likelihood score on the harmful prompts minus the same on the
+    benign ones, which keeps contexts that flip without over-refusing; needs ``benign``)."""
 
     # -- where to store
     results_dir: str = "results"

@@ -324,7 +324,13 @@ def _prescreen(
     # `prescreen` choices, and record what was kept and what the ranking cost.
     import time
 
-    from flipsearch.proxy import hf_model_of, prepare_proxies, score_candidates, top_candidates
+    from flipsearch.proxy import (
+        design_of,
+        hf_model_of,
+        prepare_proxies,
+        score_candidates,
+        top_candidates,
+    )
 
     if "prescreen" in study.user_attrs:
         return
@@ -344,7 +350,7 @@ def _prescreen(
         tokenizer,
         prompts.harmful_set,
         benign=prompts.benign_set if selective else None,
-        designs=["likelihood"] if selective else [config.prescreen_by],
+        designs=[design_of(config.prescreen_by)],
         opening_contexts=references,
     )
     candidates = space.enumerate(limit=None, unique=True)
