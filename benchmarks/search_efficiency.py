@@ -31,8 +31,9 @@ exhaustive arm (the whole grammar: 35k generations, about 13 h on a 2-core CPU) 
 where a stopped run left off; its generations are then counted as the arm needs them
 (every context and the context-free baseline on every prompt), and its seconds and
 tokens are those of the runs that made them, kept beside the cache (``PATH.cost.json``,
-:class:`ExhaustiveCost`; a cache the record does not account for, or one filled on
-another machine type, is refused). ``--arms none`` runs the exhaustive arm alone.
+:class:`ExhaustiveCost`; a cache without a record, or one filled on another machine
+type, is refused; generations a killed run left unrecorded are charged at the recorded
+rate, and the output says so). ``--arms none`` runs the exhaustive arm alone.
 The goal is a sweep using <= 35% of the exhaustive generations whose winner is the
 exhaustive winner, or lies inside the exhaustive winner's TFR 95% interval.
 
@@ -245,7 +246,6 @@ def main() -> None:
     )
 
     # ---- exhaustive: every context on every prompt
-    t0 = time.perf_counter()
     resumed = args.exhaustive_cache is not None
     cache_path = Path(args.exhaustive_cache or tmp / "exhaustive.sqlite")
     cache_a = GenerationCache(cache_path)
