@@ -32,6 +32,8 @@ import json
 import math
 from pathlib import Path
 
+from search_efficiency import rank_key
+
 from flipsearch.proxy import rank_agreement
 
 COLUMNS = ("likelihood", "refusal_shift", "unsafe_drop", "direction", "selective", "benign")
@@ -73,7 +75,7 @@ def main() -> None:
     columns = [c for c in COLUMNS if c in rows[0] and all(r[c] != "" for r in rows)]
 
     def rule(name: str) -> tuple[bool, float, float]:
-        return (over[name] > limit, -tfr[name], over[name])
+        return rank_key(tfr[name], over[name], limit)
 
     def hit(name: str) -> bool:
         return over[name] <= limit and tfr[name] >= low
@@ -93,10 +95,12 @@ def main() -> None:
         sign = -1.0 if column == "benign" else 1.0
         score = [sign * float(r[column]) for r in rows]
         ranked = [names[i] for i in sorted(range(len(names)), key=lambda i: -score[i])]
+        vs_tfr, vs_over = rank_agreement(score, t), rank_agreement(score, o)
+        vs_feasible = rank_agreement(score, feasible)
         entry: dict[str, object] = {
-            "rho_tfr": vars(rank_agreement(score, t)),
-            "rho_over_refusal": vars(rank_agreement(score, o)),
-            "rho_feasible_tfr": vars(rank_agreement(score, feasible)),
+            "rho_tfr": vars(vs_tfr),
+            "rho_over_refusal": vars(vs_over),
+            "rho_feasible_tfr": vars(vs_feasible),
         }
         tops = {}
         for n in keep:
@@ -114,9 +118,8 @@ def main() -> None:
         results[column] = entry
         label = f"-{column}" if sign < 0 else column
         print(
-            f"{label:14s} rho vs TFR {entry['rho_tfr']['rho']:+.2f}, vs over-refusal "  # type: ignore[index]
-            f"{entry['rho_over_refusal']['rho']:+.2f}, vs feasible TFR "  # type: ignore[index]
-            f"{entry['rho_feasible_tfr']['rho']:+.2f}"  # type: ignore[index]
+            f"{label:14s} rho vs TFR {vs_tfr.rho:+.2f}, vs over-refusal {vs_over.rho:+.2f}, "
+            f"vs feasible TFR {vs_feasible.rho:+.2f}"
         )
         for n, top in tops.items():
             print(
